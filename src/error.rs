@@ -1,0 +1,128 @@
+//! The crate's one error type and its one mapping to `tonic::Status`.
+//!
+//! Every failure a caller can see is one of these variants, and [`From<Error> for Status`] is
+//! the only place that decides gRPC codes. Messages are written for the platform engineer
+//! reading KEDA's logs: they name the metadata key or the source, and never carry a secret
+//! (backends are named by their config name, never by URL).
+
+use tonic::{Code, Status};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Error {
+    /// Trigger metadata that cannot be parsed: names the key and what is accepted.
+    #[error("metadata key `{key}`: {reason}")]
+    InvalidMetadata { key: String, reason: String },
+
+    /// The backend could not be reached or did not answer in time. Retrying later may help.
+    #[error("source `{source_name}` is unavailable: {reason}")]
+    Unavailable { source_name: String, reason: String },
+
+    /// The backend answered, but the data does not have the shape the trigger asks for
+    /// (a Redis key of another type, a missing table or extension). Retrying will not help
+    /// until someone changes the data or the trigger.
+    #[error("source `{source_name}`: {reason}")]
+    Rejected { source_name: String, reason: String },
+
+    /// The engine holds as many live measurements as it is configured to.
+    #[error(
+        "too many live measurements: the limit `measurements.max_live` = {limit} is reached; \
+         raise it or wait for idle measurements to expire"
+    )]
+    TooManyMeasurements { limit: usize },
+
+    /// The server is draining after SIGTERM.
+    #[error("backlog-scaler is shutting down")]
+    ShuttingDown,
+
+    /// A bug: something that should be impossible happened.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub fn invalid(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::InvalidMetadata {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub fn unavailable(source_name: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Unavailable {
+            source_name: source_name.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub fn rejected(source_name: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Rejected {
+            source_name: source_name.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The gRPC code this error is answered with.
+    pub fn code(&self) -> Code {
+        match self {
+            Error::InvalidMetadata { .. } => Code::InvalidArgument,
+            Error::Unavailable { .. } | Error::ShuttingDown => Code::Unavailable,
+            Error::Rejected { .. } => Code::FailedPrecondition,
+            Error::TooManyMeasurements { .. } => Code::ResourceExhausted,
+            Error::Internal(_) => Code::Internal,
+        }
+    }
+
+    /// True when the backend itself could not be reached (as opposed to answering "no").
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Error::Unavailable { .. })
+    }
+}
+
+impl From<Error> for Status {
+    fn from(error: Error) -> Self {
+        Status::new(error.code(), error.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_follow_the_kind_of_failure() {
+        let cases = [
+            (
+                Error::invalid("target", "must be > 0"),
+                Code::InvalidArgument,
+            ),
+            (
+                Error::unavailable("redis-main", "timed out"),
+                Code::Unavailable,
+            ),
+            (
+                Error::rejected("redis-main", "WRONGTYPE"),
+                Code::FailedPrecondition,
+            ),
+            (
+                Error::TooManyMeasurements { limit: 3 },
+                Code::ResourceExhausted,
+            ),
+            (Error::ShuttingDown, Code::Unavailable),
+            (Error::Internal("bug".into()), Code::Internal),
+        ];
+        for (error, code) in cases {
+            assert_eq!(Status::from(error.clone()).code(), code, "{error}");
+        }
+    }
+
+    #[test]
+    fn status_message_names_the_key() {
+        let status = Status::from(Error::invalid("target", "must be a number > 0, got `x`"));
+        assert_eq!(
+            status.message(),
+            "metadata key `target`: must be a number > 0, got `x`"
+        );
+    }
+}

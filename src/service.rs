@@ -1,0 +1,203 @@
+//! The `externalscaler.ExternalScaler` gRPC service: parse, ask the engine, shape the answer.
+//!
+//! GetMetricSpec never touches a backend (KEDA calls it on every poll and every HPA read).
+//! GetMetrics, IsActive and StreamIsActive answer from the engine, which serves warm
+//! measurements from memory and bounds every cold read.
+
+use std::pin::Pin;
+
+use futures::Stream;
+use tokio::{sync::mpsc, time::MissedTickBehavior};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+use tracing::debug;
+
+use crate::{
+    Error,
+    engine::Engine,
+    proto::{
+        GetMetricSpecResponse, GetMetricsRequest, GetMetricsResponse, IsActiveResponse, MetricSpec,
+        MetricValue, ScaledObjectRef, external_scaler_server::ExternalScaler,
+    },
+    trigger::{TriggerSpec, parse_trigger},
+};
+
+/// The ExternalScaler implementation. Cloning is shallow.
+#[derive(Clone)]
+pub struct ScalerService {
+    engine: Engine,
+    shutdown: CancellationToken,
+}
+
+impl ScalerService {
+    /// `shutdown` ends open StreamIsActive streams so the server can drain.
+    pub fn new(engine: Engine, shutdown: CancellationToken) -> Self {
+        ScalerService { engine, shutdown }
+    }
+
+    fn parse(&self, scaled_object: &ScaledObjectRef) -> Result<TriggerSpec, Status> {
+        parse_trigger(&scaled_object.scaler_metadata, &self.engine).map_err(|error| {
+            debug!(
+                namespace = %scaled_object.namespace,
+                name = %scaled_object.name,
+                %error,
+                "rejected trigger metadata"
+            );
+            Status::from(error)
+        })
+    }
+
+    async fn measure(&self, spec: &TriggerSpec) -> Result<f64, Status> {
+        let value = self.engine.measure(&spec.source, &spec.query).await?;
+        if !value.is_finite() || value < 0.0 {
+            return Err(Error::Internal(format!("measured an impossible value {value}")).into());
+        }
+        Ok(value)
+    }
+}
+
+/// KEDA strips its `sN-` prefix before GetMetrics; accept it anyway, from older or other
+/// clients.
+fn names_this_metric(requested: &str, metric_name: &str) -> bool {
+    if requested.is_empty() || requested == metric_name {
+        return true;
+    }
+    requested
+        .strip_prefix('s')
+        .and_then(|rest| rest.split_once('-'))
+        .is_some_and(|(index, rest)| {
+            !index.is_empty() && index.bytes().all(|b| b.is_ascii_digit()) && rest == metric_name
+        })
+}
+
+type ActivityStream = Pin<Box<dyn Stream<Item = Result<IsActiveResponse, Status>> + Send>>;
+type SpecStream = Pin<Box<dyn Stream<Item = Result<GetMetricSpecResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ExternalScaler for ScalerService {
+    async fn is_active(
+        &self,
+        request: Request<ScaledObjectRef>,
+    ) -> Result<Response<IsActiveResponse>, Status> {
+        let spec = self.parse(request.get_ref())?;
+        let value = self.measure(&spec).await?;
+        Ok(Response::new(IsActiveResponse {
+            result: spec.is_active(value),
+        }))
+    }
+
+    type StreamIsActiveStream = ActivityStream;
+
+    /// Sends the current activity at once, then on every change, checking at the source's
+    /// refresh interval. A backend error ends the stream with that error (KEDA reconnects);
+    /// the stream also ends when the client goes away or the server drains.
+    async fn stream_is_active(
+        &self,
+        request: Request<ScaledObjectRef>,
+    ) -> Result<Response<Self::StreamIsActiveStream>, Status> {
+        let spec = self.parse(request.get_ref())?;
+        let interval = self.engine.refresh_interval(&spec.source)?;
+        // Capacity 1: a slow reader gets the latest state, not a backlog of old ones.
+        let (sender, receiver) = mpsc::channel(1);
+        let service = self.clone();
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            let mut last_sent: Option<bool> = None;
+            loop {
+                tokio::select! {
+                    _ = sender.closed() => return,
+                    _ = service.shutdown.cancelled() => return,
+                    _ = ticker.tick() => {}
+                }
+                let update = match service.measure(&spec).await {
+                    Ok(value) => {
+                        let active = spec.is_active(value);
+                        if last_sent == Some(active) {
+                            continue;
+                        }
+                        last_sent = Some(active);
+                        Ok(IsActiveResponse { result: active })
+                    }
+                    Err(status) => Err(status),
+                };
+                let failed = update.is_err();
+                if sender.send(update).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+
+    async fn get_metric_spec(
+        &self,
+        request: Request<ScaledObjectRef>,
+    ) -> Result<Response<GetMetricSpecResponse>, Status> {
+        let spec = self.parse(request.get_ref())?;
+        Ok(Response::new(GetMetricSpecResponse {
+            metric_specs: vec![MetricSpec {
+                metric_name: spec.metric_name.clone(),
+                target_size: spec.target_size(),
+                target_size_float: spec.target,
+            }],
+        }))
+    }
+
+    async fn get_metrics(
+        &self,
+        request: Request<GetMetricsRequest>,
+    ) -> Result<Response<GetMetricsResponse>, Status> {
+        let request = request.get_ref();
+        let scaled_object = request.scaled_object_ref.as_ref().ok_or_else(|| {
+            Status::invalid_argument("scaledObjectRef is required in GetMetricsRequest")
+        })?;
+        let spec = self.parse(scaled_object)?;
+        if !names_this_metric(&request.metric_name, &spec.metric_name) {
+            return Err(Status::invalid_argument(format!(
+                "metricName `{}` is not this trigger's metric; GetMetricSpec names it `{}`",
+                request.metric_name, spec.metric_name
+            )));
+        }
+        let value = self.measure(&spec).await?;
+        Ok(Response::new(GetMetricsResponse {
+            metric_values: vec![MetricValue {
+                metric_name: spec.metric_name,
+                // For KEDA < 2.17, which reads only the integer: round up, so a fractional
+                // backlog never reads as less work than there is.
+                metric_value: value.ceil() as i64,
+                metric_value_float: value,
+            }],
+        }))
+    }
+
+    type StreamMetricSpecStream = SpecStream;
+
+    async fn stream_metric_spec(
+        &self,
+        _request: Request<ScaledObjectRef>,
+    ) -> Result<Response<Self::StreamMetricSpecStream>, Status> {
+        Err(Status::unimplemented(
+            "StreamMetricSpec is not implemented: the metric spec of a trigger never changes \
+             without a change of its metadata; use GetMetricSpec",
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keda_index_prefix_is_accepted() {
+        let name = "redis-list-jobs-0a1b2c3d";
+        assert!(names_this_metric(name, name));
+        assert!(names_this_metric("", name));
+        assert!(names_this_metric("s0-redis-list-jobs-0a1b2c3d", name));
+        assert!(names_this_metric("s12-redis-list-jobs-0a1b2c3d", name));
+        assert!(!names_this_metric("s-redis-list-jobs-0a1b2c3d", name));
+        assert!(!names_this_metric("sx-redis-list-jobs-0a1b2c3d", name));
+        assert!(!names_this_metric("redis-list-other-0a1b2c3d", name));
+    }
+}
