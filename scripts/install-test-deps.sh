@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs what the integration tests need and the machine lacks. Idempotent.
+#   - Debian packages (as root): redis-server, redis-sentinel, postgresql(-contrib), pgbouncer.
+#   - Nothing else is installed system-wide; language packages for compatibility tests go to
+#     the project-local .test-deps/ (ignored by git).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v redis-server >/dev/null || missing+=(redis-server)
+command -v redis-sentinel >/dev/null || missing+=(redis-sentinel)
+command -v pgbouncer >/dev/null || missing+=(pgbouncer)
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null; then
+  missing+=(postgresql)
+fi
+if ! ls /usr/share/postgresql/*/extension/pg_stat_statements.control >/dev/null 2>&1; then
+  missing+=(postgresql-contrib)
+fi
+
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "installing test servers: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq redis-server redis-sentinel postgresql postgresql-contrib pgbouncer >/dev/null
+  else
+    echo "missing test servers: ${missing[*]}; as root run:" >&2
+    echo "  apt-get install -y redis-server redis-sentinel postgresql postgresql-contrib pgbouncer" >&2
+    echo "(the tests will fail with this hint until they are installed)" >&2
+  fi
+fi

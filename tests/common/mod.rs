@@ -1,0 +1,250 @@
+//! The integration-test harness: throwaway real servers and an in-process scaler.
+//!
+//! Every server runs on a free loopback port in its own temp dir and is killed on drop, so
+//! tests never touch the machine's shared Redis or PostgreSQL and can run in parallel. A
+//! missing server binary fails the test with the command that installs it.
+
+#![allow(dead_code)]
+
+use std::{
+    collections::HashMap,
+    net::{SocketAddr, TcpListener as StdListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use backlog_scaler::{
+    config::Config,
+    proto::{ScaledObjectRef, external_scaler_client::ExternalScalerClient},
+    server,
+};
+use tokio::{sync::oneshot, task::JoinHandle};
+use tonic::transport::Channel;
+
+/// Debian packages that provide the servers the tests start.
+pub const INSTALL_HINT: &str = "install the test servers: apt-get install -y redis-server \
+     redis-sentinel postgresql postgresql-contrib pgbouncer (or run the README's test command as root)";
+
+/// The path of a server binary, or a panic that says how to install it.
+pub fn require_binary(name: &str) -> PathBuf {
+    let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|path| {
+            std::env::split_paths(&path)
+                .map(|dir| dir.join(name))
+                .collect()
+        })
+        .unwrap_or_default();
+    // PostgreSQL's server binaries live outside PATH on Debian.
+    if let Ok(entries) = std::fs::read_dir("/usr/lib/postgresql") {
+        let mut versions: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+        versions.sort();
+        candidates.extend(versions.into_iter().rev().map(|v| v.join("bin").join(name)));
+    }
+    candidates
+        .into_iter()
+        .find(|path| path.is_file())
+        .unwrap_or_else(|| panic!("`{name}` is not installed; {INSTALL_HINT}"))
+}
+
+/// A free TCP port on 127.0.0.1 (the OS picks it; a race with another process is possible
+/// but the servers below fail loudly if it happens).
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("binding 127.0.0.1:0")
+        .port()
+}
+
+/// Waits until something accepts TCP connections on `port`.
+pub fn wait_for_port(port: u16, what: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not listen on port {port} within {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A child process killed (and reaped) on drop.
+pub struct ChildGuard(pub Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A throwaway `redis-server`.
+pub struct RedisServer {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    process: Option<ChildGuard>,
+    extra_args: Vec<String>,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        Self::start_with(&[])
+    }
+
+    /// Starts with extra `redis-server` arguments (e.g. `["--requirepass", "x"]`).
+    pub fn start_with(extra_args: &[&str]) -> RedisServer {
+        let mut server = RedisServer {
+            port: free_port(),
+            dir: tempfile::tempdir().expect("temp dir"),
+            process: None,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+        };
+        server.resume();
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Kills the server (an outage); the port stays reserved for [`resume`](Self::resume).
+    pub fn stop(&mut self) {
+        self.process = None;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            assert!(Instant::now() < deadline, "redis-server did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the server again on the same port.
+    pub fn resume(&mut self) {
+        let binary = require_binary("redis-server");
+        let child = Command::new(binary)
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args(&self.extra_args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawning redis-server");
+        self.process = Some(ChildGuard(child));
+        wait_for_port(self.port, "redis-server", Duration::from_secs(10));
+    }
+
+    /// A plain async connection for arranging test data.
+    pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connecting to the test redis-server")
+    }
+
+    /// `INFO commandstats` as command → calls.
+    pub async fn command_calls(&self) -> HashMap<String, u64> {
+        let mut connection = self.connection().await;
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        info.lines()
+            .filter_map(|line| {
+                let rest = line.strip_prefix("cmdstat_")?;
+                let (name, stats) = rest.split_once(':')?;
+                let calls = stats.split(',').find_map(|kv| kv.strip_prefix("calls="))?;
+                Some((name.to_string(), calls.parse().ok()?))
+            })
+            .collect()
+    }
+}
+
+/// The scaler, running in-process on `127.0.0.1:0`.
+pub struct Scaler {
+    pub address: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    pub task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Scaler {
+    /// Starts the scaler with a config given as TOML text.
+    pub async fn start(config_toml: &str) -> Scaler {
+        let config = Config::from_toml(config_toml).expect("test config is valid");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (shutdown, shutdown_rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(server::run(config, listener, async move {
+            let _ = shutdown_rx.await;
+        }));
+        Scaler {
+            address,
+            shutdown: Some(shutdown),
+            task: Some(task),
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.endpoint())
+            .unwrap()
+            .connect()
+            .await
+            .expect("connecting to the scaler")
+    }
+
+    pub async fn client(&self) -> ExternalScalerClient<Channel> {
+        ExternalScalerClient::new(self.channel().await)
+    }
+
+    /// Sends the shutdown signal (as SIGTERM would) and waits for `run` to return.
+    pub async fn shut_down(&mut self) -> anyhow::Result<()> {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        match self.task.take() {
+            Some(task) => task.await.expect("server task panicked"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Scaler {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// A ScaledObjectRef as KEDA sends it.
+pub fn scaled_object(pairs: &[(&str, &str)]) -> ScaledObjectRef {
+    ScaledObjectRef {
+        name: "worker".into(),
+        namespace: "default".into(),
+        scaler_metadata: pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    }
+}
+
+/// A config with one standalone Redis source named `redis-main`.
+pub fn redis_config(url: &str) -> String {
+    format!(
+        r#"
+        [sources.redis-main]
+        type = "redis"
+        url = "{url}"
+        "#
+    )
+}

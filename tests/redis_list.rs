@@ -1,0 +1,481 @@
+//! Foundation, end to end: a real `redis-server`, the scaler in-process, a tonic client over
+//! TCP shaped like KEDA's.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use backlog_scaler::proto::{GetMetricsRequest, ScaledObjectRef};
+use common::{RedisServer, Scaler, redis_config, scaled_object};
+use redis::AsyncCommands;
+use tonic::Code;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+fn trigger(keys: &str) -> ScaledObjectRef {
+    scaled_object(&[
+        ("scalerAddress", "backlog-scaler.keda.svc:9090"),
+        ("source", "redis-main"),
+        ("metric", "redis-list"),
+        ("keys", keys),
+        ("target", "10"),
+        ("activationTarget", "2"),
+    ])
+}
+
+fn metrics_request(scaled_object: ScaledObjectRef, metric_name: &str) -> GetMetricsRequest {
+    GetMetricsRequest {
+        scaled_object_ref: Some(scaled_object),
+        metric_name: metric_name.to_string(),
+    }
+}
+
+async fn push(redis: &RedisServer, key: &str, n: usize) {
+    let mut connection = redis.connection().await;
+    let items: Vec<String> = (0..n).map(|i| format!("job-{i}")).collect();
+    let _: () = connection.rpush(key, items).await.unwrap();
+}
+
+async fn health_status(scaler: &Scaler, service: &str) -> ServingStatus {
+    let mut health = HealthClient::new(scaler.channel().await);
+    let response = health
+        .check(HealthCheckRequest {
+            service: service.to_string(),
+        })
+        .await
+        .unwrap();
+    response.into_inner().status()
+}
+
+async fn wait_for_health(scaler: &Scaler, service: &str, want: ServingStatus) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = health_status(scaler, service).await;
+        if status == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{service} stayed {status:?}, wanted {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_value_and_activity_of_a_real_backlog() {
+    let redis = RedisServer::start();
+    let scaler = Scaler::start(&redis_config(&redis.url())).await;
+    let mut client = scaler.client().await;
+    push(&redis, "agent:tasks:pending", 25).await;
+    push(&redis, "agent:tasks:retry", 4).await;
+
+    let so = trigger("agent:tasks:pending,agent:tasks:retry,agent:tasks:absent");
+    let spec = client
+        .get_metric_spec(so.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(spec.metric_specs.len(), 1);
+    let metric = &spec.metric_specs[0];
+    assert!(
+        metric
+            .metric_name
+            .starts_with("redis-list-agent-tasks-pending-"),
+        "{metric:?}"
+    );
+    assert_eq!(metric.target_size, 10);
+    assert_eq!(metric.target_size_float, 10.0);
+
+    // KEDA strips its `sN-` prefix; both forms answer.
+    for name in [
+        metric.metric_name.clone(),
+        format!("s0-{}", metric.metric_name),
+    ] {
+        let values = client
+            .get_metrics(metrics_request(so.clone(), &name))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(values.metric_values.len(), 1);
+        assert_eq!(
+            values.metric_values[0].metric_value, 29,
+            "a missing key counts 0"
+        );
+        assert_eq!(values.metric_values[0].metric_value_float, 29.0);
+        assert_eq!(values.metric_values[0].metric_name, metric.metric_name);
+    }
+    assert!(
+        client
+            .is_active(so.clone())
+            .await
+            .unwrap()
+            .into_inner()
+            .result
+    );
+
+    // Activation is value > activationTarget (2): 2 items is not active, 3 is.
+    let small = trigger("small");
+    push(&redis, "small", 2).await;
+    assert!(
+        !client
+            .is_active(small.clone())
+            .await
+            .unwrap()
+            .into_inner()
+            .result
+    );
+    push(&redis, "small", 1).await;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !client
+        .is_active(small.clone())
+        .await
+        .unwrap()
+        .into_inner()
+        .result
+    {
+        assert!(
+            Instant::now() < deadline,
+            "a backlog change must be visible within 2 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_metric_spec_never_touches_the_backend() {
+    // The source points at a port where nothing listens.
+    let port = common::free_port();
+    let scaler = Scaler::start(&redis_config(&format!("redis://127.0.0.1:{port}/0"))).await;
+    let mut client = scaler.client().await;
+    let started = Instant::now();
+    let spec = client
+        .get_metric_spec(trigger("jobs"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(spec.metric_specs[0].target_size, 10);
+    assert!(started.elapsed() < Duration::from_millis(500));
+    // While the value itself is UNAVAILABLE, within the bound and naming the source.
+    let started = Instant::now();
+    let status = client
+        .get_metrics(metrics_request(trigger("jobs"), ""))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("redis-main"), "{status:?}");
+    assert!(
+        started.elapsed() <= Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_type_key_is_an_error_naming_the_key() {
+    let redis = RedisServer::start();
+    let scaler = Scaler::start(&redis_config(&redis.url())).await;
+    let mut client = scaler.client().await;
+    let mut connection = redis.connection().await;
+    let _: () = connection.set("not-a-list", "x").await.unwrap();
+    push(&redis, "a-list", 3).await;
+    let status = client
+        .get_metrics(metrics_request(trigger("a-list,not-a-list"), ""))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(status.message().contains("`not-a-list`"), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_metadata_is_invalid_argument_naming_the_key() {
+    let redis = RedisServer::start();
+    let scaler = Scaler::start(&redis_config(&redis.url())).await;
+    let mut client = scaler.client().await;
+    let cases: [(&[(&str, &str)], &str); 6] = [
+        (
+            &[("metric", "redis-list"), ("keys", "a"), ("target", "1")],
+            "`source`",
+        ),
+        (
+            &[
+                ("source", "nope"),
+                ("metric", "redis-list"),
+                ("keys", "a"),
+                ("target", "1"),
+            ],
+            "`source`",
+        ),
+        (
+            &[
+                ("source", "redis-main"),
+                ("metric", "kafka"),
+                ("keys", "a"),
+                ("target", "1"),
+            ],
+            "`metric`",
+        ),
+        (
+            &[
+                ("source", "redis-main"),
+                ("metric", "redis-list"),
+                ("target", "1"),
+            ],
+            "`keys`",
+        ),
+        (
+            &[
+                ("source", "redis-main"),
+                ("metric", "redis-list"),
+                ("keys", "a"),
+                ("target", "-1"),
+            ],
+            "`target`",
+        ),
+        (
+            &[
+                ("source", "redis-main"),
+                ("metric", "redis-list"),
+                ("keys", "a"),
+                ("target", "1"),
+                ("bogus", "1"),
+            ],
+            "`bogus`",
+        ),
+    ];
+    for (pairs, key) in cases {
+        for status in [
+            client
+                .get_metric_spec(scaled_object(pairs))
+                .await
+                .unwrap_err(),
+            client.is_active(scaled_object(pairs)).await.unwrap_err(),
+            client
+                .get_metrics(metrics_request(scaled_object(pairs), ""))
+                .await
+                .unwrap_err(),
+        ] {
+            assert_eq!(
+                status.code(),
+                Code::InvalidArgument,
+                "{pairs:?}: {status:?}"
+            );
+            assert!(status.message().contains(key), "{pairs:?}: {status:?}");
+        }
+    }
+    let status = client
+        .get_metrics(GetMetricsRequest {
+            scaled_object_ref: None,
+            metric_name: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let status = client
+        .get_metrics(metrics_request(trigger("a"), "redis-list-something-else"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("metricName"), "{status:?}");
+    let status = client.stream_metric_spec(trigger("a")).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unimplemented);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_is_active_sends_at_once_then_on_change() {
+    let redis = RedisServer::start();
+    let scaler = Scaler::start(&redis_config(&redis.url())).await;
+    let mut client = scaler.client().await;
+    let mut stream = client
+        .stream_is_active(trigger("streamed"))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(2), stream.message())
+        .await
+        .expect("the current activity is sent at once")
+        .unwrap()
+        .unwrap();
+    assert!(!first.result);
+    push(&redis, "streamed", 5).await;
+    let second = tokio::time::timeout(Duration::from_secs(3), stream.message())
+        .await
+        .expect("a change is sent within a refresh")
+        .unwrap()
+        .unwrap();
+    assert!(second.result);
+    // No change, no message.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(2500), stream.message())
+            .await
+            .is_err(),
+        "nothing is sent while the activity does not change"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outage_gives_unavailable_in_bounded_time_and_recovery_follows() {
+    let mut redis = RedisServer::start();
+    let scaler = Scaler::start(&redis_config(&redis.url())).await;
+    let mut client = scaler.client().await;
+    push(&redis, "jobs", 7).await;
+    let so = trigger("jobs");
+    let value = client
+        .get_metrics(metrics_request(so.clone(), ""))
+        .await
+        .unwrap();
+    assert_eq!(value.into_inner().metric_values[0].metric_value, 7);
+    wait_for_health(&scaler, "readiness", ServingStatus::Serving).await;
+
+    redis.stop();
+    // Within a few refreshes every answer is UNAVAILABLE, and each answer takes at most 2 s.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let started = Instant::now();
+        let outcome = client.get_metrics(metrics_request(so.clone(), "")).await;
+        assert!(
+            started.elapsed() <= Duration::from_secs(2),
+            "answered in {:?}",
+            started.elapsed()
+        );
+        match outcome {
+            Err(status) => {
+                assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+                assert!(status.message().contains("redis-main"), "{status:?}");
+                break;
+            }
+            Ok(response) => {
+                // Before the outage is noticed, only the last real value may be served.
+                assert_eq!(response.into_inner().metric_values[0].metric_value, 7);
+                assert!(Instant::now() < deadline, "the outage was never reported");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    let status = client.is_active(so.clone()).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    wait_for_health(&scaler, "readiness", ServingStatus::NotServing).await;
+    assert_eq!(
+        health_status(&scaler, "liveness").await,
+        ServingStatus::Serving
+    );
+
+    redis.resume();
+    push(&redis, "jobs", 3).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match client.get_metrics(metrics_request(so.clone(), "")).await {
+            Ok(response) => {
+                assert_eq!(response.into_inner().metric_values[0].metric_value, 3);
+                break;
+            }
+            Err(status) => {
+                assert_eq!(status.code(), Code::Unavailable);
+                assert!(Instant::now() < deadline, "no recovery: {status:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    wait_for_health(&scaler, "readiness", ServingStatus::Serving).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_reflection_and_graceful_shutdown() {
+    let redis = RedisServer::start();
+    let mut scaler = Scaler::start(&redis_config(&redis.url())).await;
+    assert_eq!(health_status(&scaler, "").await, ServingStatus::Serving);
+    assert_eq!(
+        health_status(&scaler, "liveness").await,
+        ServingStatus::Serving
+    );
+    wait_for_health(&scaler, "readiness", ServingStatus::Serving).await;
+
+    let expected = [
+        "externalscaler.ExternalScaler",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ];
+    let v1 = list_services_v1(&scaler).await;
+    let v1alpha = list_services_v1alpha(&scaler).await;
+    for service in expected {
+        assert!(
+            v1.iter().any(|s| s == service),
+            "v1 lacks {service}: {v1:?}"
+        );
+        assert!(
+            v1alpha.iter().any(|s| s == service),
+            "v1alpha lacks {service}: {v1alpha:?}"
+        );
+    }
+
+    // An open stream must not hold the drain up: it ends when the server shuts down.
+    let mut client = scaler.client().await;
+    let mut stream = client
+        .stream_is_active(trigger("s"))
+        .await
+        .unwrap()
+        .into_inner();
+    stream.message().await.unwrap().unwrap();
+    let started = Instant::now();
+    scaler.shut_down().await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "drain took {:?}",
+        started.elapsed()
+    );
+    let end = tokio::time::timeout(Duration::from_secs(2), stream.message())
+        .await
+        .unwrap();
+    assert!(
+        matches!(end, Ok(None) | Err(_)),
+        "the stream ended: {end:?}"
+    );
+}
+
+async fn list_services_v1(scaler: &Scaler) -> Vec<String> {
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let mut client = ServerReflectionClient::new(scaler.channel().await);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    match responses.message().await.unwrap().unwrap().message_response {
+        Some(MessageResponse::ListServicesResponse(list)) => {
+            list.service.into_iter().map(|s| s.name).collect()
+        }
+        other => panic!("unexpected reflection answer {other:?}"),
+    }
+}
+
+async fn list_services_v1alpha(scaler: &Scaler) -> Vec<String> {
+    use tonic_reflection::pb::v1alpha::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let mut client = ServerReflectionClient::new(scaler.channel().await);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    match responses.message().await.unwrap().unwrap().message_response {
+        Some(MessageResponse::ListServicesResponse(list)) => {
+            list.service.into_iter().map(|s| s.name).collect()
+        }
+        other => panic!("unexpected reflection answer {other:?}"),
+    }
+}
