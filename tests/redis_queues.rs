@@ -1,0 +1,360 @@
+//! Each Redis metric against a real `redis-server`, with queue data produced by the real
+//! queue libraries (BullMQ on node, Celery/kombu and RQ on Python) wherever one exists: the
+//! scaler's value must equal the library's own count of pending work.
+
+mod common;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use backlog_scaler::proto::GetMetricsRequest;
+use common::{RedisServer, Scaler, redis_config, scaled_object};
+use redis::AsyncCommands;
+use serde_json::Value;
+
+fn project() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs a producer script and parses the JSON line it prints.
+async fn produce(program: &str, script: &str, args: Vec<String>) -> Value {
+    let deps = project().join(".test-deps");
+    let hint = "run scripts/install-test-deps.sh (installs bullmq into .test-deps/node and \
+                celery, rq into .test-deps/python)";
+    let (env_key, env_value, marker) = match program {
+        "node" => (
+            "NODE_PATH",
+            deps.join("node/node_modules"),
+            "node/node_modules/bullmq",
+        ),
+        _ => ("PYTHONPATH", deps.join("python"), "python/celery"),
+    };
+    assert!(
+        Path::new(&deps.join(marker)).exists(),
+        "{marker} is missing; {hint}"
+    );
+    let script = project().join("tests/compat").join(script);
+    let program = program.to_string();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(&program)
+            .arg(&script)
+            .args(&args)
+            .env(env_key, env_value)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {program}: {e}; {hint}"))
+    })
+    .await
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "producer failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("producer printed {stdout:?}: {e}"))
+}
+
+async fn value_of(scaler: &Scaler, pairs: &[(&str, &str)]) -> f64 {
+    let mut all = vec![("source", "redis-main"), ("target", "1")];
+    all.extend_from_slice(pairs);
+    let response = scaler
+        .client()
+        .await
+        .get_metrics(GetMetricsRequest {
+            scaled_object_ref: Some(scaled_object(&all)),
+            metric_name: String::new(),
+        })
+        .await
+        .unwrap_or_else(|status| panic!("{pairs:?}: {status:?}"));
+    let value = &response.into_inner().metric_values[0];
+    assert_eq!(value.metric_value, value.metric_value_float.ceil() as i64);
+    value.metric_value_float
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bullmq_backlog_equals_the_library_count() {
+    let redis = RedisServer::start();
+    let scaler = Scaler::start(&redis_config(&redis.url())).await;
+    let port = redis.port.to_string();
+
+    let running = produce(
+        "node",
+        "bullmq_produce.cjs",
+        vec![port.clone(), "mail".into(), "bull".into(), "running".into()],
+    )
+    .await;
+    let counts = &running["counts"];
+    assert_eq!(counts["delayed"], 6, "{running}");
+    let library = counts["wait"].as_f64().unwrap()
+        + counts["paused"].as_f64().unwrap()
+        + counts["prioritized"].as_f64().unwrap()
+        + running["due_delayed"].as_f64().unwrap();
+    assert_eq!(
+        library, 12.0,
+        "5 waiting + 3 prioritized + 4 due: {running}"
+    );
+    assert_eq!(
+        value_of(&scaler, &[("metric", "bullmq"), ("queue", "mail")]).await,
+        library
+    );
+
+    // A custom prefix, and a paused queue: 0 unless countWhenPaused.
+    let paused = produce(
+        "node",
+        "bullmq_produce.cjs",
+        vec![port, "reports".into(), "{jobs}".into(), "paused".into()],
+    )
+    .await;
+    let counts = &paused["counts"];
+    let library = counts["wait"].as_f64().unwrap()
+        + counts["paused"].as_f64().unwrap()
+        + counts["prioritized"].as_f64().unwrap()
+        + paused["due_delayed"].as_f64().unwrap();
+    assert_eq!(library, 12.0, "{paused}");
+    let base = [
+        ("metric", "bullmq"),
+        ("queue", "reports"),
+        ("prefix", "{jobs}"),
+    ];
+    assert_eq!(value_of(&scaler, &base).await, 0.0);
+    let mut counted = base.to_vec();
+    counted.push(("countWhenPaused", "true"));
+    assert_eq!(value_of(&scaler, &counted).await, library);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn celery_backlog_equals_kombu_queue_size() {
+    let redis = RedisServer::start();
+    let scaler = Scaler::start(&redis_config(&redis.url())).await;
+    let port = redis.port.to_string();
+
+    let plain = produce(
+        "python3",
+        "celery_produce.py",
+        vec![port.clone(), "work".into(), String::new()],
+    )
+    .await;
+    assert_eq!(plain["size"], plain["sent"], "{plain}");
+    let size = plain["size"].as_f64().unwrap();
+    assert_eq!(
+        value_of(&scaler, &[("metric", "celery"), ("queue", "work")]).await,
+        size
+    );
+    // Counting only the base key (what KEDA's built-in redis scaler does) under-counts.
+    assert!(value_of(&scaler, &[("metric", "redis-list"), ("keys", "work")]).await < size);
+
+    let prefixed = produce(
+        "python3",
+        "celery_produce.py",
+        vec![port, "work".into(), "tenant-a:".into()],
+    )
+    .await;
+    assert_eq!(
+        value_of(
+            &scaler,
+            &[
+                ("metric", "celery"),
+                ("queue", "work"),
+                ("keyPrefix", "tenant-a:")
+            ]
+        )
+        .await,
+        prefixed["size"].as_f64().unwrap()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rq_backlog_equals_queue_count() {
+    let redis = RedisServer::start();
+    let scaler = Scaler::start(&redis_config(&redis.url())).await;
+    let produced = produce(
+        "python3",
+        "rq_produce.py",
+        vec![redis.port.to_string(), "high".into()],
+    )
+    .await;
+    assert_eq!(produced["count"], 7, "{produced}");
+    assert_eq!(
+        value_of(&scaler, &[("metric", "rq"), ("queue", "high")]).await,
+        7.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidekiq_zset_and_stream_against_redis_own_answers() {
+    let redis = RedisServer::start();
+    let scaler = Scaler::start(&redis_config(&redis.url())).await;
+    let mut connection = redis.connection().await;
+
+    // Sidekiq pushes job JSON onto `queue:<name>` (optionally behind a namespace).
+    let _: () = connection
+        .lpush("queue:default", vec!["{}"; 3])
+        .await
+        .unwrap();
+    let _: () = connection
+        .lpush("app:queue:default", vec!["{}"; 2])
+        .await
+        .unwrap();
+    assert_eq!(
+        value_of(&scaler, &[("metric", "sidekiq"), ("queue", "default")]).await,
+        3.0
+    );
+    assert_eq!(
+        value_of(
+            &scaler,
+            &[
+                ("metric", "sidekiq"),
+                ("queue", "default"),
+                ("namespace", "app")
+            ]
+        )
+        .await,
+        2.0
+    );
+
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let (secs, ms) = (now.as_secs() as f64, now.as_millis() as f64);
+    let _: () = connection
+        .zadd_multiple(
+            "retry",
+            &[(secs - 60.0, "a"), (secs - 1.0, "b"), (secs + 3600.0, "c")],
+        )
+        .await
+        .unwrap();
+    let _: () = connection
+        .zadd_multiple("retry-ms", &[(ms - 5000.0, "a"), (ms + 3_600_000.0, "b")])
+        .await
+        .unwrap();
+    assert_eq!(
+        value_of(
+            &scaler,
+            &[("metric", "redis-zset"), ("keys", "retry,retry-ms")]
+        )
+        .await,
+        5.0
+    );
+    assert_eq!(
+        value_of(
+            &scaler,
+            &[
+                ("metric", "redis-zset"),
+                ("keys", "retry"),
+                ("scoreMax", "now")
+            ]
+        )
+        .await,
+        2.0
+    );
+    assert_eq!(
+        value_of(
+            &scaler,
+            &[
+                ("metric", "redis-zset"),
+                ("keys", "retry-ms"),
+                ("scoreMax", "now"),
+                ("scoreUnit", "ms")
+            ]
+        )
+        .await,
+        1.0
+    );
+
+    // A stream with a consumer group: 10 entries, 4 delivered, 1 of them acknowledged.
+    for i in 0..10 {
+        let _: String = connection.xadd("events", "*", &[("n", i)]).await.unwrap();
+    }
+    let _: () = redis::cmd("XGROUP")
+        .arg(&["CREATE", "events", "workers", "0"])
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let read: redis::streams::StreamReadReply = connection
+        .xread_options(
+            &["events"],
+            &[">"],
+            &redis::streams::StreamReadOptions::default()
+                .group("workers", "w1")
+                .count(4),
+        )
+        .await
+        .unwrap();
+    let first_id = read.keys[0].ids[0].id.clone();
+    let _: i64 = connection
+        .xack("events", "workers", &[first_id])
+        .await
+        .unwrap();
+    let info: redis::streams::StreamInfoGroupsReply =
+        connection.xinfo_groups("events").await.unwrap();
+    let group = &info.groups[0];
+    let (pending, lag) = (
+        group.pending as f64,
+        group.lag.expect("Redis 7 reports lag") as f64,
+    );
+    assert_eq!((pending, lag), (3.0, 6.0));
+    let stream = |mode: &'static str| {
+        [
+            ("metric", "redis-stream"),
+            ("stream", "events"),
+            ("group", "workers"),
+            ("mode", mode),
+        ]
+    };
+    assert_eq!(
+        value_of(&scaler, &[("metric", "redis-stream"), ("stream", "events")]).await,
+        10.0
+    );
+    assert_eq!(value_of(&scaler, &stream("pending")).await, pending);
+    assert_eq!(value_of(&scaler, &stream("lag")).await, lag);
+    assert_eq!(value_of(&scaler, &stream("backlog")).await, pending + lag);
+    assert_eq!(
+        value_of(
+            &scaler,
+            &[
+                ("metric", "redis-stream"),
+                ("stream", "events"),
+                ("group", "workers")
+            ]
+        )
+        .await,
+        pending + lag,
+        "backlog is the default with a group"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_reads_of_a_refresh_go_out_as_one_pipeline() {
+    let redis = RedisServer::start();
+    let scaler = Scaler::start(&redis_config(&redis.url())).await;
+    // Twenty triggers over overlapping keys: warm them up, then watch one refresh.
+    let triggers: Vec<Vec<(&str, &str)>> = vec![
+        vec![("metric", "celery"), ("queue", "work")],
+        vec![("metric", "bullmq"), ("queue", "mail")],
+        vec![("metric", "redis-list"), ("keys", "work,other")],
+        vec![("metric", "rq"), ("queue", "high")],
+    ];
+    for trigger in &triggers {
+        value_of(&scaler, trigger).await;
+    }
+    // Let the refresher take over, then compare LLEN calls over a few refreshes with the
+    // number of distinct list keys (work, work+3 steps, other, bull:mail wait/paused, rq).
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let before = redis.command_calls().await;
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    let after = redis.command_calls().await;
+    let refreshes = started.elapsed().as_secs_f64().round();
+    let llen =
+        (after.get("llen").copied().unwrap_or(0) - before.get("llen").copied().unwrap_or(0)) as f64;
+    let distinct_list_keys = 4.0 + 1.0 + 2.0 + 1.0;
+    assert!(
+        llen <= distinct_list_keys * (refreshes + 1.0)
+            && llen >= distinct_list_keys * (refreshes - 1.0),
+        "{llen} LLEN in ~{refreshes} refreshes: each distinct key must be read once per refresh"
+    );
+}
