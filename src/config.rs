@@ -173,6 +173,9 @@ struct RawSource {
     max_staleness: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     timeout: Option<Duration>,
+    pool_size: Option<usize>,
+    queries: Option<BTreeMap<String, String>>,
+    tls_ca_file: Option<PathBuf>,
 }
 
 /// A validated source: its name, its refresh settings and how to reach its backend.
@@ -194,6 +197,7 @@ pub struct RefreshSettings {
 #[derive(Debug, Clone)]
 pub enum BackendConfig {
     Redis(RedisConfig),
+    Postgres(PostgresConfig),
 }
 
 impl BackendConfig {
@@ -201,6 +205,7 @@ impl BackendConfig {
     pub fn type_name(&self) -> &'static str {
         match self {
             BackendConfig::Redis(_) => "redis",
+            BackendConfig::Postgres(_) => "postgres",
         }
     }
 }
@@ -210,7 +215,24 @@ pub struct RedisConfig {
     pub url: Secret,
 }
 
-const SOURCE_TYPES: &str = "\"redis\"";
+/// A PostgreSQL server (directly or through PgBouncer).
+#[derive(Debug, Clone)]
+pub struct PostgresConfig {
+    /// `postgres://user[:password]@host:port/db?sslmode=require`.
+    pub url: Secret,
+    /// Connections the scaler may hold; small, so the scaler is never the database's problem.
+    pub pool_size: usize,
+    /// Named, server-side SQL for `metric: pg-query`; metadata picks one by name.
+    pub queries: BTreeMap<String, String>,
+    /// PEM file of the CA that signed the server's certificate (else the web PKI roots).
+    pub tls_ca_file: Option<PathBuf>,
+}
+
+const SOURCE_TYPES: &str = "\"redis\", \"postgres\"";
+
+// Two connections: one refresh reads pg_stat_activity and pg_stat_statements of every trigger
+// of the source with one or two statements, so a second connection only serves cold reads.
+const DEFAULT_PG_POOL_SIZE: usize = 2;
 
 impl Config {
     /// Reads, parses and validates the file at `path`.
@@ -295,10 +317,58 @@ fn resolve_source(
             ),
         ));
     }
+    let only_for = |field: &str, given: bool, kind: &str| {
+        if given && raw.kind != kind {
+            Err(ConfigError::at(
+                key(field),
+                format!("is only valid for type = \"{kind}\""),
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    only_for("pool_size", raw.pool_size.is_some(), "postgres")?;
+    only_for("queries", raw.queries.is_some(), "postgres")?;
+    only_for("tls_ca_file", raw.tls_ca_file.is_some(), "postgres")?;
     let backend = match raw.kind.as_str() {
         "redis" => BackendConfig::Redis(RedisConfig {
             url: resolve_secret(name, "url", &raw.url, &raw.url_env, &raw.url_file)?,
         }),
+        "postgres" => {
+            let url = resolve_secret(name, "url", &raw.url, &raw.url_env, &raw.url_file)?;
+            if url.expose().parse::<tokio_postgres::Config>().is_err() {
+                // The parser's message may quote the URL, which may hold a password.
+                return Err(ConfigError::at(
+                    key("url"),
+                    "is not a valid PostgreSQL connection URL (postgres://user@host:port/db)",
+                ));
+            }
+            let pool_size = raw.pool_size.unwrap_or(DEFAULT_PG_POOL_SIZE);
+            if pool_size == 0 {
+                return Err(ConfigError::at(key("pool_size"), "must be at least 1"));
+            }
+            let queries = raw.queries.clone().unwrap_or_default();
+            if let Some((query, _)) = queries.iter().find(|(_, sql)| sql.trim().is_empty()) {
+                return Err(ConfigError::at(
+                    key(&format!("queries.{query}")),
+                    "is empty",
+                ));
+            }
+            if let Some(path) = &raw.tls_ca_file
+                && !path.is_file()
+            {
+                return Err(ConfigError::at(
+                    key("tls_ca_file"),
+                    format!("{} is not a readable file", path.display()),
+                ));
+            }
+            BackendConfig::Postgres(PostgresConfig {
+                url,
+                pool_size,
+                queries,
+                tls_ca_file: raw.tls_ca_file.clone(),
+            })
+        }
         other => {
             return Err(ConfigError::at(
                 key("type"),
@@ -389,7 +459,9 @@ mod tests {
         let source = &config.resolved_sources[0];
         assert_eq!(source.name, "redis-main");
         assert_eq!(source.refresh.max_staleness, Duration::from_secs(5));
-        let BackendConfig::Redis(redis) = &source.backend;
+        let BackendConfig::Redis(redis) = &source.backend else {
+            panic!("a redis source")
+        };
         assert_eq!(redis.url.expose(), "redis://127.0.0.1:6379/0");
     }
 
@@ -464,6 +536,30 @@ mod tests {
     }
 
     #[test]
+    fn postgres_source_with_named_queries() {
+        let config = Config::from_toml(
+            r#"
+            [sources.pg-main]
+            type = "postgres"
+            url = "postgres://scaler:pw@127.0.0.1:5432/app?sslmode=disable"
+            pool_size = 3
+            [sources.pg-main.queries]
+            dagster_backlog = "SELECT count(*) FROM runs WHERE status IN ('QUEUED','NOT_STARTED')"
+            "#,
+        )
+        .unwrap();
+        let BackendConfig::Postgres(pg) = &config.resolved_sources[0].backend else {
+            panic!("a postgres source")
+        };
+        assert_eq!(pg.pool_size, 3);
+        assert!(pg.queries.contains_key("dagster_backlog"));
+        assert!(!format!("{config:?}").contains(":pw@"));
+        let error =
+            error_of("[sources.p]\ntype = \"postgres\"\nurl = \"postgres://u:hunter2@h:x/db\"");
+        assert!(!error.contains("hunter2"), "{error}");
+    }
+
+    #[test]
     fn url_file_is_read_and_trimmed() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("url");
@@ -473,7 +569,9 @@ mod tests {
             path.display()
         );
         let config = Config::from_toml(&text).unwrap();
-        let BackendConfig::Redis(redis) = &config.resolved_sources[0].backend;
+        let BackendConfig::Redis(redis) = &config.resolved_sources[0].backend else {
+            panic!("a redis source")
+        };
         assert_eq!(redis.url.expose(), "redis://secret@host:6379");
     }
 

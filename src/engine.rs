@@ -59,6 +59,8 @@ pub struct SourceEntry {
     pub kind: SourceKind,
     pub settings: RefreshSettings,
     pub source: Arc<dyn Source>,
+    /// Names of the source's configured `queries` (PostgreSQL), for trigger parsing.
+    pub query_names: Vec<String>,
 }
 
 /// Cloning an `Engine` is shallow: an atomic reference count increment.
@@ -85,6 +87,7 @@ struct Slot {
     kind: SourceKind,
     settings: RefreshSettings,
     source: Arc<dyn Source>,
+    query_names: Vec<String>,
     measurements: RwLock<HashMap<Query, Arc<Measurement>>>,
     health: AtomicU8,
 }
@@ -117,6 +120,7 @@ impl Engine {
                     kind: entry.kind,
                     settings: entry.settings,
                     source: entry.source,
+                    query_names: entry.query_names,
                     measurements: RwLock::new(HashMap::new()),
                     health: AtomicU8::new(HEALTH_UNKNOWN),
                 };
@@ -273,6 +277,14 @@ impl SourceCatalog for Engine {
         let mut names: Vec<String> = self.inner.slots.keys().map(|n| n.to_string()).collect();
         names.sort();
         names
+    }
+
+    fn query_names(&self, source: &str) -> Vec<String> {
+        self.inner
+            .slots
+            .get(source)
+            .map(|slot| slot.query_names.clone())
+            .unwrap_or_default()
     }
 }
 
@@ -494,6 +506,7 @@ mod tests {
                 kind: SourceKind::Redis,
                 settings,
                 source: fake,
+                query_names: Vec::new(),
             }],
             limits,
         )

@@ -39,6 +39,10 @@ pub fn build_engine(config: &Config) -> anyhow::Result<Engine> {
             kind,
             settings: source_config.refresh,
             source,
+            query_names: match &source_config.backend {
+                crate::config::BackendConfig::Postgres(pg) => pg.queries.keys().cloned().collect(),
+                _ => Vec::new(),
+            },
         });
     }
     let limits = Limits {

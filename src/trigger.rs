@@ -9,7 +9,7 @@ use std::{collections::HashMap, sync::Arc};
 
 use crate::{
     Error, Result, naming,
-    sources::{Query, SourceKind, redis::RedisQuery},
+    sources::{Query, SourceKind, postgres::PgQuery, redis::RedisQuery},
 };
 
 /// Keys every trigger takes.
@@ -58,6 +58,10 @@ pub trait SourceCatalog {
     fn kind_of(&self, name: &str) -> Option<(Arc<str>, SourceKind)>;
     /// Configured source names, for error messages.
     fn names(&self) -> Vec<String>;
+    /// The names of the source's `queries` (for `pg-query`).
+    fn query_names(&self, _source: &str) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// Parses KEDA's `scalerMetadata` into a [`TriggerSpec`].
@@ -82,6 +86,12 @@ pub fn parse_trigger(
             let (query, keys) = RedisQuery::parse(metric, &md)
                 .map_err(|e| wrong_metric_for_source(e, metric, &source, kind))?;
             (Query::Redis(query), keys)
+        }
+        SourceKind::Postgres => {
+            let named = catalog.query_names(&source);
+            let (query, keys) = PgQuery::parse(metric, &md, &named)
+                .map_err(|e| wrong_metric_for_source(e, metric, &source, kind))?;
+            (Query::Postgres(query), keys)
         }
     };
     let target = md.number("target")?.ok_or_else(|| {

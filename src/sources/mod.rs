@@ -14,12 +14,14 @@ use crate::{
     config::{BackendConfig, SourceConfig},
 };
 
+pub mod postgres;
 pub mod redis;
 
 /// A typed measurement of one source: the engine's cache key (per source).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub enum Query {
     Redis(redis::RedisQuery),
+    Postgres(postgres::PgQuery),
 }
 
 impl Query {
@@ -27,6 +29,7 @@ impl Query {
     pub fn subject(&self) -> String {
         match self {
             Query::Redis(query) => query.subject(),
+            Query::Postgres(query) => query.subject(),
         }
     }
 }
@@ -35,12 +38,14 @@ impl Query {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SourceKind {
     Redis,
+    Postgres,
 }
 
 impl SourceKind {
     pub fn label(self) -> &'static str {
         match self {
             SourceKind::Redis => "a Redis",
+            SourceKind::Postgres => "a PostgreSQL",
         }
     }
 
@@ -48,6 +53,7 @@ impl SourceKind {
     pub fn metrics_accepted(self) -> &'static str {
         match self {
             SourceKind::Redis => redis::METRICS,
+            SourceKind::Postgres => postgres::METRICS,
         }
     }
 }
@@ -72,6 +78,14 @@ pub fn build(config: &SourceConfig) -> Result<(SourceKind, Arc<dyn Source>)> {
             Arc::new(redis::RedisSource::new(
                 &config.name,
                 redis_config,
+                config.refresh.timeout,
+            )?),
+        )),
+        BackendConfig::Postgres(pg_config) => Ok((
+            SourceKind::Postgres,
+            Arc::new(postgres::PostgresSource::new(
+                &config.name,
+                pg_config,
                 config.refresh.timeout,
             )?),
         )),

@@ -100,6 +100,7 @@ impl RedisSource {
             .iter()
             .map(|query| match query {
                 Query::Redis(query) => query.reads(now_ms),
+                _ => Vec::new(),
             })
             .collect();
         let mut unique: Vec<RedisRead> = Vec::new();
@@ -118,7 +119,12 @@ impl RedisSource {
             .iter()
             .zip(&plans)
             .map(|(query, plan)| {
-                let Query::Redis(query) = query;
+                let Query::Redis(query) = query else {
+                    return Err(Error::Internal(format!(
+                        "source `{}` got a query of another source type",
+                        self.name
+                    )));
+                };
                 let mine: Vec<&Value> = plan.iter().map(|read| &replies[index[read]]).collect();
                 query.combine(&self.name, &mine)
             })

@@ -1,0 +1,547 @@
+//! PostgreSQL sources: database load from pg_stat_activity and pg_stat_statements, Dagster's
+//! run queue, and operator-named queries.
+//!
+//! One refresh of a source costs at most one pg_stat_activity read, one pg_stat_statements
+//! snapshot and one statement per distinct Dagster or named query, whatever the number of
+//! triggers. Every read runs in its own `BEGIN READ ONLY` transaction with `SET LOCAL`
+//! statement and lock timeouts, through unnamed statements (`query_typed`), so it works
+//! through PgBouncer in transaction pooling mode and nothing the scaler runs can write or hang.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{
+        Arc,
+        atomic::{AtomicI64, Ordering},
+    },
+    time::Duration,
+};
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
+use futures::future::{BoxFuture, join_all};
+use rustls_pki_types::{CertificateDer, pem::PemObject};
+use tokio::{sync::Mutex, time::Instant};
+use tokio_postgres::{
+    NoTls, Row,
+    config::SslMode,
+    types::{ToSql, Type},
+};
+
+use crate::{Error, Result, config::PostgresConfig, sources::Query};
+
+pub mod activity;
+pub mod query;
+pub mod statements;
+
+use activity::{ACTIVITY_SQL, ActivitySnapshot, LIMITS_SQL, Session};
+pub use query::{METRICS, PgQuery};
+use statements::{StatementEntry, StatementKey, StatementSnapshot};
+
+/// The `application_name` of the scaler's sessions; pg-activity never counts them.
+pub const APPLICATION_NAME: &str = "backlog-scaler";
+
+/// A snapshot older than this is no base for a rate (the source was idle); a cold read
+/// then takes two snapshots.
+const SNAPSHOT_REUSE_LIMIT: Duration = Duration::from_secs(30);
+
+/// The shortest window a rate is computed over: shorter windows make noisy rates.
+const MIN_RATE_WINDOW: Duration = Duration::from_millis(250);
+
+pub struct PostgresSource {
+    name: String,
+    pool: Pool,
+    timeout: Duration,
+    queries: BTreeMap<String, String>,
+    /// `server_version_num`, read once (0 until then).
+    server_version: AtomicI64,
+    /// The latest pg_stat_statements snapshot, the base of the next rate.
+    last_snapshot: Mutex<Option<Arc<StatementSnapshot>>>,
+}
+
+/// What a read was for, to turn server errors into advice.
+#[derive(Clone, Copy)]
+enum ReadKind<'a> {
+    Activity,
+    Statements,
+    Dagster(&'a str),
+    Named(&'a str),
+}
+
+impl PostgresSource {
+    pub fn new(name: &str, config: &PostgresConfig, timeout: Duration) -> Result<Self> {
+        let internal = |what: &str| Error::Internal(format!("source `{name}`: {what}"));
+        let mut pg_config: tokio_postgres::Config = config
+            .url
+            .expose()
+            .parse()
+            .map_err(|_| internal("the PostgreSQL URL is not valid"))?;
+        pg_config.application_name(APPLICATION_NAME);
+        pg_config.connect_timeout(timeout / 2);
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager =
+            if pg_config.get_ssl_mode() == SslMode::Require || config.tls_ca_file.is_some() {
+                pg_config.ssl_mode(SslMode::Require);
+                let tls = tls_config(config.tls_ca_file.as_deref()).map_err(|e| internal(&e))?;
+                Manager::from_config(
+                    pg_config,
+                    tokio_postgres_rustls::MakeRustlsConnect::new(tls),
+                    manager_config,
+                )
+            } else {
+                Manager::from_config(pg_config, NoTls, manager_config)
+            };
+        let pool = Pool::builder(manager)
+            .max_size(config.pool_size)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(timeout / 2))
+            .create_timeout(Some(timeout / 2))
+            .recycle_timeout(Some(timeout / 2))
+            .build()
+            .map_err(|e| internal(&format!("cannot build the connection pool: {e}")))?;
+        Ok(PostgresSource {
+            name: name.to_string(),
+            pool,
+            timeout,
+            queries: config.queries.clone(),
+            server_version: AtomicI64::new(0),
+            last_snapshot: Mutex::new(None),
+        })
+    }
+
+    async fn read_all(&self, queries: &[Query]) -> Vec<Result<f64>> {
+        let pg: Vec<&PgQuery> = queries
+            .iter()
+            .filter_map(|q| match q {
+                Query::Postgres(q) => Some(q),
+                _ => None,
+            })
+            .collect();
+        let wants_activity = pg.iter().any(|q| matches!(q, PgQuery::Activity { .. }));
+        let wants_statements = pg.iter().any(|q| matches!(q, PgQuery::Statements { .. }));
+        let needs_text = pg.iter().any(
+            |q| matches!(q, PgQuery::Statements { filter, .. } if filter.query_contains.is_some()),
+        );
+        let mut singles: Vec<&PgQuery> = pg
+            .iter()
+            .copied()
+            .filter(|q| matches!(q, PgQuery::DagsterRuns(_) | PgQuery::Named { .. }))
+            .collect();
+        singles.sort_by_key(|q| serde_json::to_string(q).unwrap_or_default());
+        singles.dedup();
+
+        let activity = async {
+            if wants_activity {
+                Some(self.read_activity().await)
+            } else {
+                None
+            }
+        };
+        let window = async {
+            if wants_statements {
+                Some(self.statement_window(needs_text).await)
+            } else {
+                None
+            }
+        };
+        let single_reads = join_all(singles.iter().map(|q| self.read_single(q)));
+        let (activity, window, single_values) = tokio::join!(activity, window, single_reads);
+        let single_values: HashMap<&PgQuery, Result<f64>> =
+            singles.into_iter().zip(single_values).collect();
+
+        queries
+            .iter()
+            .map(|query| match query {
+                Query::Postgres(PgQuery::Activity { measure, filter }) => match &activity {
+                    Some(Ok(snapshot)) => Ok(snapshot.measure(*measure, filter)),
+                    Some(Err(error)) => Err(error.clone()),
+                    None => Err(Error::Internal("activity was not read".into())),
+                },
+                Query::Postgres(PgQuery::Statements { measure, filter }) => match &window {
+                    Some(Ok((previous, current))) => {
+                        Ok(statements::rate(previous, current, *measure, filter))
+                    }
+                    Some(Err(error)) => Err(error.clone()),
+                    None => Err(Error::Internal("statements were not read".into())),
+                },
+                Query::Postgres(single) => single_values
+                    .get(single)
+                    .cloned()
+                    .unwrap_or_else(|| Err(Error::Internal("query was not read".into()))),
+                _ => Err(Error::Internal(format!(
+                    "source `{}` got a query of another source type",
+                    self.name
+                ))),
+            })
+            .collect()
+    }
+
+    async fn read_activity(&self) -> Result<ActivitySnapshot> {
+        let kind = ReadKind::Activity;
+        let tx = self.begin(kind).await?;
+        let rows = tx.query(ACTIVITY_SQL, &[]).await?;
+        let limits = tx.query(LIMITS_SQL, &[]).await?;
+        tx.commit().await?;
+        let usable_connections = limits
+            .first()
+            .and_then(|r| r.try_get::<_, i64>(0).ok())
+            .unwrap_or(0);
+        let sessions = rows
+            .iter()
+            .map(|row| Session {
+                database: row.get(0),
+                user: row.get(1),
+                application_name: row.get(2),
+                state: row.get(3),
+                waiting_on_lock: row.get(4),
+                query_seconds: row.get(5),
+                transaction_seconds: row.get(6),
+            })
+            .collect();
+        Ok(ActivitySnapshot {
+            sessions,
+            usable_connections,
+        })
+    }
+
+    /// Two snapshots of pg_stat_statements to compute rates between: the source's previous
+    /// one (if recent) and a new one. A cold source takes two, a short window apart, so the
+    /// first answer is a measured rate too.
+    async fn statement_window(
+        &self,
+        needs_text: bool,
+    ) -> Result<(Arc<StatementSnapshot>, Arc<StatementSnapshot>)> {
+        let mut last = self.last_snapshot.lock().await;
+        let previous = match last.take() {
+            Some(previous) if previous.taken.elapsed() <= SNAPSHOT_REUSE_LIMIT => previous,
+            _ => Arc::new(self.snapshot(needs_text).await?),
+        };
+        let age = previous.taken.elapsed();
+        if age < MIN_RATE_WINDOW {
+            tokio::time::sleep(MIN_RATE_WINDOW - age).await;
+        }
+        match self.snapshot(needs_text).await {
+            Ok(current) => {
+                let current = Arc::new(current);
+                *last = Some(current.clone());
+                Ok((previous, current))
+            }
+            Err(error) => {
+                *last = Some(previous);
+                Err(error)
+            }
+        }
+    }
+
+    async fn snapshot(&self, needs_text: bool) -> Result<StatementSnapshot> {
+        let kind = ReadKind::Statements;
+        let tx = self.begin(kind).await?;
+        let version = self.server_version(&tx).await?;
+        if version < 130000 {
+            return Err(Error::rejected(
+                &self.name,
+                "pg-statements needs PostgreSQL 13 or newer (total_exec_time)",
+            ));
+        }
+        let sql = if version >= 140000 {
+            statements::SNAPSHOT_SQL
+        } else {
+            statements::SNAPSHOT_SQL_PG13
+        };
+        let rows = tx.query(sql, &[(&needs_text, Type::BOOL)]).await?;
+        let taken = Instant::now();
+        let stats_reset = if version >= 140000 {
+            tx.query(statements::RESET_SQL, &[])
+                .await?
+                .first()
+                .and_then(|row| row.get::<_, Option<String>>(0))
+        } else {
+            None
+        };
+        tx.commit().await?;
+        let entries = rows
+            .iter()
+            .map(|row| {
+                (
+                    StatementKey {
+                        dbid: row.get(0),
+                        userid: row.get(1),
+                        queryid: row.get(2),
+                        toplevel: row.get(3),
+                    },
+                    StatementEntry {
+                        calls: row.get(4),
+                        total_exec_time_ms: row.get(5),
+                        rows: row.get(6),
+                        database: row.get(7),
+                        user: row.get(8),
+                        query: row.get(9),
+                    },
+                )
+            })
+            .collect();
+        Ok(StatementSnapshot {
+            taken,
+            stats_reset,
+            entries,
+        })
+    }
+
+    async fn server_version(&self, tx: &ReadOnly<'_>) -> Result<i64> {
+        let known = self.server_version.load(Ordering::Relaxed);
+        if known > 0 {
+            return Ok(known);
+        }
+        let rows = tx
+            .query("SELECT current_setting('server_version_num')::int8", &[])
+            .await?;
+        let version = rows.first().map(|row| row.get::<_, i64>(0)).unwrap_or(0);
+        self.server_version.store(version, Ordering::Relaxed);
+        Ok(version)
+    }
+
+    async fn read_single(&self, query: &PgQuery) -> Result<f64> {
+        match query {
+            PgQuery::DagsterRuns(runs) => {
+                let tx = self.begin(ReadKind::Dagster(&runs.schema)).await?;
+                // The schema is bound and quoted by the server: no metadata reaches SQL text.
+                tx.query(
+                    "SELECT set_config('search_path', quote_ident($1), true)",
+                    &[(&runs.schema, Type::TEXT)],
+                )
+                .await?;
+                let (tag_keys, tag_values): (Vec<String>, Vec<String>) =
+                    runs.tags.iter().cloned().unzip();
+                let rows = tx
+                    .query(
+                        DAGSTER_RUNS_SQL,
+                        &[
+                            (&runs.statuses, Type::TEXT_ARRAY),
+                            (&runs.jobs, Type::TEXT_ARRAY),
+                            (&tag_keys, Type::TEXT_ARRAY),
+                            (&tag_values, Type::TEXT_ARRAY),
+                        ],
+                    )
+                    .await?;
+                tx.commit().await?;
+                Ok(rows.first().map(|row| row.get::<_, i64>(0)).unwrap_or(0) as f64)
+            }
+            PgQuery::Named { query } => {
+                let sql = self.queries.get(query).ok_or_else(|| {
+                    Error::invalid(
+                        "query",
+                        format!("no query named `{query}` in source `{}`", self.name),
+                    )
+                })?;
+                let tx = self.begin(ReadKind::Named(query)).await?;
+                let rows = tx.query(sql, &[]).await?;
+                tx.commit().await?;
+                self.single_number(query, &rows)
+            }
+            _ => Err(Error::Internal("not a single-statement query".into())),
+        }
+    }
+
+    /// The one numeric value a named query returns.
+    fn single_number(&self, query: &str, rows: &[Row]) -> Result<f64> {
+        let reject = |what: String| Error::rejected(&self.name, format!("query `{query}` {what}"));
+        let [row] = rows else {
+            return Err(reject(format!(
+                "returned {} rows; it must return exactly one",
+                rows.len()
+            )));
+        };
+        let Some(column) = row.columns().first() else {
+            return Err(reject("returned no column".into()));
+        };
+        let value = match *column.type_() {
+            Type::INT2 => row.get::<_, Option<i16>>(0).map(f64::from),
+            Type::INT4 => row.get::<_, Option<i32>>(0).map(f64::from),
+            Type::INT8 => row.get::<_, Option<i64>>(0).map(|v| v as f64),
+            Type::FLOAT4 => row.get::<_, Option<f32>>(0).map(f64::from),
+            Type::FLOAT8 => row.get::<_, Option<f64>>(0),
+            ref other => {
+                return Err(reject(format!(
+                    "returned type {other}; cast the value to a built-in number, e.g. `::float8` or `::int8`"
+                )));
+            }
+        };
+        match value {
+            Some(value) if value.is_finite() => Ok(value),
+            Some(value) => Err(reject(format!("returned {value}"))),
+            None => Err(reject(
+                "returned NULL; wrap it in coalesce(..., 0) if none means zero".into(),
+            )),
+        }
+    }
+
+    /// Starts a read-only transaction with statement and lock timeouts inside the read budget.
+    async fn begin<'a>(&'a self, kind: ReadKind<'a>) -> Result<ReadOnly<'a>> {
+        let client = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| self.pool_error(e, kind))?;
+        let budget_ms = (self.timeout.as_millis() * 2 / 3).max(1);
+        // Only our own integer goes into this text. SET LOCAL ends with the transaction,
+        // so PgBouncer's transaction pooling never carries it to another client.
+        let begin = format!(
+            "BEGIN READ ONLY; SET LOCAL statement_timeout = {budget_ms}; SET LOCAL lock_timeout = {budget_ms}"
+        );
+        let tx = ReadOnly {
+            source: self,
+            kind,
+            client: Some(client),
+        };
+        tx.client()
+            .batch_execute(&begin)
+            .await
+            .map_err(|e| self.pg_error(&e, kind))?;
+        Ok(tx)
+    }
+
+    fn pool_error(&self, error: PoolError, kind: ReadKind<'_>) -> Error {
+        match error {
+            PoolError::Backend(error) => self.pg_error(&error, kind),
+            PoolError::Timeout(_) => Error::unavailable(
+                &self.name,
+                format!("no database connection within {:?}", self.timeout / 2),
+            ),
+            other => Error::unavailable(&self.name, format!("connection pool: {other}")),
+        }
+    }
+
+    /// Turns a driver error into the crate's error, with advice where the fix is known.
+    fn pg_error(&self, error: &tokio_postgres::Error, kind: ReadKind<'_>) -> Error {
+        let Some(db) = error.as_db_error() else {
+            if error.is_closed() {
+                return Error::unavailable(&self.name, "the database connection closed");
+            }
+            // Connection-level errors (refused, reset, TLS); they carry no credentials.
+            return Error::unavailable(&self.name, format!("cannot reach the database: {error}"));
+        };
+        let code = db.code().code();
+        let message = db.message();
+        let unavailable = |reason: String| Error::unavailable(&self.name, reason);
+        let rejected = |reason: String| Error::rejected(&self.name, reason);
+        match (code, kind) {
+            ("57014", _) => unavailable("the read hit statement_timeout".into()),
+            ("55P03", _) => unavailable("the read hit lock_timeout".into()),
+            ("28P01" | "28000", _) => {
+                unavailable("authentication failed: check the source's user and password".into())
+            }
+            (c, _) if c.starts_with("08") || c.starts_with("57P") || c == "53300" => unavailable(
+                format!("the server refused the session ({code}: {message})"),
+            ),
+            ("25006", ReadKind::Named(query)) => rejected(format!(
+                "query `{query}` tries to write; named queries run in a READ ONLY transaction"
+            )),
+            ("42501", ReadKind::Statements | ReadKind::Activity) => rejected(format!(
+                "permission denied ({message}): run GRANT pg_monitor TO the scaler's user"
+            )),
+            ("42P01" | "42883" | "55000", ReadKind::Statements) => rejected(format!(
+                "pg_stat_statements is not available ({message}): add it to \
+                 shared_preload_libraries and run CREATE EXTENSION pg_stat_statements"
+            )),
+            ("42P01", ReadKind::Dagster(schema)) => rejected(format!(
+                "no Dagster run storage in schema `{schema}` ({message}): check `schema` and the source's database"
+            )),
+            (_, ReadKind::Named(query)) => {
+                rejected(format!("query `{query}` failed ({code}: {message})"))
+            }
+            _ => rejected(format!("PostgreSQL error {code}: {message}")),
+        }
+    }
+}
+
+const DAGSTER_RUNS_SQL: &str = "\
+SELECT count(*)::int8 FROM runs r
+WHERE r.status = ANY($1::text[])
+  AND (cardinality($2::text[]) = 0 OR r.pipeline_name = ANY($2::text[]))
+  AND NOT EXISTS (
+    SELECT 1 FROM unnest($3::text[], $4::text[]) AS wanted(key, value)
+    WHERE NOT EXISTS (
+      SELECT 1 FROM run_tags t
+      WHERE t.run_id = r.run_id AND t.key = wanted.key AND t.value = wanted.value))";
+
+/// An open read-only transaction. Dropped without [`commit`](Self::commit) (an error, or the
+/// engine's timeout cancelling the read), its connection is closed rather than returned to
+/// the pool mid-transaction.
+struct ReadOnly<'a> {
+    source: &'a PostgresSource,
+    kind: ReadKind<'a>,
+    client: Option<deadpool_postgres::Client>,
+}
+
+impl ReadOnly<'_> {
+    fn client(&self) -> &deadpool_postgres::Client {
+        self.client.as_ref().expect("present until commit or drop")
+    }
+
+    async fn query(&self, sql: &str, params: &[(&(dyn ToSql + Sync), Type)]) -> Result<Vec<Row>> {
+        self.client()
+            .query_typed(sql, params)
+            .await
+            .map_err(|e| self.source.pg_error(&e, self.kind))
+    }
+
+    async fn commit(mut self) -> Result<()> {
+        let client = self.client.take().expect("present until commit or drop");
+        match client.batch_execute("COMMIT").await {
+            Ok(()) => Ok(()),
+            Err(error) => {
+                let _ = deadpool_postgres::Object::take(client);
+                Err(self.source.pg_error(&error, self.kind))
+            }
+        }
+    }
+}
+
+impl Drop for ReadOnly<'_> {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            // Closing the connection rolls the transaction back on the server.
+            drop(deadpool_postgres::Object::take(client));
+        }
+    }
+}
+
+/// rustls client config: the CA file if given, else the web PKI roots.
+fn tls_config(
+    ca_file: Option<&std::path::Path>,
+) -> std::result::Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let certs = CertificateDer::pem_file_iter(path)
+                .map_err(|e| format!("cannot read tls_ca_file {}: {e}", path.display()))?;
+            for cert in certs {
+                let cert = cert.map_err(|e| format!("tls_ca_file {}: {e}", path.display()))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("tls_ca_file {}: {e}", path.display()))?;
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+impl super::Source for PostgresSource {
+    fn read_batch<'a>(&'a self, queries: &'a [Query]) -> BoxFuture<'a, Vec<Result<f64>>> {
+        Box::pin(self.read_all(queries))
+    }
+
+    fn probe(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let tx = self.begin(ReadKind::Activity).await?;
+            tx.query("SELECT 1", &[]).await?;
+            tx.commit().await
+        })
+    }
+}
