@@ -187,7 +187,12 @@ fn configmap_config(documents: &[(PathBuf, Value)], secrets: &Path) -> Config {
     let secret_dir = "/etc/backlog-scaler/secrets/";
     for line in toml.lines().filter(|l| l.contains(secret_dir)) {
         let name = line.split(secret_dir).nth(1).unwrap().trim_end_matches('"');
-        std::fs::write(secrets.join(name), "redis://127.0.0.1:1/0").unwrap();
+        let url = if name.starts_with("pg") {
+            "postgres://scaler@127.0.0.1:1/app"
+        } else {
+            "redis://127.0.0.1:1/0"
+        };
+        std::fs::write(secrets.join(name), url).unwrap();
     }
     let toml = toml.replace(secret_dir, &format!("{}/", secrets.display()));
     Config::from_toml(&toml).unwrap_or_else(|e| panic!("the ConfigMap's config.toml: {e}"))
@@ -226,7 +231,7 @@ fn configmap_is_a_valid_config_and_every_trigger_parses_against_it() {
             parsed += 1;
         }
     }
-    assert!(parsed >= 7, "parsed {parsed} triggers");
+    assert!(parsed >= 11, "parsed {parsed} triggers");
 }
 
 #[test]

@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod postgres;
+
 use std::{
     collections::HashMap,
     net::{SocketAddr, TcpListener as StdListener, TcpStream},

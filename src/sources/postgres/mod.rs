@@ -417,8 +417,15 @@ impl PostgresSource {
             if error.is_closed() {
                 return Error::unavailable(&self.name, "the database connection closed");
             }
-            // Connection-level errors (refused, reset, TLS); they carry no credentials.
-            return Error::unavailable(&self.name, format!("cannot reach the database: {error}"));
+            // Connection-level errors (refused, reset, TLS); they carry no credentials. The
+            // cause chain holds the useful part (e.g. "invalid peer certificate: UnknownIssuer").
+            let mut reason = format!("cannot reach the database: {error}");
+            let mut cause = std::error::Error::source(error);
+            while let Some(inner) = cause {
+                reason.push_str(&format!(": {inner}"));
+                cause = inner.source();
+            }
+            return Error::unavailable(&self.name, reason);
         };
         let code = db.code().code();
         let message = db.message();

@@ -1,0 +1,604 @@
+//! PostgreSQL metrics end to end: a throwaway PostgreSQL with pg_stat_statements, a throwaway
+//! PgBouncer in transaction pooling mode in front of it, the scaler in-process, and a tonic
+//! client. Every check runs through both paths: `pg-direct` and `pg-bouncer`.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use backlog_scaler::proto::GetMetricsRequest;
+use common::{
+    Scaler,
+    postgres::{PgBouncer, PostgresServer},
+    scaled_object,
+};
+use tonic::{Code, Status};
+
+const PATHS: [&str; 2] = ["pg-direct", "pg-bouncer"];
+
+const QUERIES: &str = r#"
+dagster_backlog = "SELECT count(*) FROM dagster_x.runs WHERE status IN ('QUEUED','NOT_STARTED')"
+important_rows = "SELECT count(*) FROM important"
+delete_rows = "DELETE FROM important RETURNING 1"
+delete_in_cte = "WITH gone AS (DELETE FROM important RETURNING 1) SELECT count(*) FROM gone"
+commit_then_delete = "COMMIT; DELETE FROM important"
+numeric_value = "SELECT avg(id) FROM important"
+"#;
+
+fn config(postgres: &PostgresServer, bouncer: &PgBouncer, database: &str) -> String {
+    format!(
+        r#"
+        [sources.pg-direct]
+        type = "postgres"
+        url = "{direct}"
+        [sources.pg-direct.queries]
+        {QUERIES}
+        [sources.pg-bouncer]
+        type = "postgres"
+        url = "{bounced}"
+        [sources.pg-bouncer.queries]
+        {QUERIES}
+        "#,
+        direct = postgres.url(database),
+        bounced = bouncer.url(database),
+    )
+}
+
+async fn start(database: &str) -> (PostgresServer, PgBouncer, Scaler) {
+    let postgres = PostgresServer::start().await;
+    let bouncer = PgBouncer::start(&postgres);
+    let scaler = Scaler::start(&config(&postgres, &bouncer, database)).await;
+    (postgres, bouncer, scaler)
+}
+
+async fn metric(scaler: &Scaler, source: &str, pairs: &[(&str, &str)]) -> Result<f64, Status> {
+    let mut all = vec![("source", source), ("target", "1")];
+    all.extend_from_slice(pairs);
+    let response = scaler
+        .client()
+        .await
+        .get_metrics(GetMetricsRequest {
+            scaled_object_ref: Some(scaled_object(&all)),
+            metric_name: String::new(),
+        })
+        .await?;
+    Ok(response.into_inner().metric_values[0].metric_value_float)
+}
+
+/// Polls until `check` holds for the value (refreshes are 1 s apart), or fails with the last.
+async fn eventually(
+    scaler: &Scaler,
+    source: &str,
+    pairs: &[(&str, &str)],
+    check: impl Fn(f64) -> bool,
+) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(6);
+    loop {
+        let value = metric(scaler, source, pairs).await;
+        match value {
+            Ok(value) if check(value) => return value,
+            _ if Instant::now() > deadline => panic!("{source} {pairs:?}: last answer {value:?}"),
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn activity_counts_sessions_exactly() {
+    let (postgres, _bouncer, scaler) = start("postgres").await;
+    postgres
+        .execute("postgres", "CREATE TABLE locked (id int)")
+        .await;
+
+    // Three sessions busy in pg_sleep, one idle in a transaction, one waiting on a lock.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let client = postgres.session("postgres", "sleepers").await;
+        tokio::spawn(async move {
+            let _ = client.simple_query("SELECT pg_sleep(30)").await;
+        });
+    }
+    let idler = postgres.session("postgres", "idlers").await;
+    idler.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    held.push(idler);
+    let locker = postgres.session("postgres", "locker").await;
+    locker
+        .batch_execute("BEGIN; LOCK TABLE locked IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    held.push(locker);
+    let blocked = postgres.session("postgres", "blocked").await;
+    tokio::spawn(async move {
+        let _ = blocked.simple_query("SELECT * FROM locked").await;
+    });
+
+    for source in PATHS {
+        let sleepers = [
+            ("metric", "pg-activity"),
+            ("measure", "active"),
+            ("applicationName", "sleepers"),
+        ];
+        assert_eq!(
+            eventually(&scaler, source, &sleepers, |v| v == 3.0).await,
+            3.0
+        );
+        let total = [
+            ("metric", "pg-activity"),
+            ("measure", "total"),
+            ("applicationName", "sleepers"),
+        ];
+        assert_eq!(metric(&scaler, source, &total).await.unwrap(), 3.0);
+        let idle = [
+            ("metric", "pg-activity"),
+            ("measure", "idle-in-transaction"),
+            ("applicationName", "idlers"),
+        ];
+        assert_eq!(eventually(&scaler, source, &idle, |v| v == 1.0).await, 1.0);
+        let waiting = [("metric", "pg-activity"), ("measure", "waiting")];
+        assert_eq!(
+            eventually(&scaler, source, &waiting, |v| v == 1.0).await,
+            1.0
+        );
+        let longest = [
+            ("metric", "pg-activity"),
+            ("measure", "longest-query-seconds"),
+            ("applicationName", "sleepers"),
+        ];
+        eventually(&scaler, source, &longest, |v| (1.0..60.0).contains(&v)).await;
+        let transaction = [
+            ("metric", "pg-activity"),
+            ("measure", "longest-transaction-seconds"),
+            ("applicationName", "idlers"),
+        ];
+        eventually(&scaler, source, &transaction, |v| v > 0.5).await;
+        // The scaler's own sessions are never counted, on either path.
+        let own = [
+            ("metric", "pg-activity"),
+            ("measure", "total"),
+            ("applicationName", "backlog-scaler"),
+        ];
+        assert_eq!(metric(&scaler, source, &own).await.unwrap(), 0.0);
+        // Hostile filter values are data: they match nothing and break nothing.
+        for hostile in ["x' OR '1'='1", "%", "sleepers' --", "sleepers%"] {
+            let pairs = [
+                ("metric", "pg-activity"),
+                ("measure", "total"),
+                ("applicationName", hostile),
+            ];
+            assert_eq!(
+                metric(&scaler, source, &pairs).await.unwrap(),
+                0.0,
+                "{hostile}"
+            );
+        }
+    }
+    drop(held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn utilization_moves_as_sessions_open() {
+    let (postgres, _bouncer, scaler) = start("postgres").await;
+    // max_connections 50 − superuser_reserved_connections 3 (PG15 has no reserved_connections).
+    let usable = 47.0;
+    let all = [("metric", "pg-activity"), ("measure", "utilization")];
+    let mut before = Vec::new();
+    for source in PATHS {
+        before.push(metric(&scaler, source, &all).await.unwrap());
+    }
+    let mut sessions = Vec::new();
+    for _ in 0..5 {
+        sessions.push(postgres.session("postgres", "extra").await);
+    }
+    for (source, before) in PATHS.into_iter().zip(before) {
+        let extra = [
+            ("metric", "pg-activity"),
+            ("measure", "utilization"),
+            ("applicationName", "extra"),
+        ];
+        let value = eventually(&scaler, source, &extra, |v| v > 0.0).await;
+        assert!(
+            (value - 5.0 / usable * 100.0).abs() < 1e-9,
+            "{source}: {value}"
+        );
+        let after = eventually(&scaler, source, &all, |v| {
+            v >= before + 5.0 / usable * 100.0 - 1e-9
+        })
+        .await;
+        assert!(after <= 100.0, "{source}: {after}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statement_rates_are_measured_and_survive_a_reset() {
+    let (postgres, _bouncer, scaler) = start("postgres").await;
+    let marker = "rate_probe_4711";
+    // A client runs one statement at ~40/s for the whole test.
+    let client = postgres.session("postgres", "rate-client").await;
+    let sql = format!("SELECT count(*) AS {marker} FROM pg_class");
+    let started = Instant::now();
+    let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let runner = tokio::spawn(async move {
+        let mut calls = 0u64;
+        let mut ticker = tokio::time::interval(Duration::from_millis(25));
+        loop {
+            tokio::select! {
+                _ = &mut stop_rx => return calls,
+                _ = ticker.tick() => {
+                    client.query(&sql, &[]).await.unwrap();
+                    calls += 1;
+                }
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    for source in PATHS {
+        let pairs = [
+            ("metric", "pg-statements"),
+            ("measure", "calls-per-second"),
+            ("queryContains", marker),
+        ];
+        // The first answer for a new trigger is already a measured rate.
+        let rate = metric(&scaler, source, &pairs).await.unwrap();
+        assert!(
+            (20.0..=60.0).contains(&rate),
+            "{source}: first rate {rate}/s, expected ~40/s"
+        );
+        let rate = eventually(&scaler, source, &pairs, |v| (20.0..=60.0).contains(&v)).await;
+        let rows = [
+            ("metric", "pg-statements"),
+            ("measure", "rows-per-second"),
+            ("queryContains", marker),
+        ];
+        let rows = eventually(&scaler, source, &rows, |v| (20.0..=60.0).contains(&v)).await;
+        let latency = [
+            ("metric", "pg-statements"),
+            ("measure", "mean-latency-ms"),
+            ("queryContains", marker),
+        ];
+        let latency = metric(&scaler, source, &latency).await.unwrap();
+        assert!(latency > 0.0 && latency < 50.0, "{source}: {latency} ms");
+        let busy = [
+            ("metric", "pg-statements"),
+            ("measure", "db-time-per-second"),
+            ("queryContains", marker),
+        ];
+        let busy = metric(&scaler, source, &busy).await.unwrap();
+        assert!(busy > 0.0 && busy < 1.0, "{source}: {busy}");
+        eprintln!("{source}: {rate:.1} calls/s, {rows:.1} rows/s, {latency:.3} ms, {busy:.4} s/s");
+    }
+
+    // A reset mid-run: never a negative or huge value.
+    postgres
+        .execute("postgres", "SELECT pg_stat_statements_reset()")
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        for source in PATHS {
+            let pairs = [
+                ("metric", "pg-statements"),
+                ("measure", "calls-per-second"),
+                ("queryContains", marker),
+            ];
+            let rate = metric(&scaler, source, &pairs).await.unwrap();
+            assert!(
+                (0.0..=120.0).contains(&rate),
+                "{source}: {rate}/s after a reset"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let _ = stop_tx.send(());
+    let made = runner.await.unwrap();
+    let actual = made as f64 / started.elapsed().as_secs_f64();
+    assert!(actual > 20.0, "the load itself ran at {actual}/s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dagster_runs_by_status_tag_and_job() {
+    let (postgres, _bouncer, scaler) = start("postgres").await;
+    postgres
+        .execute(
+            "postgres",
+            "CREATE SCHEMA dagster_x;
+             CREATE TABLE dagster_x.runs (run_id text PRIMARY KEY, pipeline_name text, status text);
+             CREATE TABLE dagster_x.run_tags (id serial, run_id text, key text, value text);
+             INSERT INTO dagster_x.runs VALUES
+               ('r1','etl','QUEUED'), ('r2','etl','QUEUED'), ('r3','etl','QUEUED'),
+               ('r4','report','QUEUED'), ('r5','report','QUEUED'),
+               ('r6','etl','NOT_STARTED'), ('r7','report','NOT_STARTED'),
+               ('r8','etl','STARTED'), ('r9','etl','STARTED'), ('r10','report','SUCCESS');
+             INSERT INTO dagster_x.run_tags (run_id, key, value) VALUES
+               ('r1','team','data'), ('r1','priority','high'), ('r2','team','data'),
+               ('r4','team','x'' OR ''1''=''1'), ('r5','team','web');",
+        )
+        .await;
+    for source in PATHS {
+        let runs = |extra: &[(&'static str, &'static str)]| {
+            let mut pairs = vec![("metric", "dagster-runs"), ("schema", "dagster_x")];
+            pairs.extend_from_slice(extra);
+            pairs
+        };
+        let cases: [(&[(&str, &str)], f64); 9] = [
+            (&[], 5.0),
+            (&[("statuses", "QUEUED,NOT_STARTED")], 7.0),
+            (&[("statuses", "STARTED")], 2.0),
+            (&[("jobs", "etl")], 3.0),
+            (&[("jobs", "etl,report"), ("statuses", "NOT_STARTED")], 2.0),
+            (&[("tags", "team=data")], 2.0),
+            (&[("tags", "team=data,priority=high")], 1.0),
+            // Hostile strings are data: this one matches the row that holds it literally.
+            (&[("tags", "team=x' OR '1'='1")], 1.0),
+            (&[("jobs", "%")], 0.0),
+        ];
+        for (extra, expected) in cases {
+            let value = metric(&scaler, source, &runs(extra))
+                .await
+                .unwrap_or_else(|s| panic!("{extra:?}: {s:?}"));
+            assert_eq!(value, expected, "{source} {extra:?}");
+        }
+        let value = metric(&scaler, source, &runs(&[("jobs", "etl' --")]))
+            .await
+            .unwrap();
+        assert_eq!(value, 0.0);
+        // The same count through an operator-named query.
+        let named = [("metric", "pg-query"), ("query", "dagster_backlog")];
+        assert_eq!(metric(&scaler, source, &named).await.unwrap(), 7.0);
+        // A schema without Dagster's tables is a clear error, not a 0.
+        let status = metric(&scaler, source, &[("metric", "dagster-runs")])
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+        assert!(status.message().contains("schema `public`"), "{status:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn named_queries_cannot_write_and_bad_ones_are_clear_errors() {
+    let (postgres, _bouncer, scaler) = start("postgres").await;
+    postgres
+        .execute(
+            "postgres",
+            "CREATE TABLE important (id int); INSERT INTO important VALUES (1), (2), (3)",
+        )
+        .await;
+    for source in PATHS {
+        let query = |name| [("metric", "pg-query"), ("query", name)];
+        assert_eq!(
+            metric(&scaler, source, &query("important_rows"))
+                .await
+                .unwrap(),
+            3.0
+        );
+        for name in [
+            "delete_rows",
+            "delete_in_cte",
+            "commit_then_delete",
+            "numeric_value",
+        ] {
+            let status = metric(&scaler, source, &query(name)).await.unwrap_err();
+            assert_eq!(
+                status.code(),
+                Code::FailedPrecondition,
+                "{source} {name}: {status:?}"
+            );
+            assert!(status.message().contains(name), "{status:?}");
+        }
+        let status = metric(&scaler, source, &query("numeric_value"))
+            .await
+            .unwrap_err();
+        assert!(status.message().contains("::float8"), "{status:?}");
+        let status = metric(&scaler, source, &query("x'; DROP TABLE important; --"))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(
+            status.message().contains("important_rows"),
+            "lists the configured queries: {status:?}"
+        );
+    }
+    // Nothing was written.
+    let client = postgres.session("postgres", "checker").await;
+    let rows: i64 = client
+        .query_one("SELECT count(*) FROM important", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 3);
+    let tables: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_tables WHERE tablename = 'important'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(tables, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_pg_stat_statements_says_what_to_run() {
+    let postgres = PostgresServer::start().await;
+    postgres.execute("postgres", "CREATE DATABASE noext").await;
+    let bouncer = PgBouncer::start(&postgres);
+    let scaler = Scaler::start(&config(&postgres, &bouncer, "noext")).await;
+    for source in PATHS {
+        let pairs = [("metric", "pg-statements"), ("measure", "calls-per-second")];
+        let status = metric(&scaler, source, &pairs).await.unwrap_err();
+        assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+        assert!(
+            status
+                .message()
+                .contains("CREATE EXTENSION pg_stat_statements"),
+            "{status:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_outage_is_unavailable_in_bounded_time_and_recovers() {
+    let (mut postgres, _bouncer, scaler) = start("postgres").await;
+    let pairs = [
+        ("metric", "pg-activity"),
+        ("measure", "total"),
+        ("applicationName", "nobody"),
+    ];
+    for source in PATHS {
+        assert_eq!(metric(&scaler, source, &pairs).await.unwrap(), 0.0);
+    }
+    postgres.stop();
+    for source in PATHS {
+        let deadline = Instant::now() + Duration::from_secs(8);
+        loop {
+            let started = Instant::now();
+            let answer = metric(&scaler, source, &pairs).await;
+            assert!(
+                started.elapsed() <= Duration::from_secs(2),
+                "{source}: answered in {:?}",
+                started.elapsed()
+            );
+            match answer {
+                Err(status) => {
+                    assert_eq!(status.code(), Code::Unavailable, "{source}: {status:?}");
+                    assert!(status.message().contains(source), "{status:?}");
+                    break;
+                }
+                Ok(value) => {
+                    assert_eq!(value, 0.0);
+                    assert!(
+                        Instant::now() < deadline,
+                        "{source}: the outage was never reported"
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+    postgres.resume().await;
+    for source in PATHS {
+        eventually(&scaler, source, &pairs, |v| v == 0.0).await;
+    }
+}
+
+/// A CA and a server certificate for `localhost`/127.0.0.1, made with the openssl CLI.
+fn make_certificates(dir: &std::path::Path) {
+    let run = |args: &[&str]| {
+        let output = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("running openssl (apt-get install -y openssl)");
+        assert!(
+            output.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .unwrap();
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=backlog-scaler test CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+    ]);
+    std::fs::set_permissions(
+        dir.join("server.key"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_verified_certificate() {
+    let certs = common::postgres::server_dir();
+    make_certificates(certs.path());
+    common::postgres::give_to_server_user(certs.path());
+    let cert = certs.path().join("server.crt").display().to_string();
+    let key = certs.path().join("server.key").display().to_string();
+    let postgres = PostgresServer::start_with(&[
+        "ssl=on",
+        &format!("ssl_cert_file={cert}"),
+        &format!("ssl_key_file={key}"),
+    ])
+    .await;
+    let scaler = Scaler::start(&format!(
+        r#"
+        [sources.pg-tls]
+        type = "postgres"
+        url = "postgres://postgres@localhost:{port}/postgres?sslmode=require"
+        tls_ca_file = "{ca}"
+        [sources.pg-untrusted]
+        type = "postgres"
+        url = "postgres://postgres@localhost:{port}/postgres?sslmode=require"
+        "#,
+        port = postgres.port,
+        ca = certs.path().join("ca.pem").display()
+    ))
+    .await;
+    let pairs = [
+        ("metric", "pg-activity"),
+        ("measure", "total"),
+        ("applicationName", "nobody"),
+    ];
+    assert_eq!(metric(&scaler, "pg-tls", &pairs).await.unwrap(), 0.0);
+    let client = postgres.session("postgres", "checker").await;
+    let encrypted: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE a.application_name = 'backlog-scaler' AND s.ssl",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(encrypted >= 1, "the scaler's session is encrypted");
+    // Without the CA the server's certificate is not trusted: UNAVAILABLE, saying why.
+    let status = metric(&scaler, "pg-untrusted", &pairs).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().to_lowercase().contains("certificate"),
+        "{status:?}"
+    );
+}
