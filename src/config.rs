@@ -176,6 +176,11 @@ struct RawSource {
     pool_size: Option<usize>,
     queries: Option<BTreeMap<String, String>>,
     tls_ca_file: Option<PathBuf>,
+    urls: Option<Vec<Secret>>,
+    master: Option<String>,
+    username: Option<String>,
+    password_env: Option<String>,
+    password_file: Option<PathBuf>,
 }
 
 /// A validated source: its name, its refresh settings and how to reach its backend.
@@ -204,15 +209,36 @@ impl BackendConfig {
     /// The `type` value that selects this backend in the config file.
     pub fn type_name(&self) -> &'static str {
         match self {
-            BackendConfig::Redis(_) => "redis",
+            BackendConfig::Redis(redis) => match redis.topology {
+                RedisTopology::Standalone { .. } => "redis",
+                RedisTopology::Cluster { .. } => "redis-cluster",
+                RedisTopology::Sentinel { .. } => "redis-sentinel",
+            },
             BackendConfig::Postgres(_) => "postgres",
         }
     }
 }
 
+/// A Redis source: where it is, and the credentials and TLS settings of every node.
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
-    pub url: Secret,
+    pub topology: RedisTopology,
+    /// ACL user, unless the URL names one.
+    pub username: Option<String>,
+    /// Password from `password_env` / `password_file`, unless the URL holds one.
+    pub password: Option<Secret>,
+    /// PEM file of the CA that signed the servers' certificates (`rediss://`).
+    pub tls_ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub enum RedisTopology {
+    /// `type = "redis"`: one server.
+    Standalone { url: Secret },
+    /// `type = "redis-cluster"`: seed nodes of a Redis Cluster.
+    Cluster { urls: Vec<Secret> },
+    /// `type = "redis-sentinel"`: Sentinels that know `master`.
+    Sentinel { urls: Vec<Secret>, master: String },
 }
 
 /// A PostgreSQL server (directly or through PgBouncer).
@@ -228,7 +254,7 @@ pub struct PostgresConfig {
     pub tls_ca_file: Option<PathBuf>,
 }
 
-const SOURCE_TYPES: &str = "\"redis\", \"postgres\"";
+const SOURCE_TYPES: &str = "\"redis\", \"redis-cluster\", \"redis-sentinel\", \"postgres\"";
 
 // Two connections: one refresh reads pg_stat_activity and pg_stat_statements of every trigger
 // of the source with one or two statements, so a second connection only serves cold reads.
@@ -329,11 +355,84 @@ fn resolve_source(
     };
     only_for("pool_size", raw.pool_size.is_some(), "postgres")?;
     only_for("queries", raw.queries.is_some(), "postgres")?;
-    only_for("tls_ca_file", raw.tls_ca_file.is_some(), "postgres")?;
+    only_for("master", raw.master.is_some(), "redis-sentinel")?;
+    let is_redis = raw.kind.starts_with("redis");
+    for (field, given) in [
+        ("username", raw.username.is_some()),
+        ("password_env", raw.password_env.is_some()),
+        ("password_file", raw.password_file.is_some()),
+    ] {
+        if given && !is_redis {
+            return Err(ConfigError::at(
+                key(field),
+                "is only valid for Redis sources",
+            ));
+        }
+    }
+    let multi_node = matches!(raw.kind.as_str(), "redis-cluster" | "redis-sentinel");
+    if raw.urls.is_some() && !multi_node {
+        return Err(ConfigError::at(
+            key("urls"),
+            "is only valid for type = \"redis-cluster\" and \"redis-sentinel\"; use `url`",
+        ));
+    }
+    if multi_node && (raw.url.is_some() || raw.url_env.is_some() || raw.url_file.is_some()) {
+        return Err(ConfigError::at(
+            key("url"),
+            format!("type = \"{}\" takes `urls = [...]`", raw.kind),
+        ));
+    }
+    if let Some(path) = &raw.tls_ca_file
+        && !path.is_file()
+    {
+        return Err(ConfigError::at(
+            key("tls_ca_file"),
+            format!("{} is not a readable file", path.display()),
+        ));
+    }
+    let redis = |topology: RedisTopology| -> Result<BackendConfig, ConfigError> {
+        Ok(BackendConfig::Redis(RedisConfig {
+            topology,
+            username: raw.username.clone(),
+            password: resolve_optional_secret(
+                name,
+                "password",
+                &raw.password_env,
+                &raw.password_file,
+            )?,
+            tls_ca_file: raw.tls_ca_file.clone(),
+        }))
+    };
+    let urls = || -> Result<Vec<Secret>, ConfigError> {
+        match &raw.urls {
+            Some(urls) if !urls.is_empty() => Ok(urls.clone()),
+            _ => Err(ConfigError::at(
+                key("urls"),
+                "is required: at least one redis:// URL",
+            )),
+        }
+    };
     let backend = match raw.kind.as_str() {
-        "redis" => BackendConfig::Redis(RedisConfig {
+        "redis" => redis(RedisTopology::Standalone {
             url: resolve_secret(name, "url", &raw.url, &raw.url_env, &raw.url_file)?,
-        }),
+        })?,
+        "redis-cluster" => redis(RedisTopology::Cluster { urls: urls()? })?,
+        "redis-sentinel" => {
+            let master = raw
+                .master
+                .clone()
+                .filter(|m| !m.is_empty())
+                .ok_or_else(|| {
+                    ConfigError::at(
+                        key("master"),
+                        "is required: the master name the Sentinels monitor",
+                    )
+                })?;
+            redis(RedisTopology::Sentinel {
+                urls: urls()?,
+                master,
+            })?
+        }
         "postgres" => {
             let url = resolve_secret(name, "url", &raw.url, &raw.url_env, &raw.url_file)?;
             if url.expose().parse::<tokio_postgres::Config>().is_err() {
@@ -352,14 +451,6 @@ fn resolve_source(
                 return Err(ConfigError::at(
                     key(&format!("queries.{query}")),
                     "is empty",
-                ));
-            }
-            if let Some(path) = &raw.tls_ca_file
-                && !path.is_file()
-            {
-                return Err(ConfigError::at(
-                    key("tls_ca_file"),
-                    format!("{} is not a readable file", path.display()),
                 ));
             }
             BackendConfig::Postgres(PostgresConfig {
@@ -381,6 +472,19 @@ fn resolve_source(
         refresh,
         backend,
     })
+}
+
+/// Resolves at most one of `FIELD_env` and `FIELD_file` of source `name`.
+fn resolve_optional_secret(
+    name: &str,
+    field: &str,
+    env: &Option<String>,
+    file: &Option<PathBuf>,
+) -> Result<Option<Secret>, ConfigError> {
+    if env.is_none() && file.is_none() {
+        return Ok(None);
+    }
+    resolve_secret(name, field, &None, env, file).map(Some)
 }
 
 /// Resolves exactly one of `FIELD`, `FIELD_env` and `FIELD_file` of source `name`.
@@ -459,10 +563,14 @@ mod tests {
         let source = &config.resolved_sources[0];
         assert_eq!(source.name, "redis-main");
         assert_eq!(source.refresh.max_staleness, Duration::from_secs(5));
-        let BackendConfig::Redis(redis) = &source.backend else {
+        let BackendConfig::Redis(RedisConfig {
+            topology: RedisTopology::Standalone { url },
+            ..
+        }) = &source.backend
+        else {
             panic!("a redis source")
         };
-        assert_eq!(redis.url.expose(), "redis://127.0.0.1:6379/0");
+        assert_eq!(url.expose(), "redis://127.0.0.1:6379/0");
     }
 
     #[test]
@@ -560,6 +668,44 @@ mod tests {
     }
 
     #[test]
+    fn redis_topologies_and_credentials() {
+        let dir = tempfile::tempdir().unwrap();
+        let password = dir.path().join("password");
+        std::fs::write(&password, "s3cret\n").unwrap();
+        let config = Config::from_toml(&format!(
+            r#"
+            [sources.cluster]
+            type = "redis-cluster"
+            urls = ["redis://10.0.0.1:6379", "redis://10.0.0.2:6379"]
+            username = "scaler"
+            password_file = "{}"
+            [sources.sentinel]
+            type = "redis-sentinel"
+            urls = ["redis://10.0.0.9:26379"]
+            master = "mymaster"
+            "#,
+            password.display()
+        ))
+        .unwrap();
+        let BackendConfig::Redis(cluster) = &config.resolved_sources[0].backend else {
+            panic!()
+        };
+        assert!(matches!(&cluster.topology, RedisTopology::Cluster { urls } if urls.len() == 2));
+        assert_eq!(cluster.username.as_deref(), Some("scaler"));
+        assert_eq!(
+            cluster.password.as_ref().map(Secret::expose),
+            Some("s3cret")
+        );
+        let BackendConfig::Redis(sentinel) = &config.resolved_sources[1].backend else {
+            panic!()
+        };
+        assert!(
+            matches!(&sentinel.topology, RedisTopology::Sentinel { master, .. } if master == "mymaster")
+        );
+        assert!(!format!("{config:?}").contains("s3cret"));
+    }
+
+    #[test]
     fn url_file_is_read_and_trimmed() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("url");
@@ -569,10 +715,14 @@ mod tests {
             path.display()
         );
         let config = Config::from_toml(&text).unwrap();
-        let BackendConfig::Redis(redis) = &config.resolved_sources[0].backend else {
+        let BackendConfig::Redis(RedisConfig {
+            topology: RedisTopology::Standalone { url },
+            ..
+        }) = &config.resolved_sources[0].backend
+        else {
             panic!("a redis source")
         };
-        assert_eq!(redis.url.expose(), "redis://secret@host:6379");
+        assert_eq!(url.expose(), "redis://secret@host:6379");
     }
 
     #[test]

@@ -1,63 +1,225 @@
-//! Redis sources: queue backlogs read with one pipelined round trip per refresh.
+//! Redis sources: queue backlogs read with one pipelined round trip per node per refresh.
 //!
-//! [`query`] owns what is read and how replies add up; this module owns the connection and
+//! [`query`] owns what is read and how replies add up; this module owns the connections and
 //! the batching: the reads of every query of a refresh are de-duplicated (a thousand
-//! ScaledObjects over ten queues cost ten LLENs) and sent as one pipeline.
+//! ScaledObjects over ten queues cost ten LLENs) and sent as one pipeline — on Redis Cluster
+//! one per hash slot ([`cluster`]), on Sentinel to the current master ([`sentinel`]).
+//! Every call is bounded by connection and response timeouts derived from the source's
+//! `timeout`, with at most one retry.
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, path::PathBuf, time::Duration};
 
 use futures::future::BoxFuture;
 use redis::{
-    Value,
+    ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo, Value,
     aio::{ConnectionManager, ConnectionManagerConfig},
+    cluster::ClusterClientBuilder,
+    cluster_async::ClusterConnection,
 };
 use tokio::sync::Mutex;
 
-use crate::{Error, Result, config::RedisConfig, sources::Query};
+use crate::{
+    Error, Result,
+    config::{RedisConfig, RedisTopology},
+    sources::Query,
+};
 
+pub mod cluster;
 pub mod query;
+pub mod sentinel;
 
 pub use query::{METRICS, RedisQuery, RedisRead};
 
-/// A standalone Redis server.
+/// Credentials and TLS settings shared by every node of a source.
+#[derive(Clone)]
+pub struct NodeSettings {
+    username: Option<String>,
+    password: Option<crate::config::Secret>,
+    /// PEM bytes of the CA that signed the nodes' certificates.
+    ca_pem: Option<Vec<u8>>,
+    /// Connect with TLS (`rediss://` URLs or a CA file).
+    tls: bool,
+}
+
+impl NodeSettings {
+    fn new(source: &str, config: &RedisConfig, urls: &[&str]) -> Result<Self> {
+        let ca_pem = match &config.tls_ca_file {
+            Some(path) => Some(read_ca(source, path)?),
+            None => None,
+        };
+        Ok(NodeSettings {
+            username: config.username.clone(),
+            password: config.password.clone(),
+            tls: ca_pem.is_some() || urls.iter().any(|u| u.starts_with("rediss://")),
+            ca_pem,
+        })
+    }
+
+    /// Adds the configured user and password to a node's settings (a URL's own win).
+    fn apply(&self, mut redis: RedisConnectionInfo) -> RedisConnectionInfo {
+        if redis.username().is_none()
+            && let Some(username) = &self.username
+        {
+            redis = redis.set_username(username);
+        }
+        if redis.password().is_none()
+            && let Some(password) = &self.password
+        {
+            redis = redis.set_password(password.expose());
+        }
+        redis
+    }
+
+    fn info(&self, url: &str, source: &str) -> Result<ConnectionInfo> {
+        // redis-rs's parse errors do not echo the URL, and neither do we: it may hold a password.
+        let info = url.into_connection_info().map_err(|e| {
+            Error::Internal(format!(
+                "source `{source}`: a Redis URL is not valid ({:?})",
+                e.kind()
+            ))
+        })?;
+        let redis = self.apply(info.redis_settings().clone());
+        Ok(info.set_redis_settings(redis))
+    }
+
+    fn client(&self, info: ConnectionInfo, source: &str) -> Result<redis::Client> {
+        let client = match &self.ca_pem {
+            Some(pem) => redis::Client::build_with_tls(
+                info,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem.clone()),
+                },
+            ),
+            None => redis::Client::open(info),
+        };
+        client.map_err(|e| Error::Internal(format!("source `{source}`: {}", describe(&e))))
+    }
+}
+
+fn read_ca(source: &str, path: &PathBuf) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| {
+        Error::Internal(format!(
+            "source `{source}`: cannot read tls_ca_file {}: {}",
+            path.display(),
+            e.kind()
+        ))
+    })
+}
+
+enum Backend {
+    Standalone {
+        client: redis::Client,
+        /// Made on first use and kept: the manager reconnects by itself after a failure.
+        connection: Mutex<Option<ConnectionManager>>,
+    },
+    Cluster {
+        builder: Box<dyn Fn() -> redis::RedisResult<redis::cluster::ClusterClient> + Send + Sync>,
+        connection: Mutex<Option<ClusterConnection>>,
+    },
+    Sentinel(sentinel::SentinelBackend),
+}
+
+/// A Redis source of any topology.
 pub struct RedisSource {
     name: String,
-    client: redis::Client,
     timeout: Duration,
-    /// Made on first use and kept: the manager reconnects by itself after a failure.
-    connection: Mutex<Option<ConnectionManager>>,
+    backend: Backend,
 }
 
 impl RedisSource {
     pub fn new(name: &str, config: &RedisConfig, timeout: Duration) -> Result<Self> {
-        // The parse error of redis-rs does not echo the URL, but say nothing of it anyway:
-        // the URL may hold a password.
-        let client = redis::Client::open(config.url.expose()).map_err(|e| {
-            Error::Internal(format!(
-                "source `{name}`: the Redis URL is not valid ({:?})",
-                e.kind()
-            ))
-        })?;
+        let backend = match &config.topology {
+            RedisTopology::Standalone { url } => {
+                let node = NodeSettings::new(name, config, &[url.expose()])?;
+                let client = node.client(node.info(url.expose(), name)?, name)?;
+                Backend::Standalone {
+                    client,
+                    connection: Mutex::new(None),
+                }
+            }
+            RedisTopology::Cluster { urls } => {
+                let exposed: Vec<&str> = urls.iter().map(|u| u.expose()).collect();
+                let node = NodeSettings::new(name, config, &exposed)?;
+                let infos = exposed
+                    .iter()
+                    .map(|url| node.info(url, name))
+                    .collect::<Result<Vec<_>>>()?;
+                let builder = move || {
+                    let mut builder = ClusterClientBuilder::new(infos.clone())
+                        .connection_timeout(timeout / 2)
+                        .response_timeout(timeout / 2)
+                        .retries(1);
+                    if let Some(username) = &node.username {
+                        builder = builder.username(username);
+                    }
+                    if let Some(password) = &node.password {
+                        builder = builder.password(password.expose());
+                    }
+                    if let Some(pem) = &node.ca_pem {
+                        builder = builder.certs(redis::TlsCertificates {
+                            client_tls: None,
+                            root_cert: Some(pem.clone()),
+                        });
+                    }
+                    builder.build()
+                };
+                builder()
+                    .map_err(|e| Error::Internal(format!("source `{name}`: {}", describe(&e))))?;
+                Backend::Cluster {
+                    builder: Box::new(builder),
+                    connection: Mutex::new(None),
+                }
+            }
+            RedisTopology::Sentinel { urls, master } => {
+                let exposed: Vec<&str> = urls.iter().map(|u| u.expose()).collect();
+                let node = NodeSettings::new(name, config, &exposed)?;
+                Backend::Sentinel(sentinel::SentinelBackend::new(
+                    name, urls, master, node, timeout,
+                )?)
+            }
+        };
         Ok(RedisSource {
             name: name.to_string(),
-            client,
             timeout,
-            connection: Mutex::new(None),
+            backend,
         })
     }
 
-    async fn connection(&self) -> Result<ConnectionManager> {
-        let mut slot = self.connection.lock().await;
+    async fn standalone(
+        &self,
+        client: &redis::Client,
+        slot: &Mutex<Option<ConnectionManager>>,
+    ) -> Result<ConnectionManager> {
+        let mut slot = slot.lock().await;
         if let Some(connection) = slot.as_ref() {
             return Ok(connection.clone());
         }
         let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout))
+            .set_connection_timeout(Some(self.timeout / 2))
+            .set_response_timeout(Some(self.timeout / 2))
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_millis(500));
-        let connection = ConnectionManager::new_with_config(self.client.clone(), config)
+        let connection = ConnectionManager::new_with_config(client.clone(), config)
+            .await
+            .map_err(|e| self.unavailable(&e))?;
+        *slot = Some(connection.clone());
+        Ok(connection)
+    }
+
+    async fn cluster(
+        &self,
+        builder: &(dyn Fn() -> redis::RedisResult<redis::cluster::ClusterClient> + Send + Sync),
+        slot: &Mutex<Option<ClusterConnection>>,
+    ) -> Result<ClusterConnection> {
+        let mut slot = slot.lock().await;
+        if let Some(connection) = slot.as_ref() {
+            return Ok(connection.clone());
+        }
+        let client = builder().map_err(|e| self.unavailable(&e))?;
+        let connection = client
+            .get_async_connection()
             .await
             .map_err(|e| self.unavailable(&e))?;
         *slot = Some(connection.clone());
@@ -68,19 +230,38 @@ impl RedisSource {
         Error::unavailable(&self.name, describe(error))
     }
 
-    /// Sends `reads` as one pipeline; errors of single commands come back as
+    /// Sends `reads` as one pipeline per node; errors of single commands come back as
     /// `Value::ServerError` in their place, so one bad key does not fail the others.
     async fn pipeline(&self, reads: &[RedisRead]) -> Result<Vec<Value>> {
-        let mut connection = self.connection().await?;
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
-        for read in reads {
-            pipe.add_command(read.command());
+        if reads.is_empty() {
+            return Ok(Vec::new());
         }
-        let replies: Vec<Value> = pipe
-            .query_async(&mut connection)
-            .await
-            .map_err(|e| self.unavailable(&e))?;
+        let replies: Vec<Value> = match &self.backend {
+            Backend::Standalone { client, connection } => {
+                let mut connection = self.standalone(client, connection).await?;
+                one_pipeline(reads)
+                    .query_async(&mut connection)
+                    .await
+                    .map_err(|e| self.unavailable(&e))?
+            }
+            Backend::Cluster {
+                builder,
+                connection,
+            } => {
+                let connection = self.cluster(builder.as_ref(), connection).await?;
+                cluster::pipeline_per_slot(&self.name, &connection, reads).await?
+            }
+            Backend::Sentinel(sentinel) => {
+                let mut connection = sentinel.connection().await?;
+                match one_pipeline(reads).query_async(&mut connection).await {
+                    Ok(replies) => replies,
+                    Err(error) => {
+                        sentinel.forget_master().await;
+                        return Err(self.unavailable(&error));
+                    }
+                }
+            }
+        };
         if replies.len() != reads.len() {
             return Err(Error::Internal(format!(
                 "source `{}`: {} replies to {} reads",
@@ -138,14 +319,22 @@ impl super::Source for RedisSource {
     }
 
     fn probe(&self) -> BoxFuture<'_, Result<()>> {
+        // A read of one key through the same path as real reads: a missing key answers 0.
         Box::pin(async move {
-            let mut connection = self.connection().await?;
-            redis::cmd("PING")
-                .query_async::<()>(&mut connection)
+            self.pipeline(&[RedisRead::Llen("backlog-scaler:probe".into())])
                 .await
-                .map_err(|e| self.unavailable(&e))
+                .map(drop)
         })
     }
+}
+
+fn one_pipeline(reads: &[RedisRead]) -> redis::Pipeline {
+    let mut pipe = redis::pipe();
+    pipe.ignore_errors();
+    for read in reads {
+        pipe.add_command(read.command());
+    }
+    pipe
 }
 
 /// A short, secret-free description of a Redis client error.
