@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod postgres;
+pub mod redis_topology;
 
 use std::{
     collections::HashMap,
@@ -95,8 +96,13 @@ impl RedisServer {
 
     /// Starts with extra `redis-server` arguments (e.g. `["--requirepass", "x"]`).
     pub fn start_with(extra_args: &[&str]) -> RedisServer {
+        Self::start_on(free_port(), extra_args)
+    }
+
+    /// Starts on a given port (Redis Cluster needs port + 10000 free as well).
+    pub fn start_on(port: u16, extra_args: &[&str]) -> RedisServer {
         let mut server = RedisServer {
-            port: free_port(),
+            port,
             dir: tempfile::tempdir().expect("temp dir"),
             process: None,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),

@@ -62,6 +62,13 @@ pub async fn pipeline_per_slot(
             }
             let replies: Vec<Value> = pipe.query_async(&mut connection).await.map_err(|e| {
                 match e.code() {
+                    Some(code)
+                        if super::query::server_error_makes_source_unavailable(code).is_some() =>
+                    {
+                        let reason = super::query::server_error_makes_source_unavailable(code)
+                            .unwrap_or_default();
+                        Error::unavailable(source, format!("{reason} ({code})"))
+                    }
                     // The node answered: a command of the group failed on its data.
                     Some(code) if !e.is_io_error() && !e.is_timeout() => {
                         let keys: Vec<&str> = indices.iter().map(|i| reads[*i].key()).collect();

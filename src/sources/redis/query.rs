@@ -557,8 +557,34 @@ fn integer(source: &str, key: &str, expected: &str, reply: &Value) -> Result<i64
     }
 }
 
+/// Server errors that say "not now" or "not with these credentials" rather than "not this
+/// data": the source is unavailable, whatever key was read.
+pub fn server_error_makes_source_unavailable(code: &str) -> Option<&'static str> {
+    match code {
+        "NOAUTH" | "WRONGPASS" => {
+            Some("authentication failed: check the source's username and password")
+        }
+        "LOADING" => Some("Redis is loading its data set"),
+        "MASTERDOWN" => Some("the replica has lost its master"),
+        "CLUSTERDOWN" => Some("the cluster is down"),
+        "TRYAGAIN" | "MOVED" | "ASK" => Some("the cluster is resharding or a node is unreachable"),
+        "BUSY" => Some("Redis is busy running a script"),
+        _ => None,
+    }
+}
+
 fn reply_error(source: &str, key: &str, expected: &str, reply: &Value) -> Error {
     match reply {
+        Value::ServerError(error)
+            if server_error_makes_source_unavailable(error.code()).is_some() =>
+        {
+            let reason = server_error_makes_source_unavailable(error.code()).unwrap_or_default();
+            Error::unavailable(source, format!("{reason} ({})", error.code()))
+        }
+        Value::ServerError(error) if error.code() == "NOPERM" => Error::rejected(
+            source,
+            format!("the ACL user may not read key `{key}` (NOPERM): grant it +@read on the key"),
+        ),
         Value::ServerError(error) if error.code() == "WRONGTYPE" => Error::rejected(
             source,
             format!("key `{key}` holds another type of value, not {expected}"),

@@ -1,0 +1,292 @@
+//! Throwaway Redis topologies: a 3-master Redis Cluster and a master + replica + Sentinel,
+//! built from `redis-server` / `redis-sentinel` processes on free loopback ports.
+
+use std::{
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use super::{ChildGuard, RedisServer, require_binary, wait_for_port};
+
+/// A free port whose cluster bus port (+10000) is valid and free too.
+pub fn free_cluster_port() -> u16 {
+    loop {
+        let port = super::free_port();
+        if port < 55000 && std::net::TcpListener::bind(("127.0.0.1", port + 10000)).is_ok() {
+            return port;
+        }
+    }
+}
+
+async fn command<T: redis::FromRedisValue>(url: &str, args: &[&str]) -> redis::RedisResult<T> {
+    let mut connection = redis::Client::open(url)?
+        .get_multiplexed_async_connection()
+        .await?;
+    let mut cmd = redis::cmd(args[0]);
+    for arg in &args[1..] {
+        cmd.arg(*arg);
+    }
+    cmd.query_async(&mut connection).await
+}
+
+/// Three masters sharing the 16384 slots.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub async fn start() -> RedisCluster {
+        let mut nodes = Vec::new();
+        for _ in 0..3 {
+            let port = free_cluster_port();
+            nodes.push(RedisServer::start_on(
+                port,
+                &[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "2000",
+                ],
+            ));
+        }
+        let addresses: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let output = Command::new(require_binary("redis-cli"))
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("running redis-cli --cluster create");
+        assert!(
+            output.status.success(),
+            "cluster create: {}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+        let cluster = RedisCluster { nodes };
+        cluster.wait_until_ok().await;
+        cluster
+    }
+
+    pub async fn wait_until_ok(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for node in &self.nodes {
+            loop {
+                let info: String = command(&node.url(), &["CLUSTER", "INFO"])
+                    .await
+                    .unwrap_or_default();
+                if info.contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the cluster did not become ok: {info}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|n| format!("redis://127.0.0.1:{}", n.port))
+            .collect()
+    }
+
+    /// The node that owns `key`'s slot, and its node id.
+    pub async fn owner(&self, key: &str) -> (usize, String) {
+        let slot: i64 = command(&self.nodes[0].url(), &["CLUSTER", "KEYSLOT", key])
+            .await
+            .unwrap();
+        for (index, node) in self.nodes.iter().enumerate() {
+            let mine: Vec<redis::Value> = command(
+                &node.url(),
+                &["CLUSTER", "GETKEYSINSLOT", &slot.to_string(), "0"],
+            )
+            .await
+            .unwrap_or_default();
+            let _ = mine;
+            let nodes: String = command(&node.url(), &["CLUSTER", "NODES"]).await.unwrap();
+            let myself = nodes.lines().find(|l| l.contains("myself")).unwrap();
+            let id = myself.split(' ').next().unwrap().to_string();
+            let owns = myself.split(' ').skip(8).any(|range| {
+                let (from, to) = range.split_once('-').unwrap_or((range, range));
+                match (from.parse::<i64>(), to.parse::<i64>()) {
+                    (Ok(from), Ok(to)) => (from..=to).contains(&slot),
+                    _ => false,
+                }
+            });
+            if owns {
+                return (index, id);
+            }
+        }
+        panic!("no node owns the slot of {key}");
+    }
+
+    pub async fn node_id(&self, index: usize) -> String {
+        let nodes: String = command(&self.nodes[index].url(), &["CLUSTER", "NODES"])
+            .await
+            .unwrap();
+        nodes
+            .lines()
+            .find(|l| l.contains("myself"))
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap()
+            .to_string()
+    }
+
+    /// Moves the slot of `key` (with its keys) from its owner to node `to`, as resharding does.
+    pub async fn migrate_slot_of(&self, key: &str, to: usize) {
+        let (from, from_id) = self.owner(key).await;
+        assert_ne!(from, to);
+        let to_id = self.node_id(to).await;
+        let slot: i64 = command(&self.nodes[0].url(), &["CLUSTER", "KEYSLOT", key])
+            .await
+            .unwrap();
+        let slot = slot.to_string();
+        let to_url = self.nodes[to].url();
+        let from_url = self.nodes[from].url();
+        let _: () = command(
+            &to_url,
+            &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &from_id],
+        )
+        .await
+        .unwrap();
+        let _: () = command(
+            &from_url,
+            &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to_id],
+        )
+        .await
+        .unwrap();
+        let keys: Vec<String> = command(&from_url, &["CLUSTER", "GETKEYSINSLOT", &slot, "1000"])
+            .await
+            .unwrap();
+        let port = self.nodes[to].port.to_string();
+        for key in &keys {
+            let _: () = command(
+                &from_url,
+                &["MIGRATE", "127.0.0.1", &port, key, "0", "5000"],
+            )
+            .await
+            .unwrap();
+        }
+        for node in &self.nodes {
+            let _: () = command(&node.url(), &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id])
+                .await
+                .unwrap();
+        }
+    }
+}
+
+/// A master, a replica and one Sentinel (quorum 1) watching `mymaster`.
+pub struct SentinelSetup {
+    pub master: RedisServer,
+    pub replica: RedisServer,
+    pub sentinel_port: u16,
+    _dir: tempfile::TempDir,
+    _sentinel: ChildGuard,
+}
+
+impl SentinelSetup {
+    pub async fn start() -> SentinelSetup {
+        let master = RedisServer::start();
+        let replica =
+            RedisServer::start_with(&["--replicaof", "127.0.0.1", &master.port.to_string()]);
+        let dir = tempfile::tempdir().unwrap();
+        let sentinel_port = super::free_port();
+        let config = dir.path().join("sentinel.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "port {sentinel_port}\nbind 127.0.0.1\ndir {dir}\n\
+                 sentinel monitor mymaster 127.0.0.1 {master} 1\n\
+                 sentinel down-after-milliseconds mymaster 2000\n\
+                 sentinel failover-timeout mymaster 10000\n",
+                dir = dir.path().display(),
+                master = master.port
+            ),
+        )
+        .unwrap();
+        let child = Command::new(require_binary("redis-sentinel"))
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawning redis-sentinel");
+        let sentinel = ChildGuard(child);
+        wait_for_port(sentinel_port, "redis-sentinel", Duration::from_secs(10));
+        let setup = SentinelSetup {
+            master,
+            replica,
+            sentinel_port,
+            _dir: dir,
+            _sentinel: sentinel,
+        };
+        // The Sentinel must know the replica (and it must be in sync) before a failover.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let replicas: Vec<std::collections::HashMap<String, String>> =
+                command(&setup.sentinel_url(), &["SENTINEL", "REPLICAS", "mymaster"])
+                    .await
+                    .unwrap_or_default();
+            let ready = replicas.iter().any(|r| {
+                r.get("master-link-status").map(String::as_str) == Some("ok")
+                    && !r
+                        .get("flags")
+                        .is_some_and(|f| f.contains("down") || f.contains("disconnected"))
+            });
+            if ready {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the Sentinel never saw a healthy replica: {replicas:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        setup
+    }
+
+    pub fn sentinel_url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.sentinel_port)
+    }
+
+    pub async fn master_port(&self) -> u16 {
+        let (_, port): (String, u16) = command(
+            &self.sentinel_url(),
+            &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", "mymaster"],
+        )
+        .await
+        .unwrap();
+        port
+    }
+
+    /// Forces a failover and waits until the Sentinel names the replica as master.
+    pub async fn failover(&self) {
+        let _: () = command(&self.sentinel_url(), &["SENTINEL", "FAILOVER", "mymaster"])
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.master_port().await != self.replica.port {
+            assert!(Instant::now() < deadline, "the failover did not happen");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // The promoted replica accepts writes once it has left read-only replication.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let role: Vec<redis::Value> = command(&self.replica.url(), &["ROLE"]).await.unwrap();
+            if matches!(role.first(), Some(redis::Value::BulkString(b)) if b == b"master") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the replica was not promoted");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
