@@ -1,0 +1,107 @@
+//! Criterion micro-benchmarks of the request hot path: parsing trigger metadata, naming the
+//! metric, and answering a warm measurement from the engine's memory.
+//!
+//! `cargo bench --bench hot_paths`
+
+use std::{collections::HashMap, hint::black_box, sync::Arc, time::Duration};
+
+use backlog_scaler::{
+    Result,
+    config::RefreshSettings,
+    engine::{Engine, Limits, SourceEntry},
+    naming,
+    sources::{Query, Source, SourceKind},
+    trigger::parse_trigger,
+};
+use criterion::{Criterion, criterion_group, criterion_main};
+use futures::future::BoxFuture;
+
+/// Answers every query with 1.0; the benchmark measures the engine, not a backend.
+struct ConstantSource;
+
+impl Source for ConstantSource {
+    fn read_batch<'a>(&'a self, queries: &'a [Query]) -> BoxFuture<'a, Vec<Result<f64>>> {
+        Box::pin(async move { vec![Ok(1.0); queries.len()] })
+    }
+    fn probe(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+fn engine() -> Engine {
+    Engine::new(
+        vec![SourceEntry {
+            name: "redis-main".into(),
+            kind: SourceKind::Redis,
+            settings: RefreshSettings {
+                refresh_interval: Duration::from_secs(1),
+                max_staleness: Duration::from_secs(3600),
+                timeout: Duration::from_millis(1500),
+            },
+            source: Arc::new(ConstantSource),
+            query_names: Vec::new(),
+        }],
+        Limits {
+            idle_expiry: Duration::from_secs(3600),
+            max_live: 100_000,
+        },
+    )
+}
+
+fn metadata() -> HashMap<String, String> {
+    [
+        ("scalerAddress", "backlog-scaler.keda.svc:9090"),
+        ("source", "redis-main"),
+        ("metric", "redis-list"),
+        ("keys", "agent:tasks:pending,agent:tasks:retry"),
+        ("target", "10"),
+        ("activationTarget", "0"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+fn hot_paths(c: &mut Criterion) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let engine = runtime.block_on(async { engine() });
+    let metadata = metadata();
+
+    c.bench_function("parse_trigger (redis-list, 2 keys)", |b| {
+        b.iter(|| parse_trigger(black_box(&metadata), &engine).unwrap())
+    });
+    c.bench_function("metric_name", |b| {
+        b.iter(|| {
+            naming::metric_name(
+                black_box("redis-list"),
+                black_box("agent:tasks:pending"),
+                black_box("{\"id\":1}"),
+            )
+        })
+    });
+    let spec = parse_trigger(&metadata, &engine).unwrap();
+    runtime
+        .block_on(engine.measure(&spec.source, &spec.query))
+        .unwrap();
+    c.bench_function("engine.measure (warm)", |b| {
+        b.iter(|| {
+            runtime
+                .block_on(engine.measure(black_box(&spec.source), black_box(&spec.query)))
+                .unwrap()
+        })
+    });
+    c.bench_function(
+        "parse + measure (a whole warm GetMetrics minus gRPC)",
+        |b| {
+            b.iter(|| {
+                runtime.block_on(async {
+                    let spec = parse_trigger(black_box(&metadata), &engine).unwrap();
+                    engine.measure(&spec.source, &spec.query).await.unwrap()
+                })
+            })
+        },
+    );
+}
+
+criterion_group!(benches, hot_paths);
+criterion_main!(benches);
