@@ -24,6 +24,18 @@ pids+=($!); wait_port "$redis_port"
 rcli() { redis-cli -p "$redis_port" "$@"; }
 for q in $(seq 0 9); do rcli RPUSH "bench:queue:$q" $(seq 1 $((q * 10 + 1))) >/dev/null; done
 
+# A throwaway PostgreSQL with pg_stat_statements (as the postgres user when run as root).
+pg_port=$(free_port)
+as_pg() { if [ "$(id -u)" = 0 ]; then setpriv --reuid=postgres --regid=postgres --init-groups -- "$@"; else "$@"; fi; }
+pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+mkdir -p "$work/pg"; [ "$(id -u)" = 0 ] && chown -R postgres: "$work/pg"
+as_pg "$pg_bin/initdb" -D "$work/pg/data" -U postgres -A trust --no-sync >/dev/null
+as_pg "$pg_bin/postgres" -D "$work/pg/data" -p "$pg_port" -k "$work/pg" -c listen_addresses=127.0.0.1 \
+  -c shared_preload_libraries=pg_stat_statements -c fsync=off >"$work/pg/log" 2>&1 &
+pids+=($!); wait_port "$pg_port"; sleep 1
+psql_pg() { psql -h 127.0.0.1 -p "$pg_port" -U postgres -d postgres -qAtX -c "$1"; }
+psql_pg "CREATE EXTENSION pg_stat_statements; CREATE ROLE scaler LOGIN; GRANT pg_monitor TO scaler;"
+
 grpc_port=$(free_port)
 cat > "$work/scaler.toml" <<TOML
 [server]
@@ -33,6 +45,9 @@ max_live = 20000
 [sources.redis-main]
 type = "redis"
 url = "redis://127.0.0.1:$redis_port/0"
+[sources.pg-main]
+type = "postgres"
+url = "postgres://scaler@127.0.0.1:$pg_port/postgres?sslmode=disable"
 TOML
 target/release/backlog-scaler serve --config "$work/scaler.toml" 2>"$work/scaler.log" &
 scaler_pid=$!; pids+=($scaler_pid); wait_port "$grpc_port"
@@ -51,6 +66,15 @@ echo "RATIO (a) GetMetrics/Health req/s = $(python3 -c "print(round($metrics_rps
 echo "== (b) Redis commands per GetMetrics, 1000 ScaledObjects over 10 queues (INFO commandstats delta, INFO itself excluded)"
 echo "commands: $((calls_after - calls_before)), GetMetrics: $metrics_count"
 echo "RATIO (b) commands/GetMetrics = $(python3 -c "print(f'{($calls_after - $calls_before)/$metrics_count:.6f}')") (goal <= 0.01)"
+
+echo "== (b) PostgreSQL statements per GetMetrics, 1000 ScaledObjects over 10 pg_stat_activity filters (the scaler's own rows in pg_stat_statements)"
+psql_pg "SELECT pg_stat_statements_reset()" >/dev/null
+loadgen --target "$target" --call get-metrics --metric pg-activity --source pg-main --connections 4 --concurrency 64 \
+  --scaled-objects 1000 --queues 10 --duration "$SECONDS_PER_LOAD" | tee "$work/pg.txt"
+pg_calls=$(psql_pg "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements WHERE userid = 'scaler'::regrole")
+pg_count=$(awk '/Count:/ {print $2}' "$work/pg.txt")
+echo "scaler statements (BEGIN, SET LOCAL, reads, COMMIT all counted): $pg_calls, GetMetrics: $pg_count"
+echo "RATIO (b-pg) statements/GetMetrics = $(python3 -c "print(f'{$pg_calls/$pg_count:.6f}')") (goal <= 0.01)"
 
 echo "== (e) cold GetMetrics p50 vs redis-benchmark LLEN p50 + Health/Check p50, 1 connection x 1 caller"
 loadgen --target "$target" --call get-metrics --cold --requests 2000 --connections 1 --concurrency 1 --duration 60 | tee "$work/cold.txt"

@@ -180,31 +180,34 @@ async fn utilization_moves_as_sessions_open() {
     let (postgres, _bouncer, scaler) = start("postgres").await;
     // max_connections 50 − superuser_reserved_connections 3 (PG15 has no reserved_connections).
     let usable = 47.0;
-    let all = [("metric", "pg-activity"), ("measure", "utilization")];
-    let mut before = Vec::new();
+    let extra = [
+        ("metric", "pg-activity"),
+        ("measure", "utilization"),
+        ("applicationName", "extra"),
+    ];
     for source in PATHS {
-        before.push(metric(&scaler, source, &all).await.unwrap());
+        assert_eq!(
+            metric(&scaler, source, &extra).await.unwrap(),
+            0.0,
+            "{source}"
+        );
     }
     let mut sessions = Vec::new();
-    for _ in 0..5 {
+    for opened in 1..=5 {
         sessions.push(postgres.session("postgres", "extra").await);
+        let expected = f64::from(opened) / usable * 100.0;
+        for source in PATHS {
+            let value = eventually(&scaler, source, &extra, |v| (v - expected).abs() < 1e-9).await;
+            assert!((value - expected).abs() < 1e-9, "{source}: {value}");
+        }
     }
-    for (source, before) in PATHS.into_iter().zip(before) {
-        let extra = [
-            ("metric", "pg-activity"),
-            ("measure", "utilization"),
-            ("applicationName", "extra"),
-        ];
-        let value = eventually(&scaler, source, &extra, |v| v > 0.0).await;
+    for source in PATHS {
+        let all = [("metric", "pg-activity"), ("measure", "utilization")];
+        let value = metric(&scaler, source, &all).await.unwrap();
         assert!(
-            (value - 5.0 / usable * 100.0).abs() < 1e-9,
+            (5.0 / usable * 100.0..=100.0).contains(&value),
             "{source}: {value}"
         );
-        let after = eventually(&scaler, source, &all, |v| {
-            v >= before + 5.0 / usable * 100.0 - 1e-9
-        })
-        .await;
-        assert!(after <= 100.0, "{source}: {after}");
     }
 }
 
@@ -480,80 +483,10 @@ async fn database_outage_is_unavailable_in_bounded_time_and_recovers() {
     }
 }
 
-/// A CA and a server certificate for `localhost`/127.0.0.1, made with the openssl CLI.
-fn make_certificates(dir: &std::path::Path) {
-    let run = |args: &[&str]| {
-        let output = std::process::Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("running openssl (apt-get install -y openssl)");
-        assert!(
-            output.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    };
-    std::fs::write(
-        dir.join("san.ext"),
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
-    )
-    .unwrap();
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=backlog-scaler test CA",
-    ]);
-    run(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
-        "/CN=localhost",
-    ]);
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.crt",
-        "-days",
-        "2",
-        "-extfile",
-        "san.ext",
-    ]);
-    std::fs::set_permissions(
-        dir.join("server.key"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_with_a_verified_certificate() {
     let certs = common::postgres::server_dir();
-    make_certificates(certs.path());
+    common::make_certificates(certs.path(), "backlog-scaler");
     common::postgres::give_to_server_user(certs.path());
     let cert = certs.path().join("server.crt").display().to_string();
     let key = certs.path().join("server.key").display().to_string();
@@ -574,7 +507,7 @@ async fn tls_with_a_verified_certificate() {
         url = "postgres://postgres@localhost:{port}/postgres?sslmode=require"
         "#,
         port = postgres.port,
-        ca = certs.path().join("ca.pem").display()
+        ca = certs.path().join("backlog-scaler-ca.pem").display()
     ))
     .await;
     let pairs = [

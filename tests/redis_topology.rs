@@ -63,6 +63,14 @@ async fn push(url: &str, key: &str, n: usize) {
     }
 }
 
+fn cluster_config(urls: &[String]) -> String {
+    let urls: Vec<String> = urls.iter().map(|u| format!("\"{u}\"")).collect();
+    format!(
+        "[sources.redis-cluster]\ntype = \"redis-cluster\"\nurls = [{}]\n",
+        urls.join(", ")
+    )
+}
+
 async fn llen_calls(node: &RedisServer) -> u64 {
     node.command_calls().await.get("llen").copied().unwrap_or(0)
 }
@@ -81,13 +89,7 @@ async fn cluster_sums_keys_across_slots_and_follows_a_migrated_slot() {
         owners.insert(cluster.owner(key).await.0);
     }
     assert!(owners.len() >= 2, "keys on one node only");
-    let config = format!(
-        "[sources.redis-cluster]\ntype = \"redis-cluster\"\nurls = [{}]\n",
-        urls.iter()
-            .map(|u| format!("\"{u}\""))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    let config = cluster_config(&urls);
     let scaler = Scaler::start(&config).await;
     let all = keys.join(",");
     assert_eq!(value(&scaler, "redis-cluster", &all).await.unwrap(), 21.0);
@@ -130,13 +132,7 @@ async fn cluster_node_outage_is_unavailable_then_recovers() {
     let mut cluster = RedisCluster::start().await;
     let urls = cluster.urls();
     push(&urls[0], "outage:q", 4).await;
-    let config = format!(
-        "[sources.redis-cluster]\ntype = \"redis-cluster\"\nurls = [{}]\n",
-        urls.iter()
-            .map(|u| format!("\"{u}\""))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    let config = cluster_config(&urls);
     let scaler = Scaler::start(&config).await;
     assert_eq!(
         value(&scaler, "redis-cluster", "outage:q").await.unwrap(),
@@ -208,79 +204,13 @@ async fn sentinel_failover_is_followed_without_restart() {
     assert!(status.message().contains("nosuchmaster"), "{status:?}");
 }
 
-fn make_certificates(dir: &std::path::Path, name: &str) {
-    let run = |args: &[&str]| {
-        let output = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("running openssl (apt-get install -y openssl)");
-        assert!(
-            output.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    };
-    std::fs::write(
-        dir.join("san.ext"),
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
-    )
-    .unwrap();
-    let ca_key = format!("{name}-ca.key");
-    let ca = format!("{name}-ca.pem");
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        &ca_key,
-        "-out",
-        &ca,
-        "-days",
-        "2",
-        "-subj",
-        "/CN=test CA",
-    ]);
-    run(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
-        "/CN=localhost",
-    ]);
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        &ca,
-        "-CAkey",
-        &ca_key,
-        "-CAcreateserial",
-        "-out",
-        "server.crt",
-        "-days",
-        "2",
-        "-extfile",
-        "san.ext",
-    ]);
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_with_a_ca_file_and_a_wrong_ca_is_unavailable() {
     let certs = tempfile::tempdir().unwrap();
-    make_certificates(certs.path(), "good");
+    common::make_certificates(certs.path(), "good");
     // A second CA that did not sign the server's certificate.
     let other = tempfile::tempdir().unwrap();
-    make_certificates(other.path(), "other");
+    common::make_certificates(other.path(), "other");
     let port = common::free_port();
     let path = |name: &str| certs.path().join(name).display().to_string();
     let _server = RedisServer::start_on(
