@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_PER_LOAD=${1:-10}
 work=$(mktemp -d)
+chmod 755 "$work"  # the postgres user must reach its data dir inside
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
