@@ -11,7 +11,11 @@ use std::{
 };
 
 use backlog_scaler::proto::GetMetricsRequest;
-use common::{RedisServer, Scaler, redis_config, scaled_object};
+use common::{
+    RedisServer, Scaler, redis_config,
+    redis_topology::{RedisCluster, SentinelSetup},
+    scaled_object,
+};
 use redis::AsyncCommands;
 use serde_json::Value;
 
@@ -59,7 +63,11 @@ async fn produce(program: &str, script: &str, args: Vec<String>) -> Value {
 }
 
 async fn value_of(scaler: &Scaler, pairs: &[(&str, &str)]) -> f64 {
-    let mut all = vec![("source", "redis-main"), ("target", "1")];
+    value_from(scaler, "redis-main", pairs).await
+}
+
+async fn value_from(scaler: &Scaler, source: &str, pairs: &[(&str, &str)]) -> f64 {
+    let mut all = vec![("source", source), ("target", "1")];
     all.extend_from_slice(pairs);
     let response = scaler
         .client()
@@ -357,4 +365,151 @@ async fn all_reads_of_a_refresh_go_out_as_one_pipeline() {
             && llen >= distinct_list_keys * (refreshes - 1.0),
         "{llen} LLEN in ~{refreshes} refreshes: each distinct key must be read once per refresh"
     );
+}
+
+/// Copies every key (with its type, contents and consumer groups) with DUMP / RESTORE.
+async fn copy_keys(from: &RedisServer, into: &mut impl redis::aio::ConnectionLike) {
+    let mut source = from.connection().await;
+    let keys: Vec<Vec<u8>> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut source)
+        .await
+        .unwrap();
+    for key in keys {
+        let dump: Vec<u8> = redis::cmd("DUMP")
+            .arg(&key)
+            .query_async(&mut source)
+            .await
+            .unwrap();
+        let _: () = redis::cmd("RESTORE")
+            .arg(&key)
+            .arg(0)
+            .arg(dump)
+            .arg("REPLACE")
+            .query_async(into)
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_counts_the_same_on_cluster_and_sentinel() {
+    // Queue data from the real libraries on a standalone server...
+    let redis = RedisServer::start();
+    let port = redis.port.to_string();
+    let bullmq = produce(
+        "node",
+        "bullmq_produce.cjs",
+        vec![
+            port.clone(),
+            "mail".into(),
+            "{bull}".into(),
+            "running".into(),
+        ],
+    )
+    .await;
+    let celery = produce(
+        "python3",
+        "celery_produce.py",
+        vec![port.clone(), "work".into(), String::new()],
+    )
+    .await;
+    let rq = produce("python3", "rq_produce.py", vec![port, "high".into()]).await;
+    let mut connection = redis.connection().await;
+    let _: () = connection
+        .lpush("queue:default", vec!["{}"; 3])
+        .await
+        .unwrap();
+    let _: () = connection
+        .zadd_multiple("retry", &[(1.0, "due"), (4e9, "later")])
+        .await
+        .unwrap();
+    for i in 0..5 {
+        let _: String = connection.xadd("events", "*", &[("n", i)]).await.unwrap();
+    }
+    let _: () = redis::cmd("XGROUP")
+        .arg(&["CREATE", "events", "workers", "0"])
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let triggers: [(Vec<(&str, &str)>, f64); 7] = [
+        (
+            vec![
+                ("metric", "bullmq"),
+                ("queue", "mail"),
+                ("prefix", "{bull}"),
+            ],
+            bullmq["counts"]["wait"].as_f64().unwrap()
+                + bullmq["counts"]["paused"].as_f64().unwrap()
+                + bullmq["counts"]["prioritized"].as_f64().unwrap()
+                + bullmq["due_delayed"].as_f64().unwrap(),
+        ),
+        (
+            vec![("metric", "celery"), ("queue", "work")],
+            celery["size"].as_f64().unwrap(),
+        ),
+        (
+            vec![("metric", "rq"), ("queue", "high")],
+            rq["count"].as_f64().unwrap(),
+        ),
+        (vec![("metric", "sidekiq"), ("queue", "default")], 3.0),
+        (
+            vec![
+                ("metric", "redis-zset"),
+                ("keys", "retry"),
+                ("scoreMax", "now"),
+            ],
+            1.0,
+        ),
+        (
+            vec![
+                ("metric", "redis-stream"),
+                ("stream", "events"),
+                ("group", "workers"),
+            ],
+            5.0,
+        ),
+        (
+            vec![
+                ("metric", "redis-list"),
+                ("keys", "work,rq:queue:high,queue:default"),
+            ],
+            0.0,
+        ),
+    ];
+
+    // ...copied onto a 3-master cluster (keys land on different slots and nodes) and onto a
+    // Sentinel-managed master.
+    let cluster = RedisCluster::start().await;
+    let mut cluster_connection = redis::cluster::ClusterClient::new(cluster.urls())
+        .unwrap()
+        .get_async_connection()
+        .await
+        .unwrap();
+    copy_keys(&redis, &mut cluster_connection).await;
+    let sentinel = SentinelSetup::start().await;
+    copy_keys(&redis, &mut sentinel.master.connection().await).await;
+
+    let urls: Vec<String> = cluster.urls().iter().map(|u| format!("\"{u}\"")).collect();
+    let config = format!(
+        "{}\n[sources.redis-cluster]\ntype = \"redis-cluster\"\nurls = [{}]\n\
+         [sources.redis-ha]\ntype = \"redis-sentinel\"\nurls = [\"{}\"]\nmaster = \"mymaster\"\n",
+        redis_config(&redis.url()),
+        urls.join(", "),
+        sentinel.sentinel_url()
+    );
+    let scaler = Scaler::start(&config).await;
+    for (pairs, library) in &triggers {
+        let standalone = value_from(&scaler, "redis-main", pairs).await;
+        if *library > 0.0 {
+            assert_eq!(standalone, *library, "standalone {pairs:?}");
+        }
+        for source in ["redis-cluster", "redis-ha"] {
+            assert_eq!(
+                value_from(&scaler, source, pairs).await,
+                standalone,
+                "{source} {pairs:?}"
+            );
+        }
+    }
 }
