@@ -6,13 +6,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use backlog_scaler::proto::GetMetricsRequest;
 use common::{
-    Scaler,
+    Scaler, metric_value as metric,
     postgres::{PgBouncer, PostgresServer},
-    scaled_object,
 };
-use tonic::{Code, Status};
+use tonic::Code;
 
 const PATHS: [&str; 2] = ["pg-direct", "pg-bouncer"];
 
@@ -49,20 +47,6 @@ async fn start(database: &str) -> (PostgresServer, PgBouncer, Scaler) {
     let bouncer = PgBouncer::start(&postgres);
     let scaler = Scaler::start(&config(&postgres, &bouncer, database)).await;
     (postgres, bouncer, scaler)
-}
-
-async fn metric(scaler: &Scaler, source: &str, pairs: &[(&str, &str)]) -> Result<f64, Status> {
-    let mut all = vec![("source", source), ("target", "1")];
-    all.extend_from_slice(pairs);
-    let response = scaler
-        .client()
-        .await
-        .get_metrics(GetMetricsRequest {
-            scaled_object_ref: Some(scaled_object(&all)),
-            metric_name: String::new(),
-        })
-        .await?;
-    Ok(response.into_inner().metric_values[0].metric_value_float)
 }
 
 /// Polls until `check` holds for the value (refreshes are 1 s apart), or fails with the last.

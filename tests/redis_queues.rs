@@ -10,11 +10,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use backlog_scaler::proto::GetMetricsRequest;
 use common::{
     RedisServer, Scaler, redis_config,
     redis_topology::{RedisCluster, SentinelSetup},
-    scaled_object,
 };
 use redis::AsyncCommands;
 use serde_json::Value;
@@ -67,20 +65,9 @@ async fn value_of(scaler: &Scaler, pairs: &[(&str, &str)]) -> f64 {
 }
 
 async fn value_from(scaler: &Scaler, source: &str, pairs: &[(&str, &str)]) -> f64 {
-    let mut all = vec![("source", source), ("target", "1")];
-    all.extend_from_slice(pairs);
-    let response = scaler
-        .client()
+    common::metric_value(scaler, source, pairs)
         .await
-        .get_metrics(GetMetricsRequest {
-            scaled_object_ref: Some(scaled_object(&all)),
-            metric_name: String::new(),
-        })
-        .await
-        .unwrap_or_else(|status| panic!("{pairs:?}: {status:?}"));
-    let value = &response.into_inner().metric_values[0];
-    assert_eq!(value.metric_value, value.metric_value_float.ceil() as i64);
-    value.metric_value_float
+        .unwrap_or_else(|status| panic!("{source} {pairs:?}: {status:?}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,21 +18,7 @@ use common::{
 use tonic::{Code, Status};
 
 async fn value(scaler: &Scaler, source: &str, keys: &str) -> Result<f64, Status> {
-    let pairs = [
-        ("source", source),
-        ("metric", "redis-list"),
-        ("keys", keys),
-        ("target", "1"),
-    ];
-    let response = scaler
-        .client()
-        .await
-        .get_metrics(GetMetricsRequest {
-            scaled_object_ref: Some(scaled_object(&pairs)),
-            metric_name: String::new(),
-        })
-        .await?;
-    Ok(response.into_inner().metric_values[0].metric_value_float)
+    common::metric_value(scaler, source, &[("metric", "redis-list"), ("keys", keys)]).await
 }
 
 async fn eventually(scaler: &Scaler, source: &str, keys: &str, want: f64) {

@@ -246,6 +246,26 @@ pub fn scaled_object(pairs: &[(&str, &str)]) -> ScaledObjectRef {
     }
 }
 
+/// GetMetrics of a trigger on `source` with the given metadata (and `target: 1`), as KEDA
+/// asks it: the float value, or the status.
+pub async fn metric_value(
+    scaler: &Scaler,
+    source: &str,
+    pairs: &[(&str, &str)],
+) -> Result<f64, tonic::Status> {
+    let mut all = vec![("source", source), ("target", "1")];
+    all.extend_from_slice(pairs);
+    let response = scaler
+        .client()
+        .await
+        .get_metrics(backlog_scaler::proto::GetMetricsRequest {
+            scaled_object_ref: Some(scaled_object(&all)),
+            metric_name: String::new(),
+        })
+        .await?;
+    Ok(response.into_inner().metric_values[0].metric_value_float)
+}
+
 /// A config with one standalone Redis source named `redis-main`.
 pub fn redis_config(url: &str) -> String {
     format!(
