@@ -622,6 +622,52 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_cancelled_cold_request_does_not_cancel_the_read_others_share() {
+        let fake = Arc::new(FakeSource::default());
+        fake.set_value(9.0);
+        fake.set_delay(Duration::from_millis(200));
+        let engine = engine_with(fake.clone(), settings(), limits());
+        let first = tokio::spawn({
+            let engine = engine.clone();
+            async move { engine.measure("fake", &query("a")).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // KEDA gave up on the first request (its deadline passed) while the read was running.
+        first.abort();
+        assert!(first.await.unwrap_err().is_cancelled());
+        assert_eq!(engine.measure("fake", &query("a")).await, Ok(9.0));
+        assert_eq!(
+            fake.batches.load(Ordering::SeqCst),
+            1,
+            "the second request joined the read the first one started"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expired_measurements_give_their_room_back_under_max_live() {
+        let fake = Arc::new(FakeSource::default());
+        let limits = Limits {
+            idle_expiry: Duration::from_secs(30),
+            max_live: 2,
+        };
+        let engine = engine_with(fake, settings(), limits);
+        engine.start(CancellationToken::new());
+        for key in ["a", "b"] {
+            engine.measure("fake", &query(key)).await.unwrap();
+        }
+        assert_eq!(
+            engine.measure("fake", &query("c")).await,
+            Err(Error::TooManyMeasurements { limit: 2 })
+        );
+        tokio::time::sleep(Duration::from_secs(35)).await;
+        assert_eq!(engine.live_measurements(), 0, "nobody asked for 35 s");
+        for key in ["c", "d"] {
+            engine.measure("fake", &query(key)).await.unwrap();
+        }
+        assert_eq!(engine.live_measurements(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn outage_answers_unavailable_and_recovery_follows() {
         let fake = Arc::new(FakeSource::default());
         fake.set_value(2.0);
