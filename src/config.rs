@@ -382,13 +382,8 @@ fn resolve_source(
             format!("type = \"{}\" takes `urls = [...]`", raw.kind),
         ));
     }
-    if let Some(path) = &raw.tls_ca_file
-        && !path.is_file()
-    {
-        return Err(ConfigError::at(
-            key("tls_ca_file"),
-            format!("{} is not a readable file", path.display()),
-        ));
+    if let Some(path) = &raw.tls_ca_file {
+        check_ca_file(&key("tls_ca_file"), path)?;
     }
     let redis = |topology: RedisTopology| -> Result<BackendConfig, ConfigError> {
         Ok(BackendConfig::Redis(RedisConfig {
@@ -405,7 +400,12 @@ fn resolve_source(
     };
     let urls = || -> Result<Vec<Secret>, ConfigError> {
         match &raw.urls {
-            Some(urls) if !urls.is_empty() => Ok(urls.clone()),
+            Some(urls) if !urls.is_empty() => {
+                for url in urls {
+                    check_redis_url(&key("urls"), url)?;
+                }
+                Ok(urls.clone())
+            }
             _ => Err(ConfigError::at(
                 key("urls"),
                 "is required: at least one redis:// URL",
@@ -413,9 +413,11 @@ fn resolve_source(
         }
     };
     let backend = match raw.kind.as_str() {
-        "redis" => redis(RedisTopology::Standalone {
-            url: resolve_secret(name, "url", &raw.url, &raw.url_env, &raw.url_file)?,
-        })?,
+        "redis" => {
+            let url = resolve_secret(name, "url", &raw.url, &raw.url_env, &raw.url_file)?;
+            check_redis_url(&key("url"), &url)?;
+            redis(RedisTopology::Standalone { url })?
+        }
         "redis-cluster" => redis(RedisTopology::Cluster { urls: urls()? })?,
         "redis-sentinel" => {
             let master = raw
@@ -472,6 +474,34 @@ fn resolve_source(
         refresh,
         backend,
     })
+}
+
+/// A PEM file with at least one certificate.
+fn check_ca_file(key: &str, path: &Path) -> Result<(), ConfigError> {
+    use rustls_pki_types::{CertificateDer, pem::PemObject};
+    let certificates = CertificateDer::pem_file_iter(path)
+        .map_err(|e| ConfigError::at(key, format!("cannot read {}: {e}", path.display())))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ConfigError::at(key, format!("{} is not PEM: {e}", path.display())))?;
+    if certificates.is_empty() {
+        return Err(ConfigError::at(
+            key,
+            format!("{} holds no PEM certificate", path.display()),
+        ));
+    }
+    Ok(())
+}
+
+/// A Redis URL the client accepts; the message never repeats the URL (it may hold a password).
+fn check_redis_url(key: &str, url: &Secret) -> Result<(), ConfigError> {
+    redis::IntoConnectionInfo::into_connection_info(url.expose())
+        .map(drop)
+        .map_err(|_| {
+            ConfigError::at(
+                key,
+                "is not a valid Redis URL (redis://[user:password@]host:port/db, or rediss:// for TLS)",
+            )
+        })
 }
 
 /// Resolves at most one of `FIELD_env` and `FIELD_file` of source `name`.

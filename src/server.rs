@@ -32,8 +32,8 @@ pub const READINESS: &str = "readiness";
 pub fn build_engine(config: &Config) -> anyhow::Result<Engine> {
     let mut entries = Vec::with_capacity(config.resolved_sources.len());
     for source_config in &config.resolved_sources {
-        let (kind, source) = sources::build(source_config)
-            .with_context(|| format!("source `{}`", source_config.name))?;
+        // Errors name the source already.
+        let (kind, source) = sources::build(source_config)?;
         entries.push(SourceEntry {
             name: source_config.name.clone(),
             kind,

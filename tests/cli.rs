@@ -36,6 +36,13 @@ fn bad_config_exits_2_with_one_line_naming_the_key() {
             ),
             "sources.r.url_env",
         ),
+        (
+            format!(
+                "[server]\ngrpc_listen = \"127.0.0.1:{port}\"\n[sources.r]\ntype = \"redis\"\n\
+                 url = \"http://user:hunter2@host\"\n"
+            ),
+            "sources.r.url",
+        ),
     ];
     for (config, key) in cases {
         let output = serve_with(&config);
@@ -43,6 +50,7 @@ fn bad_config_exits_2_with_one_line_naming_the_key() {
         let stderr = String::from_utf8(output.stderr).unwrap();
         assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr:?}");
         assert!(stderr.contains(key), "{stderr:?}");
+        assert!(!stderr.contains("hunter2"), "{stderr:?}");
         // Nothing was bound.
         assert!(std::net::TcpListener::bind(("127.0.0.1", port)).is_ok());
     }
