@@ -122,13 +122,14 @@ impl PostgresSource {
         let needs_text = pg.iter().any(
             |q| matches!(q, PgQuery::Statements { filter, .. } if filter.query_contains.is_some()),
         );
-        let mut singles: Vec<&PgQuery> = pg
+        // Dagster and named queries are one statement each; identical ones are read once.
+        let mut seen = std::collections::HashSet::new();
+        let singles: Vec<&PgQuery> = pg
             .iter()
             .copied()
             .filter(|q| matches!(q, PgQuery::DagsterRuns(_) | PgQuery::Named { .. }))
+            .filter(|q| seen.insert(*q))
             .collect();
-        singles.sort_by_key(|q| serde_json::to_string(q).unwrap_or_default());
-        singles.dedup();
 
         let activity = async {
             if wants_activity {

@@ -43,23 +43,22 @@ pub enum ActivityMeasure {
     LongestTransactionSeconds,
 }
 
-impl ActivityMeasure {
-    const ACCEPTED: &'static str = "active, idle-in-transaction, waiting, total, utilization, \
-                                    longest-query-seconds, longest-transaction-seconds";
-
-    fn parse(raw: &str) -> Option<Self> {
-        Some(match raw {
-            "active" => Self::Active,
-            "idle-in-transaction" => Self::IdleInTransaction,
-            "waiting" => Self::Waiting,
-            "total" => Self::Total,
-            "utilization" => Self::Utilization,
-            "longest-query-seconds" => Self::LongestQuerySeconds,
-            "longest-transaction-seconds" => Self::LongestTransactionSeconds,
-            _ => return None,
-        })
-    }
-}
+/// Metadata spelling of each `measure`; parsing and naming both read this table.
+const ACTIVITY_MEASURES: &[(&str, ActivityMeasure)] = &[
+    ("active", ActivityMeasure::Active),
+    ("idle-in-transaction", ActivityMeasure::IdleInTransaction),
+    ("waiting", ActivityMeasure::Waiting),
+    ("total", ActivityMeasure::Total),
+    ("utilization", ActivityMeasure::Utilization),
+    (
+        "longest-query-seconds",
+        ActivityMeasure::LongestQuerySeconds,
+    ),
+    (
+        "longest-transaction-seconds",
+        ActivityMeasure::LongestTransactionSeconds,
+    ),
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -70,19 +69,34 @@ pub enum StatementsMeasure {
     RowsPerSecond,
 }
 
-impl StatementsMeasure {
-    const ACCEPTED: &'static str =
-        "calls-per-second, db-time-per-second, mean-latency-ms, rows-per-second";
+const STATEMENTS_MEASURES: &[(&str, StatementsMeasure)] = &[
+    ("calls-per-second", StatementsMeasure::CallsPerSecond),
+    ("db-time-per-second", StatementsMeasure::DbTimePerSecond),
+    ("mean-latency-ms", StatementsMeasure::MeanLatencyMs),
+    ("rows-per-second", StatementsMeasure::RowsPerSecond),
+];
 
-    fn parse(raw: &str) -> Option<Self> {
-        Some(match raw {
-            "calls-per-second" => Self::CallsPerSecond,
-            "db-time-per-second" => Self::DbTimePerSecond,
-            "mean-latency-ms" => Self::MeanLatencyMs,
-            "rows-per-second" => Self::RowsPerSecond,
-            _ => return None,
-        })
-    }
+/// Parses `measure` against `table`; the error lists every accepted spelling.
+fn parse_measure<T: Copy>(md: &Metadata<'_>, table: &[(&str, T)]) -> Result<T> {
+    let accepted = table
+        .iter()
+        .map(|(name, _)| *name)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let raw = md.required("measure", &accepted)?;
+    table
+        .iter()
+        .find(|(name, _)| *name == raw)
+        .map(|(_, measure)| *measure)
+        .ok_or_else(|| Error::invalid("measure", format!("unknown `{raw}`; accepted: {accepted}")))
+}
+
+/// The metadata spelling of a measure.
+fn measure_name<T: PartialEq>(table: &[(&'static str, T)], measure: &T) -> &'static str {
+    table
+        .iter()
+        .find(|(_, m)| m == measure)
+        .map_or("", |(name, _)| name)
 }
 
 /// Which client sessions count (all filters must match; absent filters match everything).
@@ -132,13 +146,7 @@ impl PgQuery {
     ) -> Result<(PgQuery, &'static [&'static str])> {
         match metric {
             "pg-activity" => {
-                let raw = md.required("measure", ActivityMeasure::ACCEPTED)?;
-                let measure = ActivityMeasure::parse(raw).ok_or_else(|| {
-                    Error::invalid(
-                        "measure",
-                        format!("unknown `{raw}`; accepted: {}", ActivityMeasure::ACCEPTED),
-                    )
-                })?;
+                let measure = parse_measure(md, ACTIVITY_MEASURES)?;
                 let filter = SessionFilter {
                     database: md.optional("database").map(str::to_string),
                     user: md.optional("user").map(str::to_string),
@@ -150,13 +158,7 @@ impl PgQuery {
                 ))
             }
             "pg-statements" => {
-                let raw = md.required("measure", StatementsMeasure::ACCEPTED)?;
-                let measure = StatementsMeasure::parse(raw).ok_or_else(|| {
-                    Error::invalid(
-                        "measure",
-                        format!("unknown `{raw}`; accepted: {}", StatementsMeasure::ACCEPTED),
-                    )
-                })?;
+                let measure = parse_measure(md, STATEMENTS_MEASURES)?;
                 let query_ids = md
                     .list("queryIds")?
                     .unwrap_or_default()
@@ -268,22 +270,19 @@ impl PgQuery {
     pub fn subject(&self) -> String {
         match self {
             PgQuery::Activity { measure, filter } => {
-                let measure = serde_json::to_value(measure)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string));
-                [
-                    measure,
-                    filter.application_name.clone().or(filter.database.clone()),
-                ]
-                .into_iter()
-                .flatten()
-                .collect::<Vec<_>>()
-                .join("-")
+                let measure = measure_name(ACTIVITY_MEASURES, measure);
+                match filter
+                    .application_name
+                    .as_ref()
+                    .or(filter.database.as_ref())
+                {
+                    Some(scope) => format!("{measure}-{scope}"),
+                    None => measure.to_string(),
+                }
             }
-            PgQuery::Statements { measure, .. } => serde_json::to_value(measure)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default(),
+            PgQuery::Statements { measure, .. } => {
+                measure_name(STATEMENTS_MEASURES, measure).to_string()
+            }
             PgQuery::DagsterRuns(runs) => runs.statuses.join("-"),
             PgQuery::Named { query } => query.clone(),
         }
@@ -344,6 +343,22 @@ mod tests {
             invalid_key(&[("metric", "pg-activity"), ("measure", "busy")]),
             "measure"
         );
+    }
+
+    #[test]
+    fn subjects_use_the_metadata_spelling() {
+        let query = parse(&[
+            ("metric", "pg-activity"),
+            ("measure", "idle-in-transaction"),
+            ("applicationName", "api"),
+        ])
+        .unwrap();
+        assert_eq!(query.subject(), "idle-in-transaction-api");
+        let query = parse(&[("metric", "pg-statements"), ("measure", "mean-latency-ms")]).unwrap();
+        assert_eq!(query.subject(), "mean-latency-ms");
+        for (name, measure) in ACTIVITY_MEASURES {
+            assert_eq!(measure_name(ACTIVITY_MEASURES, measure), *name);
+        }
     }
 
     #[test]

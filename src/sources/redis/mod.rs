@@ -114,7 +114,8 @@ enum Backend {
         connection: Mutex<Option<ConnectionManager>>,
     },
     Cluster {
-        builder: Box<dyn Fn() -> redis::RedisResult<redis::cluster::ClusterClient> + Send + Sync>,
+        /// Building it makes no connection; the connection is made on first use and kept.
+        client: redis::cluster::ClusterClient,
         connection: Mutex<Option<ClusterConnection>>,
     },
     Sentinel(sentinel::SentinelBackend),
@@ -145,29 +146,27 @@ impl RedisSource {
                     .iter()
                     .map(|url| node.info(url, name))
                     .collect::<Result<Vec<_>>>()?;
-                let builder = move || {
-                    let mut builder = ClusterClientBuilder::new(infos.clone())
-                        .connection_timeout(timeout / 2)
-                        .response_timeout(timeout / 2)
-                        .retries(1);
-                    if let Some(username) = &node.username {
-                        builder = builder.username(username);
-                    }
-                    if let Some(password) = &node.password {
-                        builder = builder.password(password.expose());
-                    }
-                    if let Some(pem) = &node.ca_pem {
-                        builder = builder.certs(redis::TlsCertificates {
-                            client_tls: None,
-                            root_cert: Some(pem.clone()),
-                        });
-                    }
-                    builder.build()
-                };
-                builder()
+                let mut builder = ClusterClientBuilder::new(infos)
+                    .connection_timeout(timeout / 2)
+                    .response_timeout(timeout / 2)
+                    .retries(1);
+                if let Some(username) = &node.username {
+                    builder = builder.username(username);
+                }
+                if let Some(password) = &node.password {
+                    builder = builder.password(password.expose());
+                }
+                if let Some(pem) = &node.ca_pem {
+                    builder = builder.certs(redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(pem.clone()),
+                    });
+                }
+                let client = builder
+                    .build()
                     .map_err(|e| Error::Internal(format!("source `{name}`: {}", describe(&e))))?;
                 Backend::Cluster {
-                    builder: Box::new(builder),
+                    client,
                     connection: Mutex::new(None),
                 }
             }
@@ -210,14 +209,13 @@ impl RedisSource {
 
     async fn cluster(
         &self,
-        builder: &(dyn Fn() -> redis::RedisResult<redis::cluster::ClusterClient> + Send + Sync),
+        client: &redis::cluster::ClusterClient,
         slot: &Mutex<Option<ClusterConnection>>,
     ) -> Result<ClusterConnection> {
         let mut slot = slot.lock().await;
         if let Some(connection) = slot.as_ref() {
             return Ok(connection.clone());
         }
-        let client = builder().map_err(|e| self.unavailable(&e))?;
         let connection = client
             .get_async_connection()
             .await
@@ -244,11 +242,8 @@ impl RedisSource {
                     .await
                     .map_err(|e| self.unavailable(&e))?
             }
-            Backend::Cluster {
-                builder,
-                connection,
-            } => {
-                let connection = self.cluster(builder.as_ref(), connection).await?;
+            Backend::Cluster { client, connection } => {
+                let connection = self.cluster(client, connection).await?;
                 cluster::pipeline_per_slot(&self.name, &connection, reads).await?
             }
             Backend::Sentinel(sentinel) => {
