@@ -152,8 +152,9 @@ fn default_idle_expiry() -> Duration {
     Duration::from_secs(300)
 }
 
-// 10,000 live measurements take a few MiB (see BENCHMARKS.md); 50,000 leaves room for very
-// large clusters while bounding memory and backend load.
+// A live measurement costs ~1.5 KiB (10,000 added ~15 MiB of RSS, BENCHMARKS.md (d)), so
+// 50,000 bound the scaler near 80 MiB while leaving room for very large clusters; each also
+// costs one backend read per refresh.
 fn default_max_live() -> usize {
     50_000
 }

@@ -32,10 +32,6 @@ pub enum Error {
     )]
     TooManyMeasurements { limit: usize },
 
-    /// The server is draining after SIGTERM.
-    #[error("backlog-scaler is shutting down")]
-    ShuttingDown,
-
     /// A bug: something that should be impossible happened.
     #[error("internal error: {0}")]
     Internal(String),
@@ -67,7 +63,7 @@ impl Error {
     pub fn code(&self) -> Code {
         match self {
             Error::InvalidMetadata { .. } => Code::InvalidArgument,
-            Error::Unavailable { .. } | Error::ShuttingDown => Code::Unavailable,
+            Error::Unavailable { .. } => Code::Unavailable,
             Error::Rejected { .. } => Code::FailedPrecondition,
             Error::TooManyMeasurements { .. } => Code::ResourceExhausted,
             Error::Internal(_) => Code::Internal,
@@ -109,7 +105,6 @@ mod tests {
                 Error::TooManyMeasurements { limit: 3 },
                 Code::ResourceExhausted,
             ),
-            (Error::ShuttingDown, Code::Unavailable),
             (Error::Internal("bug".into()), Code::Internal),
         ];
         for (error, code) in cases {

@@ -310,6 +310,13 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_metric_name_is_stable() {
+        // docs/triggers.md shows this name; a change here renames live HPA metrics.
+        let spec = parse(&with(&[("activationTarget", "0")])).unwrap();
+        assert_eq!(spec.metric_name, "redis-list-agent-tasks-pending-a45d3e60");
+    }
+
+    #[test]
     fn fractional_target_rounds_up_for_old_keda() {
         let spec = parse(&with(&[("target", "2.5")])).unwrap();
         assert_eq!(spec.target, 2.5);
