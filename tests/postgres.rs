@@ -219,12 +219,12 @@ async fn statement_rates_are_measured_and_survive_a_reset() {
     });
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
+    let pairs = [
+        ("metric", "pg-statements"),
+        ("measure", "calls-per-second"),
+        ("queryContains", marker),
+    ];
     for source in PATHS {
-        let pairs = [
-            ("metric", "pg-statements"),
-            ("measure", "calls-per-second"),
-            ("queryContains", marker),
-        ];
         // The first answer for a new trigger is already a measured rate.
         let rate = metric(&scaler, source, &pairs).await.unwrap();
         assert!(
@@ -262,11 +262,6 @@ async fn statement_rates_are_measured_and_survive_a_reset() {
     let deadline = Instant::now() + Duration::from_secs(3);
     while Instant::now() < deadline {
         for source in PATHS {
-            let pairs = [
-                ("metric", "pg-statements"),
-                ("measure", "calls-per-second"),
-                ("queryContains", marker),
-            ];
             let rate = metric(&scaler, source, &pairs).await.unwrap();
             assert!(
                 (0.0..=120.0).contains(&rate),

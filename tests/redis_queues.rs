@@ -60,6 +60,16 @@ async fn produce(program: &str, script: &str, args: Vec<String>) -> Value {
         .unwrap_or_else(|e| panic!("producer printed {stdout:?}: {e}"))
 }
 
+/// BullMQ's own count of the work the scaler must see: waiting + paused + prioritized jobs
+/// from `Queue.getJobCounts()`, plus the delayed jobs the producer made due.
+fn bullmq_backlog(produced: &Value) -> f64 {
+    let count = |state: &str| produced["counts"][state].as_f64().unwrap();
+    count("wait")
+        + count("paused")
+        + count("prioritized")
+        + produced["due_delayed"].as_f64().unwrap()
+}
+
 async fn value_of(scaler: &Scaler, pairs: &[(&str, &str)]) -> f64 {
     value_from(scaler, "redis-main", pairs).await
 }
@@ -84,10 +94,7 @@ async fn bullmq_backlog_equals_the_library_count() {
     .await;
     let counts = &running["counts"];
     assert_eq!(counts["delayed"], 6, "{running}");
-    let library = counts["wait"].as_f64().unwrap()
-        + counts["paused"].as_f64().unwrap()
-        + counts["prioritized"].as_f64().unwrap()
-        + running["due_delayed"].as_f64().unwrap();
+    let library = bullmq_backlog(&running);
     assert_eq!(
         library, 12.0,
         "5 waiting + 3 prioritized + 4 due: {running}"
@@ -104,11 +111,7 @@ async fn bullmq_backlog_equals_the_library_count() {
         vec![port, "reports".into(), "{jobs}".into(), "paused".into()],
     )
     .await;
-    let counts = &paused["counts"];
-    let library = counts["wait"].as_f64().unwrap()
-        + counts["paused"].as_f64().unwrap()
-        + counts["prioritized"].as_f64().unwrap()
-        + paused["due_delayed"].as_f64().unwrap();
+    let library = bullmq_backlog(&paused);
     assert_eq!(library, 12.0, "{paused}");
     let base = [
         ("metric", "bullmq"),
@@ -426,10 +429,7 @@ async fn every_metric_counts_the_same_on_cluster_and_sentinel() {
                 ("queue", "mail"),
                 ("prefix", "{bull}"),
             ],
-            bullmq["counts"]["wait"].as_f64().unwrap()
-                + bullmq["counts"]["paused"].as_f64().unwrap()
-                + bullmq["counts"]["prioritized"].as_f64().unwrap()
-                + bullmq["due_delayed"].as_f64().unwrap(),
+            bullmq_backlog(&bullmq),
         ),
         (
             vec![("metric", "celery"), ("queue", "work")],
