@@ -7,11 +7,12 @@ use std::{collections::HashMap, hint::black_box, sync::Arc, time::Duration};
 
 use backlog_scaler::{
     Result,
-    config::RefreshSettings,
+    config::Config,
     engine::{Engine, Limits, SourceEntry},
+    metadata::{Metadata, Parsed},
     naming,
-    sources::{Query, Source, SourceKind},
-    trigger::parse_trigger,
+    sources::{Query, RefreshSettings, Source},
+    trigger::{Catalog, parse_trigger},
 };
 use criterion::{Criterion, criterion_group, criterion_main};
 use futures::future::BoxFuture;
@@ -20,6 +21,15 @@ use futures::future::BoxFuture;
 struct ConstantSource;
 
 impl Source for ConstantSource {
+    fn family(&self) -> &'static str {
+        "a constant"
+    }
+    fn metrics(&self) -> String {
+        String::new()
+    }
+    fn parse(&self, _: &str, _: &Metadata<'_>) -> Result<Parsed<Query>> {
+        unreachable!("triggers are parsed by the configured Redis source")
+    }
     fn read_batch<'a>(&'a self, queries: &'a [Query]) -> BoxFuture<'a, Vec<Result<f64>>> {
         Box::pin(async move { vec![Ok(1.0); queries.len()] })
     }
@@ -32,20 +42,27 @@ fn engine() -> Engine {
     Engine::new(
         vec![SourceEntry {
             name: "redis-main".into(),
-            kind: SourceKind::Redis,
             settings: RefreshSettings {
                 refresh_interval: Duration::from_secs(1),
                 max_staleness: Duration::from_secs(3600),
                 timeout: Duration::from_millis(1500),
             },
             source: Arc::new(ConstantSource),
-            query_names: Vec::new(),
         }],
         Limits {
             idle_expiry: Duration::from_secs(3600),
             max_live: 100_000,
         },
     )
+}
+
+/// The trigger parser of a real Redis source (it makes no connection).
+fn catalog() -> Catalog {
+    let config = Config::from_toml(
+        "[sources.redis-main]\ntype = \"redis\"\nurl = \"redis://127.0.0.1:6379\"",
+    )
+    .unwrap();
+    Catalog::new(&config.sources)
 }
 
 fn metadata() -> HashMap<String, String> {
@@ -66,9 +83,10 @@ fn hot_paths(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let engine = runtime.block_on(async { engine() });
     let metadata = metadata();
+    let catalog = catalog();
 
     c.bench_function("parse_trigger (redis-list, 2 keys)", |b| {
-        b.iter(|| parse_trigger(black_box(&metadata), &engine).unwrap())
+        b.iter(|| parse_trigger(black_box(&metadata), "default", &catalog).unwrap())
     });
     c.bench_function("metric_name", |b| {
         b.iter(|| {
@@ -79,7 +97,7 @@ fn hot_paths(c: &mut Criterion) {
             )
         })
     });
-    let spec = parse_trigger(&metadata, &engine).unwrap();
+    let spec = parse_trigger(&metadata, "default", &catalog).unwrap();
     runtime
         .block_on(engine.measure(&spec.source, &spec.query))
         .unwrap();
@@ -95,7 +113,7 @@ fn hot_paths(c: &mut Criterion) {
         |b| {
             b.iter(|| {
                 runtime.block_on(async {
-                    let spec = parse_trigger(black_box(&metadata), &engine).unwrap();
+                    let spec = parse_trigger(black_box(&metadata), "default", &catalog).unwrap();
                     engine.measure(&spec.source, &spec.query).await.unwrap()
                 })
             })

@@ -3,64 +3,37 @@
 //!
 //! Loading is all-or-nothing and happens before any port is bound: unknown keys are rejected,
 //! secrets named by `*_env` / `*_file` are resolved, and every problem is reported as one line
-//! naming the key ([`ConfigError`]). Secrets are held in [`Secret`], whose `Debug` and
-//! `Display` never show the value.
+//! naming the key ([`ConfigError`]). This module reads the keys every source shares (`type`,
+//! the refresh settings, `allowed_namespaces`); each backend parses the rest of its section
+//! ([`crate::sources::Backend::configure`]) into the source it serves, so nothing is parsed
+//! twice.
 
-use std::{
-    collections::BTreeMap,
-    fmt,
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{collections::BTreeMap, fmt, net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
 use serde::Deserialize;
 
-/// A config problem, as one line that names the key.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct ConfigError(pub String);
+pub use crate::error::ConfigError;
+use crate::sources::{BACKENDS, RefreshSettings, Section, Source};
 
-impl ConfigError {
-    fn at(key: impl fmt::Display, reason: impl fmt::Display) -> Self {
-        ConfigError(format!("`{key}`: {reason}"))
-    }
-}
-
-/// A value that must never be logged: a URL with a password, a password.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-
-    /// The secret itself. Call sites are few and obvious: building a client.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// A validated config. Its `Debug` shows no secret.
+#[derive(Debug, Clone)]
 pub struct Config {
-    #[serde(default)]
     pub server: ServerConfig,
-    #[serde(default)]
     pub measurements: MeasurementsConfig,
+    /// `[sources.*]`, in name order.
+    pub sources: Vec<SourceConfig>,
+}
+
+/// The file as written, before validation (it may hold secrets: it is never kept).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: ServerConfig,
+    #[serde(default)]
+    measurements: MeasurementsConfig,
     #[serde(default)]
     sources: BTreeMap<String, RawSource>,
-    /// Filled by [`Config::validate`] from `sources`.
-    #[serde(skip)]
-    pub resolved_sources: Vec<SourceConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -159,107 +132,76 @@ fn default_max_live() -> usize {
     50_000
 }
 
-/// One `[sources.NAME]` table as written; validated into a [`SourceConfig`].
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// One `[sources.NAME]` table as written: the keys every source shares, and the backend's own.
+#[derive(Deserialize)]
 struct RawSource {
     #[serde(rename = "type")]
     kind: String,
-    url: Option<Secret>,
-    url_env: Option<String>,
-    url_file: Option<PathBuf>,
     #[serde(default, with = "humantime_serde")]
     refresh_interval: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     max_staleness: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     timeout: Option<Duration>,
-    pool_size: Option<usize>,
-    queries: Option<BTreeMap<String, String>>,
-    tls_ca_file: Option<PathBuf>,
-    urls: Option<Vec<Secret>>,
-    master: Option<String>,
-    username: Option<String>,
-    password_env: Option<String>,
-    password_file: Option<PathBuf>,
+    allowed_namespaces: Option<Vec<String>>,
+    #[serde(flatten)]
+    backend: toml::Table,
 }
 
-/// A validated source: its name, its refresh settings and how to reach its backend.
-#[derive(Debug, Clone)]
+/// A validated source: its name, its refresh settings, who may use it, and the source itself
+/// (built, not connected).
+#[derive(Clone)]
 pub struct SourceConfig {
     pub name: String,
+    /// The `type` value.
+    pub type_name: String,
     pub refresh: RefreshSettings,
-    pub backend: BackendConfig,
+    pub namespaces: NamespaceFence,
+    pub source: Arc<dyn Source>,
 }
 
-/// How the engine treats the measurements of one source.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RefreshSettings {
-    pub refresh_interval: Duration,
-    pub max_staleness: Duration,
-    pub timeout: Duration,
-}
-
-#[derive(Debug, Clone)]
-pub enum BackendConfig {
-    Redis(RedisConfig),
-    Postgres(PostgresConfig),
-}
-
-impl BackendConfig {
-    /// The `type` value that selects this backend in the config file.
-    pub fn type_name(&self) -> &'static str {
-        match self {
-            BackendConfig::Redis(redis) => match redis.topology {
-                RedisTopology::Standalone { .. } => "redis",
-                RedisTopology::Cluster { .. } => "redis-cluster",
-                RedisTopology::Sentinel { .. } => "redis-sentinel",
-            },
-            BackendConfig::Postgres(_) => "postgres",
-        }
+impl fmt::Debug for SourceConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SourceConfig")
+            .field("name", &self.name)
+            .field("type", &self.type_name)
+            .field("refresh", &self.refresh)
+            .field("namespaces", &self.namespaces)
+            .finish_non_exhaustive()
     }
 }
 
-/// A Redis source: where it is, and the credentials and TLS settings of every node.
-#[derive(Debug, Clone)]
-pub struct RedisConfig {
-    pub topology: RedisTopology,
-    /// ACL user, unless the URL names one.
-    pub username: Option<String>,
-    /// Password from `password_env` / `password_file`, unless the URL holds one.
-    pub password: Option<Secret>,
-    /// PEM file of the CA that signed the servers' certificates (`rediss://`).
-    pub tls_ca_file: Option<PathBuf>,
+/// `allowed_namespaces`: which ScaledObject namespaces may use a source. Absent: all.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NamespaceFence {
+    /// `None` admits every namespace; an entry ending in `*` admits every namespace it prefixes.
+    allowed: Option<Vec<String>>,
 }
 
-#[derive(Debug, Clone)]
-pub enum RedisTopology {
-    /// `type = "redis"`: one server.
-    Standalone { url: Secret },
-    /// `type = "redis-cluster"`: seed nodes of a Redis Cluster.
-    Cluster { urls: Vec<Secret> },
-    /// `type = "redis-sentinel"`: Sentinels that know `master`.
-    Sentinel { urls: Vec<Secret>, master: String },
+impl NamespaceFence {
+    pub fn new(allowed: Option<Vec<String>>) -> Self {
+        NamespaceFence { allowed }
+    }
+
+    pub fn admits(&self, namespace: &str) -> bool {
+        self.allowed.as_ref().is_none_or(|allowed| {
+            allowed.iter().any(|entry| match entry.strip_suffix('*') {
+                Some(prefix) => namespace.starts_with(prefix),
+                None => namespace == entry,
+            })
+        })
+    }
 }
 
-/// A PostgreSQL server (directly or through PgBouncer).
-#[derive(Debug, Clone)]
-pub struct PostgresConfig {
-    /// `postgres://user[:password]@host:port/db?sslmode=require`.
-    pub url: Secret,
-    /// Connections the scaler may hold; small, so the scaler is never the database's problem.
-    pub pool_size: usize,
-    /// Named, server-side SQL for `metric: pg-query`; metadata picks one by name.
-    pub queries: BTreeMap<String, String>,
-    /// PEM file of the CA that signed the server's certificate (else the web PKI roots).
-    pub tls_ca_file: Option<PathBuf>,
+/// All the `type` values of all backends, for messages.
+fn source_types() -> String {
+    BACKENDS
+        .iter()
+        .flat_map(|backend| backend.types())
+        .map(|t| format!("\"{t}\""))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
-
-const SOURCE_TYPES: &str = "\"redis\", \"redis-cluster\", \"redis-sentinel\", \"postgres\"";
-
-// Two connections: one refresh reads pg_stat_activity and pg_stat_statements of every trigger
-// of the source with one or two statements, so a second connection only serves cold reads.
-const DEFAULT_PG_POOL_SIZE: usize = 2;
 
 impl Config {
     /// Reads, parses and validates the file at `path`.
@@ -271,7 +213,7 @@ impl Config {
 
     /// Parses and validates a config from TOML text.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let mut config: Config = toml::from_str(text).map_err(|e| {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let line = e
                 .span()
                 .map(|span| text[..span.start].matches('\n').count() + 1)
@@ -279,12 +221,11 @@ impl Config {
                 .unwrap_or_default();
             ConfigError(format!("{line}{}", e.message().trim()))
         })?;
-        config.validate()?;
-        Ok(config)
+        Config::validate(raw)
     }
 
-    fn validate(&mut self) -> Result<(), ConfigError> {
-        let m = &self.measurements;
+    fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+        let m = &raw.measurements;
         positive("measurements.refresh_interval", m.refresh_interval)?;
         positive("measurements.timeout", m.timeout)?;
         positive("measurements.idle_expiry", m.idle_expiry)?;
@@ -294,18 +235,22 @@ impl Config {
                 "must be at least 1",
             ));
         }
-        if self.sources.is_empty() {
+        if raw.sources.is_empty() {
             return Err(ConfigError::at(
                 "sources",
                 "configure at least one source, e.g. [sources.redis-main] type = \"redis\"",
             ));
         }
-        let mut resolved = Vec::with_capacity(self.sources.len());
-        for (name, raw) in &self.sources {
-            resolved.push(resolve_source(name, raw, m)?);
-        }
-        self.resolved_sources = resolved;
-        Ok(())
+        let sources = raw
+            .sources
+            .iter()
+            .map(|(name, source)| resolve_source(name, source, m))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Config {
+            server: raw.server,
+            measurements: raw.measurements,
+            sources,
+        })
     }
 }
 
@@ -328,6 +273,42 @@ fn resolve_source(
             "source names use lower-case letters, digits and `-` (at most 63 characters)",
         ));
     }
+    let refresh = refresh_settings(name, raw, defaults)?;
+    let namespaces = namespace_fence(&key("allowed_namespaces"), &raw.allowed_namespaces)?;
+    let backend = BACKENDS
+        .iter()
+        .find(|backend| backend.types().contains(&raw.kind.as_str()))
+        .ok_or_else(|| {
+            ConfigError::at(
+                key("type"),
+                format!(
+                    "unknown source type \"{}\"; accepted: {}",
+                    raw.kind,
+                    source_types()
+                ),
+            )
+        })?;
+    let source = backend.configure(Section {
+        name: name.to_string(),
+        type_name: raw.kind.clone(),
+        table: raw.backend.clone(),
+        refresh,
+    })?;
+    Ok(SourceConfig {
+        name: name.to_string(),
+        type_name: raw.kind.clone(),
+        refresh,
+        namespaces,
+        source,
+    })
+}
+
+fn refresh_settings(
+    name: &str,
+    raw: &RawSource,
+    defaults: &MeasurementsConfig,
+) -> Result<RefreshSettings, ConfigError> {
+    let key = |field: &str| format!("sources.{name}.{field}");
     let refresh = RefreshSettings {
         refresh_interval: raw.refresh_interval.unwrap_or(defaults.refresh_interval),
         max_staleness: raw.max_staleness.unwrap_or(defaults.max_staleness),
@@ -344,236 +325,40 @@ fn resolve_source(
             ),
         ));
     }
-    let only_for = |field: &str, given: bool, kind: &str| {
-        if given && raw.kind != kind {
-            Err(ConfigError::at(
-                key(field),
-                format!("is only valid for type = \"{kind}\""),
-            ))
-        } else {
-            Ok(())
-        }
-    };
-    only_for("pool_size", raw.pool_size.is_some(), "postgres")?;
-    only_for("queries", raw.queries.is_some(), "postgres")?;
-    only_for("master", raw.master.is_some(), "redis-sentinel")?;
-    let is_redis = raw.kind.starts_with("redis");
-    for (field, given) in [
-        ("username", raw.username.is_some()),
-        ("password_env", raw.password_env.is_some()),
-        ("password_file", raw.password_file.is_some()),
-    ] {
-        if given && !is_redis {
-            return Err(ConfigError::at(
-                key(field),
-                "is only valid for Redis sources",
-            ));
-        }
-    }
-    let multi_node = matches!(raw.kind.as_str(), "redis-cluster" | "redis-sentinel");
-    if raw.urls.is_some() && !multi_node {
-        return Err(ConfigError::at(
-            key("urls"),
-            "is only valid for type = \"redis-cluster\" and \"redis-sentinel\"; use `url`",
-        ));
-    }
-    if multi_node && (raw.url.is_some() || raw.url_env.is_some() || raw.url_file.is_some()) {
-        return Err(ConfigError::at(
-            key("url"),
-            format!("type = \"{}\" takes `urls = [...]`", raw.kind),
-        ));
-    }
-    if let Some(path) = &raw.tls_ca_file {
-        check_ca_file(&key("tls_ca_file"), path)?;
-    }
-    let redis = |topology: RedisTopology| -> Result<BackendConfig, ConfigError> {
-        Ok(BackendConfig::Redis(RedisConfig {
-            topology,
-            username: raw.username.clone(),
-            password: resolve_optional_secret(
-                name,
-                "password",
-                &raw.password_env,
-                &raw.password_file,
-            )?,
-            tls_ca_file: raw.tls_ca_file.clone(),
-        }))
-    };
-    let urls = || -> Result<Vec<Secret>, ConfigError> {
-        match &raw.urls {
-            Some(urls) if !urls.is_empty() => {
-                for url in urls {
-                    check_redis_url(&key("urls"), url)?;
-                }
-                Ok(urls.clone())
-            }
-            _ => Err(ConfigError::at(
-                key("urls"),
-                "is required: at least one redis:// URL",
-            )),
-        }
-    };
-    let backend = match raw.kind.as_str() {
-        "redis" => {
-            let url = resolve_secret(name, "url", &raw.url, &raw.url_env, &raw.url_file)?;
-            check_redis_url(&key("url"), &url)?;
-            redis(RedisTopology::Standalone { url })?
-        }
-        "redis-cluster" => redis(RedisTopology::Cluster { urls: urls()? })?,
-        "redis-sentinel" => {
-            let master = raw
-                .master
-                .clone()
-                .filter(|m| !m.is_empty())
-                .ok_or_else(|| {
-                    ConfigError::at(
-                        key("master"),
-                        "is required: the master name the Sentinels monitor",
-                    )
-                })?;
-            redis(RedisTopology::Sentinel {
-                urls: urls()?,
-                master,
-            })?
-        }
-        "postgres" => {
-            let url = resolve_secret(name, "url", &raw.url, &raw.url_env, &raw.url_file)?;
-            if url.expose().parse::<tokio_postgres::Config>().is_err() {
-                // The parser's message may quote the URL, which may hold a password.
-                return Err(ConfigError::at(
-                    key("url"),
-                    "is not a valid PostgreSQL connection URL (postgres://user@host:port/db)",
-                ));
-            }
-            let pool_size = raw.pool_size.unwrap_or(DEFAULT_PG_POOL_SIZE);
-            if pool_size == 0 {
-                return Err(ConfigError::at(key("pool_size"), "must be at least 1"));
-            }
-            let queries = raw.queries.clone().unwrap_or_default();
-            if let Some((query, _)) = queries.iter().find(|(_, sql)| sql.trim().is_empty()) {
-                return Err(ConfigError::at(
-                    key(&format!("queries.{query}")),
-                    "is empty",
-                ));
-            }
-            BackendConfig::Postgres(PostgresConfig {
-                url,
-                pool_size,
-                queries,
-                tls_ca_file: raw.tls_ca_file.clone(),
-            })
-        }
-        other => {
-            return Err(ConfigError::at(
-                key("type"),
-                format!("unknown source type \"{other}\"; accepted: {SOURCE_TYPES}"),
-            ));
-        }
-    };
-    Ok(SourceConfig {
-        name: name.to_string(),
-        refresh,
-        backend,
-    })
+    Ok(refresh)
 }
 
-/// A PEM file with at least one certificate.
-fn check_ca_file(key: &str, path: &Path) -> Result<(), ConfigError> {
-    use rustls_pki_types::{CertificateDer, pem::PemObject};
-    let certificates = CertificateDer::pem_file_iter(path)
-        .map_err(|e| ConfigError::at(key, format!("cannot read {}: {e}", path.display())))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| ConfigError::at(key, format!("{} is not PEM: {e}", path.display())))?;
-    if certificates.is_empty() {
-        return Err(ConfigError::at(
-            key,
-            format!("{} holds no PEM certificate", path.display()),
-        ));
-    }
-    Ok(())
-}
-
-/// A Redis URL the client accepts; the message never repeats the URL (it may hold a password).
-fn check_redis_url(key: &str, url: &Secret) -> Result<(), ConfigError> {
-    redis::IntoConnectionInfo::into_connection_info(url.expose())
-        .map(drop)
-        .map_err(|_| {
-            ConfigError::at(
+/// Namespace names are DNS-1123 labels; an entry may end in `*` to admit a prefix.
+fn namespace_fence(
+    key: &str,
+    allowed: &Option<Vec<String>>,
+) -> Result<NamespaceFence, ConfigError> {
+    for entry in allowed.iter().flatten() {
+        let name = entry.strip_suffix('*').unwrap_or(entry);
+        let label = name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && name.len() <= 63;
+        // A bare `*` admits everything; an empty name without `*` admits nothing and is a typo.
+        if !label || (name.is_empty() && entry != "*") {
+            return Err(ConfigError::at(
                 key,
-                "is not a valid Redis URL (redis://[user:password@]host:port/db, or rediss:// for TLS)",
-            )
-        })
-}
-
-/// Resolves at most one of `FIELD_env` and `FIELD_file` of source `name`.
-fn resolve_optional_secret(
-    name: &str,
-    field: &str,
-    env: &Option<String>,
-    file: &Option<PathBuf>,
-) -> Result<Option<Secret>, ConfigError> {
-    if env.is_none() && file.is_none() {
-        return Ok(None);
-    }
-    resolve_secret(name, field, &None, env, file).map(Some)
-}
-
-/// Resolves exactly one of `FIELD`, `FIELD_env` and `FIELD_file` of source `name`.
-fn resolve_secret(
-    name: &str,
-    field: &str,
-    inline: &Option<Secret>,
-    env: &Option<String>,
-    file: &Option<PathBuf>,
-) -> Result<Secret, ConfigError> {
-    let key = format!("sources.{name}.{field}");
-    let given = [inline.is_some(), env.is_some(), file.is_some()];
-    match given.iter().filter(|g| **g).count() {
-        0 => {
-            return Err(ConfigError::at(
-                &key,
-                format!("missing: set one of `{field}`, `{field}_env` or `{field}_file`"),
-            ));
-        }
-        1 => {}
-        _ => {
-            return Err(ConfigError::at(
-                &key,
-                format!("set only one of `{field}`, `{field}_env` and `{field}_file`"),
+                format!(
+                    "`{entry}` is not a namespace name (lower-case letters, digits, `-`), \
+                     optionally ending in `*` for a prefix"
+                ),
             ));
         }
     }
-    let value = if let Some(value) = inline {
-        value.0.clone()
-    } else if let Some(var) = env {
-        std::env::var(var).map_err(|_| {
-            ConfigError::at(
-                format!("{key}_env"),
-                format!("environment variable `{var}` is not set (or not UTF-8)"),
-            )
-        })?
-    } else if let Some(path) = file {
-        std::fs::read_to_string(path)
-            .map_err(|e| {
-                ConfigError::at(
-                    format!("{key}_file"),
-                    format!("cannot read {}: {}", path.display(), e.kind()),
-                )
-            })?
-            .trim()
-            .to_string()
-    } else {
-        unreachable!("exactly one of the three is set")
-    };
-    if value.is_empty() {
-        return Err(ConfigError::at(key, "is empty"));
-    }
-    Ok(Secret(value))
+    Ok(NamespaceFence::new(allowed.clone()))
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
+    use crate::metadata::Metadata;
 
     fn error_of(text: &str) -> String {
         Config::from_toml(text).unwrap_err().0
@@ -590,18 +375,14 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.server.grpc_listen, default_grpc_listen());
+        assert_eq!(config.server.http_listen, None);
         assert_eq!(config.measurements.refresh_interval, Duration::from_secs(1));
-        let source = &config.resolved_sources[0];
+        let source = &config.sources[0];
         assert_eq!(source.name, "redis-main");
+        assert_eq!(source.type_name, "redis");
         assert_eq!(source.refresh.max_staleness, Duration::from_secs(5));
-        let BackendConfig::Redis(RedisConfig {
-            topology: RedisTopology::Standalone { url },
-            ..
-        }) = &source.backend
-        else {
-            panic!("a redis source")
-        };
-        assert_eq!(url.expose(), "redis://127.0.0.1:6379/0");
+        assert_eq!(source.refresh.timeout, Duration::from_millis(1500));
+        assert!(source.namespaces.admits("any-namespace"));
     }
 
     #[test]
@@ -618,7 +399,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            config.resolved_sources[0].refresh.refresh_interval,
+            config.sources[0].refresh.refresh_interval,
             Duration::from_millis(500)
         );
     }
@@ -627,10 +408,15 @@ mod tests {
     fn unknown_keys_are_rejected_with_their_name_and_line() {
         let error = error_of("[server]\ngrpc_listen = \"0.0.0.0:1\"\ngrpc_lisen = \"x\"\n");
         assert!(error.contains("grpc_lisen"), "{error}");
-        assert!(error.contains("grpc_lisen"), "{error}");
         assert!(error.starts_with("line 3"), "{error}");
         let error = error_of("[sources.a]\ntype = \"redis\"\nur = \"redis://x\"\n");
-        assert!(error.contains("`ur`"), "{error}");
+        assert!(
+            error.contains("`sources.a`") && error.contains("`ur`"),
+            "{error}"
+        );
+        // Keys of another backend are unknown keys too.
+        let error = error_of("[sources.a]\ntype = \"redis\"\nurl = \"redis://x\"\npool_size = 2");
+        assert!(error.contains("`pool_size`"), "{error}");
     }
 
     #[test]
@@ -654,8 +440,28 @@ mod tests {
                 "`sources.a.url_file`",
             ),
             (
+                "[sources.a]\ntype = \"redis\"\nurl = \"http://nope\"",
+                "`sources.a.url`: is not a valid Redis URL",
+            ),
+            (
                 "[sources.a]\ntype = \"redis\"\nurl = \"x\"\nmax_staleness = \"100ms\"",
                 "`sources.a.max_staleness`",
+            ),
+            (
+                "[sources.a]\ntype = \"redis-sentinel\"\nurls = [\"redis://h:26379\"]",
+                "`sources.a.master`: is required",
+            ),
+            (
+                "[sources.a]\ntype = \"redis-cluster\"\nurl = \"redis://h\"",
+                "`sources.a.url`: type = \"redis-cluster\" takes `urls",
+            ),
+            (
+                "[sources.a]\ntype = \"postgres\"\nurl = \"postgres://h/db\"\npool_size = 0",
+                "`sources.a.pool_size`",
+            ),
+            (
+                "[sources.a]\ntype = \"redis\"\nurl = \"redis://h\"\nallowed_namespaces = [\"Team_A\"]",
+                "`sources.a.allowed_namespaces`",
             ),
             (
                 "[sources.A_b]\ntype = \"redis\"\nurl = \"x\"",
@@ -675,7 +481,7 @@ mod tests {
     }
 
     #[test]
-    fn postgres_source_with_named_queries() {
+    fn postgres_named_queries_are_what_pg_query_may_pick() {
         let config = Config::from_toml(
             r#"
             [sources.pg-main]
@@ -687,11 +493,20 @@ mod tests {
             "#,
         )
         .unwrap();
-        let BackendConfig::Postgres(pg) = &config.resolved_sources[0].backend else {
-            panic!("a postgres source")
+        let source = &config.sources[0].source;
+        let metadata = |query: &str| -> HashMap<String, String> {
+            [("query".to_string(), query.to_string())].into()
         };
-        assert_eq!(pg.pool_size, 3);
-        assert!(pg.queries.contains_key("dagster_backlog"));
+        assert!(
+            source
+                .parse("pg-query", &Metadata::new(&metadata("dagster_backlog")))
+                .is_ok()
+        );
+        assert!(
+            source
+                .parse("pg-query", &Metadata::new(&metadata("other")))
+                .is_err()
+        );
         assert!(!format!("{config:?}").contains(":pw@"));
         let error =
             error_of("[sources.p]\ntype = \"postgres\"\nurl = \"postgres://u:hunter2@h:x/db\"");
@@ -699,7 +514,7 @@ mod tests {
     }
 
     #[test]
-    fn redis_topologies_and_credentials() {
+    fn every_redis_topology_loads_and_no_secret_shows() {
         let dir = tempfile::tempdir().unwrap();
         let password = dir.path().join("password");
         std::fs::write(&password, "s3cret\n").unwrap();
@@ -710,6 +525,9 @@ mod tests {
             urls = ["redis://10.0.0.1:6379", "redis://10.0.0.2:6379"]
             username = "scaler"
             password_file = "{}"
+            [sources.plain]
+            type = "redis"
+            url = "redis://:hunter2@host"
             [sources.sentinel]
             type = "redis-sentinel"
             urls = ["redis://10.0.0.9:26379"]
@@ -718,50 +536,29 @@ mod tests {
             password.display()
         ))
         .unwrap();
-        let BackendConfig::Redis(cluster) = &config.resolved_sources[0].backend else {
-            panic!()
-        };
-        assert!(matches!(&cluster.topology, RedisTopology::Cluster { urls } if urls.len() == 2));
-        assert_eq!(cluster.username.as_deref(), Some("scaler"));
-        assert_eq!(
-            cluster.password.as_ref().map(Secret::expose),
-            Some("s3cret")
-        );
-        let BackendConfig::Redis(sentinel) = &config.resolved_sources[1].backend else {
-            panic!()
-        };
+        let types: Vec<&str> = config
+            .sources
+            .iter()
+            .map(|s| s.type_name.as_str())
+            .collect();
+        assert_eq!(types, ["redis-cluster", "redis", "redis-sentinel"]);
+        let debug = format!("{config:?}");
         assert!(
-            matches!(&sentinel.topology, RedisTopology::Sentinel { master, .. } if master == "mymaster")
+            !debug.contains("s3cret") && !debug.contains("hunter2"),
+            "{debug}"
         );
-        assert!(!format!("{config:?}").contains("s3cret"));
     }
 
     #[test]
-    fn url_file_is_read_and_trimmed() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("url");
-        std::fs::write(&path, "redis://secret@host:6379\n").unwrap();
-        let text = format!(
-            "[sources.a]\ntype = \"redis\"\nurl_file = \"{}\"",
-            path.display()
-        );
-        let config = Config::from_toml(&text).unwrap();
-        let BackendConfig::Redis(RedisConfig {
-            topology: RedisTopology::Standalone { url },
-            ..
-        }) = &config.resolved_sources[0].backend
-        else {
-            panic!("a redis source")
-        };
-        assert_eq!(url.expose(), "redis://secret@host:6379");
-    }
-
-    #[test]
-    fn secrets_never_show_in_debug_output() {
-        let config =
-            Config::from_toml("[sources.a]\ntype = \"redis\"\nurl = \"redis://:hunter2@host\"")
-                .unwrap();
-        let debug = format!("{:?}", config.resolved_sources);
-        assert!(!debug.contains("hunter2"), "{debug}");
+    fn allowed_namespaces_admit_names_and_prefixes() {
+        let fence = NamespaceFence::new(Some(vec!["team-a".into(), "batch-*".into()]));
+        assert!(fence.admits("team-a"));
+        assert!(fence.admits("batch-nightly"));
+        assert!(!fence.admits("team-b"));
+        assert!(!fence.admits("team-a2"));
+        assert!(!fence.admits(""));
+        assert!(NamespaceFence::new(Some(vec!["*".into()])).admits("anything"));
+        assert!(!NamespaceFence::new(Some(vec![])).admits("anything"));
+        assert!(NamespaceFence::new(None).admits("anything"));
     }
 }

@@ -15,11 +15,15 @@
 //! - A measurement that nobody asked for during `idle_expiry` is dropped; at most `max_live`
 //!   measurements are live (RESOURCE_EXHAUSTED past that).
 //! - Readiness is true while at least one source answered its latest read or probe.
+//! - A panic inside a source's read is caught: the measurements of that read answer INTERNAL
+//!   (logged once with the source's name), and the refresher goes on; a refresher that panics
+//!   outside a read is restarted.
 //!
 //! Time is `tokio::time::Instant`, so tests drive it with `tokio::time::pause`.
 
 use std::{
     collections::HashMap,
+    panic::AssertUnwindSafe,
     sync::{
         Arc, RwLock,
         atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering},
@@ -27,19 +31,18 @@ use std::{
     time::Duration,
 };
 
+use futures::FutureExt;
 use tokio::{
     sync::watch,
     task::JoinHandle,
     time::{Instant, MissedTickBehavior},
 };
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
 use crate::{
     Error, Result,
-    config::RefreshSettings,
-    sources::{Query, Source, SourceKind},
-    trigger::SourceCatalog,
+    sources::{Query, RefreshSettings, Source},
 };
 
 /// Extra wait, beyond the source's read budget, for a request waiting on a cold read: the
@@ -56,11 +59,8 @@ pub struct Limits {
 /// One configured source as the engine sees it.
 pub struct SourceEntry {
     pub name: String,
-    pub kind: SourceKind,
     pub settings: RefreshSettings,
     pub source: Arc<dyn Source>,
-    /// Names of the source's configured `queries` (PostgreSQL), for trigger parsing.
-    pub query_names: Vec<String>,
 }
 
 /// Cloning an `Engine` is shallow: an atomic reference count increment.
@@ -70,7 +70,7 @@ pub struct Engine {
 }
 
 struct Inner {
-    slots: HashMap<Arc<str>, Arc<Slot>>,
+    sources: HashMap<Arc<str>, Arc<SourceState>>,
     limits: Limits,
     live: AtomicUsize,
     epoch: Instant,
@@ -78,18 +78,38 @@ struct Inner {
 }
 
 /// Health of a source as of its latest read or probe.
-const HEALTH_UNKNOWN: u8 = 0;
-const HEALTH_UP: u8 = 1;
-const HEALTH_DOWN: u8 = 2;
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Health {
+    Unknown = 0,
+    Up = 1,
+    Down = 2,
+}
 
-struct Slot {
+impl Health {
+    fn from_u8(value: u8) -> Health {
+        match value {
+            1 => Health::Up,
+            2 => Health::Down,
+            _ => Health::Unknown,
+        }
+    }
+}
+
+/// One source with its live measurements.
+struct SourceState {
     name: Arc<str>,
-    kind: SourceKind,
     settings: RefreshSettings,
     source: Arc<dyn Source>,
-    query_names: Vec<String>,
     measurements: RwLock<HashMap<Query, Arc<Measurement>>>,
+    /// A [`Health`].
     health: AtomicU8,
+}
+
+impl SourceState {
+    fn health(&self) -> Health {
+        Health::from_u8(self.health.load(Ordering::Relaxed))
+    }
 }
 
 struct Measurement {
@@ -111,25 +131,23 @@ enum Reading {
 
 impl Engine {
     pub fn new(sources: Vec<SourceEntry>, limits: Limits) -> Engine {
-        let slots = sources
+        let sources = sources
             .into_iter()
             .map(|entry| {
                 let name: Arc<str> = Arc::from(entry.name);
-                let slot = Slot {
+                let state = SourceState {
                     name: name.clone(),
-                    kind: entry.kind,
                     settings: entry.settings,
                     source: entry.source,
-                    query_names: entry.query_names,
                     measurements: RwLock::new(HashMap::new()),
-                    health: AtomicU8::new(HEALTH_UNKNOWN),
+                    health: AtomicU8::new(Health::Unknown as u8),
                 };
-                (name, Arc::new(slot))
+                (name, Arc::new(state))
             })
             .collect();
         Engine {
             inner: Arc::new(Inner {
-                slots,
+                sources,
                 limits,
                 live: AtomicUsize::new(0),
                 epoch: Instant::now(),
@@ -138,16 +156,25 @@ impl Engine {
         }
     }
 
-    /// Starts one refresher per source; they stop when `shutdown` is cancelled.
+    /// Starts one refresher per source; they stop when `shutdown` is cancelled. A refresher
+    /// that panics is logged and started again.
     pub fn start(&self, shutdown: CancellationToken) -> Vec<JoinHandle<()>> {
         self.inner
-            .slots
+            .sources
             .values()
-            .map(|slot| {
+            .map(|state| {
                 let inner = self.inner.clone();
-                let slot = slot.clone();
+                let state = state.clone();
                 let shutdown = shutdown.clone();
-                tokio::spawn(async move { refresh_loop(inner, slot, shutdown).await })
+                tokio::spawn(async move {
+                    loop {
+                        let run = refresh_loop(inner.clone(), state.clone(), shutdown.clone());
+                        match AssertUnwindSafe(run).catch_unwind().await {
+                            Ok(()) => return,
+                            Err(_) => error!(source = %state.name, "the refresher panicked; restarting it"),
+                        }
+                    }
+                })
             })
             .collect()
     }
@@ -155,8 +182,8 @@ impl Engine {
     /// The current value of a measurement: from memory when warm, after one shared backend
     /// read when cold. Bounded by the source's read budget.
     pub async fn measure(&self, source: &str, query: &Query) -> Result<f64> {
-        let slot = self.slot(source)?;
-        let measurement = self.measurement(slot, query)?;
+        let state = self.state(source)?;
+        let measurement = self.measurement(state, query)?;
         let now = Instant::now();
         measurement
             .last_asked_ms
@@ -173,7 +200,7 @@ impl Engine {
             Some(reading) => reading,
             None => {
                 let mut updates = measurement.reading.subscribe();
-                let wait = slot.settings.timeout + COLD_WAIT_SLACK;
+                let wait = state.settings.timeout + COLD_WAIT_SLACK;
                 match tokio::time::timeout(
                     wait,
                     updates.wait_for(|r| !matches!(r, Reading::Pending)),
@@ -186,7 +213,7 @@ impl Engine {
                     }
                     Err(_) => {
                         return Err(Error::unavailable(
-                            &*slot.name,
+                            &*state.name,
                             format!("no answer within {wait:?}"),
                         ));
                     }
@@ -194,16 +221,16 @@ impl Engine {
             }
         };
         answer(
-            &slot.name,
+            &state.name,
             &reading,
             Instant::now(),
-            slot.settings.max_staleness,
+            state.settings.max_staleness,
         )
     }
 
     /// The refresh interval of a source (StreamIsActive checks at this pace).
     pub fn refresh_interval(&self, source: &str) -> Result<Duration> {
-        Ok(self.slot(source)?.settings.refresh_interval)
+        Ok(self.state(source)?.settings.refresh_interval)
     }
 
     /// The number of live measurements over all sources.
@@ -216,19 +243,19 @@ impl Engine {
         self.inner.ready.subscribe()
     }
 
-    fn slot(&self, source: &str) -> Result<&Arc<Slot>> {
+    fn state(&self, source: &str) -> Result<&Arc<SourceState>> {
         self.inner
-            .slots
+            .sources
             .get(source)
             .ok_or_else(|| Error::Internal(format!("source `{source}` is not configured")))
     }
 
     /// Finds the measurement, or registers it and starts its cold read.
-    fn measurement(&self, slot: &Arc<Slot>, query: &Query) -> Result<Arc<Measurement>> {
-        if let Some(found) = slot.measurements.read().expect("lock poisoned").get(query) {
+    fn measurement(&self, state: &Arc<SourceState>, query: &Query) -> Result<Arc<Measurement>> {
+        if let Some(found) = state.measurements.read().expect("lock poisoned").get(query) {
             return Ok(found.clone());
         }
-        let mut measurements = slot.measurements.write().expect("lock poisoned");
+        let mut measurements = state.measurements.write().expect("lock poisoned");
         if let Some(found) = measurements.get(query) {
             return Ok(found.clone());
         }
@@ -243,48 +270,25 @@ impl Engine {
         });
         measurements.insert(query.clone(), measurement.clone());
         drop(measurements);
-        debug!(source = %slot.name, ?query, "new measurement");
+        debug!(source = %state.name, ?query, "new measurement");
 
-        let (inner, slot, query, cold) = (
+        let (inner, state, query, cold) = (
             self.inner.clone(),
-            slot.clone(),
+            state.clone(),
             query.clone(),
             measurement.clone(),
         );
         tokio::spawn(async move {
             let started = Instant::now();
-            let mut outcomes = read_bounded(&slot, std::slice::from_ref(&query)).await;
+            let mut outcomes = read_bounded(&state, std::slice::from_ref(&query)).await;
             let outcome = outcomes
                 .pop()
                 .unwrap_or_else(|| Err(Error::Internal("no result".into())));
-            inner.record_health(&slot, std::slice::from_ref(&outcome));
+            inner.record_health(&state, std::slice::from_ref(&outcome));
             cold.reading
                 .send_replace(Reading::Read { outcome, started });
         });
         Ok(measurement)
-    }
-}
-
-impl SourceCatalog for Engine {
-    fn kind_of(&self, name: &str) -> Option<(Arc<str>, SourceKind)> {
-        self.inner
-            .slots
-            .get(name)
-            .map(|slot| (slot.name.clone(), slot.kind))
-    }
-
-    fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.inner.slots.keys().map(|n| n.to_string()).collect();
-        names.sort();
-        names
-    }
-
-    fn query_names(&self, source: &str) -> Vec<String> {
-        self.inner
-            .slots
-            .get(source)
-            .map(|slot| slot.query_names.clone())
-            .unwrap_or_default()
     }
 }
 
@@ -295,26 +299,23 @@ impl Inner {
 
     /// A source is up when any outcome shows the backend answered (a rejected query still
     /// means the backend is reachable).
-    fn record_health(&self, slot: &Slot, outcomes: &[Result<f64>]) {
+    fn record_health(&self, state: &SourceState, outcomes: &[Result<f64>]) {
         let up = outcomes
             .iter()
             .any(|o| !matches!(o, Err(e) if e.is_unavailable()));
-        self.set_health(slot, up);
+        self.set_health(state, up);
     }
 
-    fn set_health(&self, slot: &Slot, up: bool) {
-        let health = if up { HEALTH_UP } else { HEALTH_DOWN };
-        if slot.health.swap(health, Ordering::Relaxed) != health {
+    fn set_health(&self, state: &SourceState, up: bool) {
+        let health = if up { Health::Up } else { Health::Down };
+        if Health::from_u8(state.health.swap(health as u8, Ordering::Relaxed)) != health {
             if up {
-                tracing::info!(source = %slot.name, "source is answering");
+                tracing::info!(source = %state.name, "source is answering");
             } else {
-                warn!(source = %slot.name, "source is not answering");
+                warn!(source = %state.name, "source is not answering");
             }
         }
-        let ready = self
-            .slots
-            .values()
-            .any(|s| s.health.load(Ordering::Relaxed) == HEALTH_UP);
+        let ready = self.sources.values().any(|s| s.health() == Health::Up);
         self.ready.send_if_modified(|current| {
             let changed = *current != ready;
             *current = ready;
@@ -324,14 +325,28 @@ impl Inner {
 }
 
 /// Reads `queries` within the source's budget; a timeout fails every query.
-async fn read_bounded(slot: &Slot, queries: &[Query]) -> Vec<Result<f64>> {
-    let budget = slot.settings.timeout;
-    match tokio::time::timeout(budget, slot.source.read_batch(queries)).await {
-        Ok(outcomes) if outcomes.len() == queries.len() => outcomes,
-        Ok(outcomes) => vec![
+/// A panic inside the source fails every query with INTERNAL instead of unwinding into the
+/// engine.
+async fn read_bounded(state: &SourceState, queries: &[Query]) -> Vec<Result<f64>> {
+    let budget = state.settings.timeout;
+    let read = AssertUnwindSafe(state.source.read_batch(queries)).catch_unwind();
+    match tokio::time::timeout(budget, read).await {
+        Ok(Ok(outcomes)) if outcomes.len() == queries.len() => outcomes,
+        Ok(Err(panic)) => {
+            let message = panic_message(panic.as_ref());
+            error!(source = %state.name, %message, "a read panicked; its measurements answer INTERNAL");
+            vec![
+                Err(Error::Internal(format!(
+                    "reading source `{}` panicked: {message}",
+                    state.name
+                )));
+                queries.len()
+            ]
+        }
+        Ok(Ok(outcomes)) => vec![
             Err(Error::Internal(format!(
                 "source `{}` answered {} of {} queries",
-                slot.name,
+                state.name,
                 outcomes.len(),
                 queries.len()
             )));
@@ -339,12 +354,21 @@ async fn read_bounded(slot: &Slot, queries: &[Query]) -> Vec<Result<f64>> {
         ],
         Err(_) => vec![
             Err(Error::unavailable(
-                &*slot.name,
+                &*state.name,
                 format!("no answer within {budget:?}")
             ));
             queries.len()
         ],
     }
+}
+
+/// The text of a panic payload (a `&str` or `String` for `panic!` with a message).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_string())
 }
 
 /// The answer a request gets from a reading.
@@ -378,29 +402,30 @@ fn answer(source: &str, reading: &Reading, now: Instant, max_staleness: Duration
     }
 }
 
-async fn refresh_loop(inner: Arc<Inner>, slot: Arc<Slot>, shutdown: CancellationToken) {
-    let mut ticker = tokio::time::interval(slot.settings.refresh_interval);
+async fn refresh_loop(inner: Arc<Inner>, state: Arc<SourceState>, shutdown: CancellationToken) {
+    let mut ticker = tokio::time::interval(state.settings.refresh_interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        let due = take_due(&inner, &slot, Instant::now());
+        let due = take_due(&inner, &state, Instant::now());
         if due.is_empty() {
-            let up = tokio::time::timeout(slot.settings.timeout, slot.source.probe())
+            let probe = AssertUnwindSafe(state.source.probe()).catch_unwind();
+            let up = tokio::time::timeout(state.settings.timeout, probe)
                 .await
-                .is_ok_and(|probe| probe.is_ok());
-            inner.set_health(&slot, up);
+                .is_ok_and(|probe| matches!(probe, Ok(Ok(()))));
+            inner.set_health(&state, up);
             continue;
         }
         let (queries, measurements): (Vec<Query>, Vec<Arc<Measurement>>) = due.into_iter().unzip();
         let started = Instant::now();
         let outcomes = tokio::select! {
             _ = shutdown.cancelled() => return,
-            outcomes = read_bounded(&slot, &queries) => outcomes,
+            outcomes = read_bounded(&state, &queries) => outcomes,
         };
-        inner.record_health(&slot, &outcomes);
+        inner.record_health(&state, &outcomes);
         for (measurement, outcome) in measurements.iter().zip(outcomes) {
             // A cold read that finished meanwhile is not newer than this one; both are real.
             measurement
@@ -412,17 +437,17 @@ async fn refresh_loop(inner: Arc<Inner>, slot: Arc<Slot>, shutdown: Cancellation
 
 /// Drops measurements idle for longer than `idle_expiry` and returns the rest that have
 /// finished their cold read.
-fn take_due(inner: &Inner, slot: &Slot, now: Instant) -> Vec<(Query, Arc<Measurement>)> {
+fn take_due(inner: &Inner, state: &SourceState, now: Instant) -> Vec<(Query, Arc<Measurement>)> {
     let now_ms = inner.millis_since_epoch(now);
     let expiry_ms = inner.limits.idle_expiry.as_millis() as u64;
-    let mut measurements = slot.measurements.write().expect("lock poisoned");
+    let mut measurements = state.measurements.write().expect("lock poisoned");
     let before = measurements.len();
     measurements
         .retain(|_, m| now_ms.saturating_sub(m.last_asked_ms.load(Ordering::Relaxed)) <= expiry_ms);
     let expired = before - measurements.len();
     if expired > 0 {
         inner.live.fetch_sub(expired, Ordering::Relaxed);
-        debug!(source = %slot.name, expired, "idle measurements dropped");
+        debug!(source = %state.name, expired, "idle measurements dropped");
     }
     measurements
         .iter()
@@ -436,9 +461,24 @@ mod tests {
     use std::sync::Mutex;
 
     use futures::future::BoxFuture;
+    use serde::Serialize;
 
     use super::*;
-    use crate::sources::redis::RedisQuery;
+    use crate::{
+        metadata::{Metadata, Parsed},
+        sources::QueryKind,
+    };
+
+    /// The fake source's measurements: one key each.
+    #[derive(Debug, PartialEq, Eq, Hash, Serialize)]
+    struct FakeQuery(String);
+
+    impl QueryKind for FakeQuery {
+        const TAG: &'static str = "Fake";
+        fn subject(&self) -> String {
+            self.0.clone()
+        }
+    }
 
     /// A source whose value, failure and delay tests set; it counts its reads.
     #[derive(Default)]
@@ -446,6 +486,8 @@ mod tests {
         value: Mutex<f64>,
         down: Mutex<bool>,
         delay: Mutex<Duration>,
+        /// Reads of queries with these keys panic (a bug in a backend).
+        panics_on: Mutex<Vec<String>>,
         batches: AtomicUsize,
         queries_read: AtomicUsize,
         probes: AtomicUsize,
@@ -461,11 +503,33 @@ mod tests {
         fn set_delay(&self, delay: Duration) {
             *self.delay.lock().unwrap() = delay;
         }
+        fn panic_on(&self, key: &str) {
+            self.panics_on.lock().unwrap().push(key.to_string());
+        }
     }
 
     impl Source for FakeSource {
+        fn family(&self) -> &'static str {
+            "a fake"
+        }
+
+        fn metrics(&self) -> String {
+            "fake".into()
+        }
+
+        fn parse(&self, _metric: &str, _md: &Metadata<'_>) -> Result<Parsed<Query>> {
+            unreachable!("the engine never parses")
+        }
+
         fn read_batch<'a>(&'a self, queries: &'a [Query]) -> BoxFuture<'a, Vec<Result<f64>>> {
             Box::pin(async move {
+                let panics_on = self.panics_on.lock().unwrap().clone();
+                if queries.iter().any(|q| {
+                    q.downcast::<FakeQuery>()
+                        .is_some_and(|q| panics_on.contains(&q.0))
+                }) {
+                    panic!("fake source bug");
+                }
                 self.batches.fetch_add(1, Ordering::SeqCst);
                 self.queries_read.fetch_add(queries.len(), Ordering::SeqCst);
                 let delay = *self.delay.lock().unwrap();
@@ -503,10 +567,8 @@ mod tests {
         Engine::new(
             vec![SourceEntry {
                 name: "fake".into(),
-                kind: SourceKind::Redis,
                 settings,
                 source: fake,
-                query_names: Vec::new(),
             }],
             limits,
         )
@@ -520,9 +582,7 @@ mod tests {
     }
 
     fn query(key: &str) -> Query {
-        Query::Redis(RedisQuery::List {
-            keys: vec![key.to_string()],
-        })
+        Query::new(FakeQuery(key.to_string()))
     }
 
     #[tokio::test(start_paused = true)]
@@ -736,5 +796,33 @@ mod tests {
         ready.wait_for(|r| !*r).await.unwrap();
         fake.set_down(false);
         ready.wait_for(|r| *r).await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_panicking_read_answers_internal_and_the_refresher_keeps_running() {
+        let fake = Arc::new(FakeSource::default());
+        fake.set_value(4.0);
+        let engine = engine_with(fake.clone(), settings(), limits());
+        engine.start(CancellationToken::new());
+        fake.panic_on("bad");
+        // The cold read panics: the request gets INTERNAL at once, not a wait for the budget.
+        let started = Instant::now();
+        let error = engine.measure("fake", &query("bad")).await.unwrap_err();
+        assert_eq!(error.code(), tonic::Code::Internal, "{error}");
+        assert!(error.to_string().contains("panicked"), "{error}");
+        assert!(started.elapsed() < settings().timeout);
+        assert_eq!(engine.measure("fake", &query("good")).await, Ok(4.0));
+        // The refresher reads both in one batch, which panics: the batch answers INTERNAL,
+        // and the refresher survives to read again.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        for key in ["bad", "good"] {
+            let error = engine.measure("fake", &query(key)).await.unwrap_err();
+            assert_eq!(error.code(), tonic::Code::Internal, "{key}: {error}");
+        }
+        fake.panics_on.lock().unwrap().clear();
+        fake.set_value(6.0);
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert_eq!(engine.measure("fake", &query("bad")).await, Ok(6.0));
+        assert_eq!(engine.measure("fake", &query("good")).await, Ok(6.0));
     }
 }

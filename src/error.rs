@@ -9,6 +9,19 @@ use tonic::{Code, Status};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// A config problem, as one line that names the key. Config errors stop the process before any
+/// port is bound (exit code 2); they are never answered to a gRPC client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+impl ConfigError {
+    /// A problem with the value of `key` (a dotted path such as `sources.redis-main.url`).
+    pub fn at(key: impl std::fmt::Display, reason: impl std::fmt::Display) -> Self {
+        ConfigError(format!("`{key}`: {reason}"))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum Error {
     /// Trigger metadata that cannot be parsed: names the key and what is accepted.
@@ -31,6 +44,16 @@ pub enum Error {
          raise it or wait for idle measurements to expire"
     )]
     TooManyMeasurements { limit: usize },
+
+    /// A trigger names a source its namespace may not use.
+    #[error(
+        "namespace `{namespace}` may not use source `{source_name}`; the source's \
+         `allowed_namespaces` does not list it"
+    )]
+    NamespaceNotAllowed {
+        namespace: String,
+        source_name: String,
+    },
 
     /// A bug: something that should be impossible happened.
     #[error("internal error: {0}")]
@@ -66,6 +89,7 @@ impl Error {
             Error::Unavailable { .. } => Code::Unavailable,
             Error::Rejected { .. } => Code::FailedPrecondition,
             Error::TooManyMeasurements { .. } => Code::ResourceExhausted,
+            Error::NamespaceNotAllowed { .. } => Code::PermissionDenied,
             Error::Internal(_) => Code::Internal,
         }
     }

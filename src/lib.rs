@@ -3,26 +3,41 @@
 //!
 //! # Layout
 //!
-//! A request travels top to bottom through these modules:
+//! A request travels top to bottom through these modules; each depends only on the ones
+//! below it (checked by `tests/module_graph.rs`):
 //!
 //! - [`server`]: binds the gRPC listener, registers health and reflection, and owns the one
 //!   shutdown path (`run(config, listener, shutdown)`).
 //! - [`service`]: the `externalscaler.ExternalScaler` RPCs. Thin: parse, ask the engine,
 //!   shape the answer.
 //! - [`trigger`]: turns KEDA's `scalerMetadata` map into a typed [`trigger::TriggerSpec`]
-//!   exactly once, at the boundary; errors name the key and what is accepted.
-//! - [`naming`]: the deterministic, DNS-1123 metric name of a trigger.
+//!   exactly once, at the boundary: the common keys, the namespace fence, then the source's
+//!   own metric parser. Errors name the key and what is accepted.
 //! - [`engine`]: the measurement cache. One backend read per distinct measurement per refresh,
-//!   shared by every request and every ScaledObject that asks for it; freshness and size bounds.
-//! - [`sources`]: the [`sources::Source`] trait and its backends ([`sources::redis`]). The
-//!   engine depends on the trait, never on a backend.
-//! - [`config`]: the TOML config file, validated before any port is bound.
-//! - [`error`]: the crate's one error enum and its one mapping to `tonic::Status`.
-//! - [`proto`]: code generated from `proto/externalscaler.proto`.
+//!   shared by every request and every ScaledObject that asks for it; freshness and size
+//!   bounds; panics in reads contained.
+//! - [`config`]: the TOML config file, validated before any port is bound. It reads the keys
+//!   every source shares and hands the rest of each `[sources.NAME]` table to its backend.
+//! - [`sources`]: the [`sources::Backend`] and [`sources::Source`] traits, the opaque
+//!   [`sources::Query`], and one folder per backend ([`sources::redis`],
+//!   [`sources::postgres`]), each owning its config section, its metrics and its reads.
+//! - Leaves, used by the modules above and using none of them: [`metadata`] (typed reads of
+//!   `scalerMetadata`, metric tables), [`credentials`] (secrets and CA roots), [`naming`]
+//!   (deterministic DNS-1123 metric names), [`error`] (the one error enum and its one mapping
+//!   to `tonic::Status`), [`proto`] (generated from `proto/externalscaler.proto`).
+//!
+//! # Adding a backend
+//!
+//! A new folder `sources/NAME/` with a [`sources::Backend`] (the `type` values it serves and
+//! how it parses its config section into a source), a [`sources::Source`] (its metric table and
+//! its batched reads) and a [`sources::QueryKind`] (its measurement key); then one line in
+//! [`sources::BACKENDS`]. Nothing else changes. `sources/redis/` is the fullest example.
 
 pub mod config;
+pub mod credentials;
 pub mod engine;
 pub mod error;
+pub mod metadata;
 pub mod naming;
 pub mod proto;
 pub mod server;

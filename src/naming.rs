@@ -73,7 +73,8 @@ pub fn is_dns1123_label(name: &str) -> bool {
         && bytes[bytes.len() - 1] != b'-'
 }
 
-/// Source names appear in error messages and metric labels; they follow the same rule.
+/// Source names appear in error messages and as a label of the scaler's own metrics; they
+/// follow the same rule.
 pub fn is_source_name(name: &str) -> bool {
     is_dns1123_label(name)
 }

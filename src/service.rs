@@ -4,7 +4,7 @@
 //! GetMetrics, IsActive and StreamIsActive answer from the engine, which serves warm
 //! measurements from memory and bounds every cold read.
 
-use std::pin::Pin;
+use std::{panic::AssertUnwindSafe, pin::Pin, sync::Arc};
 
 use futures::Stream;
 use tokio::{sync::mpsc, time::MissedTickBehavior};
@@ -20,24 +20,42 @@ use crate::{
         GetMetricSpecResponse, GetMetricsRequest, GetMetricsResponse, IsActiveResponse, MetricSpec,
         MetricValue, ScaledObjectRef, external_scaler_server::ExternalScaler,
     },
-    trigger::{TriggerSpec, parse_trigger},
+    trigger::{Catalog, TriggerSpec, parse_trigger},
 };
 
 /// The ExternalScaler implementation. Cloning is shallow.
 #[derive(Clone)]
 pub struct ScalerService {
+    catalog: Arc<Catalog>,
     engine: Engine,
     shutdown: CancellationToken,
 }
 
 impl ScalerService {
     /// `shutdown` ends open StreamIsActive streams so the server can drain.
-    pub fn new(engine: Engine, shutdown: CancellationToken) -> Self {
-        ScalerService { engine, shutdown }
+    pub fn new(catalog: Catalog, engine: Engine, shutdown: CancellationToken) -> Self {
+        ScalerService {
+            catalog: Arc::new(catalog),
+            engine,
+            shutdown,
+        }
     }
 
+    /// Parses the trigger; a panic in a parser (a bug) answers INTERNAL, never a dropped call.
     fn parse(&self, scaled_object: &ScaledObjectRef) -> Result<TriggerSpec, Status> {
-        parse_trigger(&scaled_object.scaler_metadata, &self.engine).map_err(|error| {
+        let parsed = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            parse_trigger(
+                &scaled_object.scaler_metadata,
+                &scaled_object.namespace,
+                &self.catalog,
+            )
+        }))
+        .unwrap_or_else(|_| {
+            Err(Error::Internal(
+                "parsing the trigger metadata panicked".into(),
+            ))
+        });
+        parsed.map_err(|error| {
             debug!(
                 namespace = %scaled_object.namespace,
                 name = %scaled_object.name,

@@ -8,8 +8,11 @@
 use std::{collections::HashMap, sync::Arc};
 
 use crate::{
-    Error, Result, naming,
-    sources::{Query, SourceKind, postgres::PgQuery, redis::RedisQuery},
+    Error, Result,
+    config::{NamespaceFence, SourceConfig},
+    metadata::Metadata,
+    naming,
+    sources::{Query, Source},
 };
 
 /// Keys every trigger takes.
@@ -52,48 +55,90 @@ impl TriggerSpec {
     }
 }
 
-/// What the trigger parser needs to know of the configured sources.
-pub trait SourceCatalog {
-    /// The kind of the source configured as `name`, if any.
-    fn kind_of(&self, name: &str) -> Option<(Arc<str>, SourceKind)>;
-    /// Configured source names, for error messages.
-    fn names(&self) -> Vec<String>;
-    /// The names of the source's `queries` (for `pg-query`).
-    fn query_names(&self, _source: &str) -> Vec<String> {
-        Vec::new()
+/// The configured sources, by name, as trigger parsing sees them.
+#[derive(Clone, Default)]
+pub struct Catalog {
+    sources: HashMap<Arc<str>, Entry>,
+}
+
+#[derive(Clone)]
+struct Entry {
+    name: Arc<str>,
+    source: Arc<dyn Source>,
+    namespaces: NamespaceFence,
+}
+
+impl Catalog {
+    pub fn new(sources: &[SourceConfig]) -> Self {
+        let sources = sources
+            .iter()
+            .map(|config| {
+                let name: Arc<str> = Arc::from(config.name.as_str());
+                let entry = Entry {
+                    name: name.clone(),
+                    source: config.source.clone(),
+                    namespaces: config.namespaces.clone(),
+                };
+                (name, entry)
+            })
+            .collect();
+        Catalog { sources }
+    }
+
+    /// Configured source names, sorted, for error messages.
+    fn names(&self) -> String {
+        let mut names: Vec<&str> = self.sources.keys().map(|n| &**n).collect();
+        names.sort_unstable();
+        names.join(", ")
     }
 }
 
-/// Parses KEDA's `scalerMetadata` into a [`TriggerSpec`].
+/// Parses KEDA's `scalerMetadata` of a ScaledObject in `namespace` into a [`TriggerSpec`].
+/// The namespace is checked against the source's `allowed_namespaces` before the source sees
+/// any of the metadata.
 pub fn parse_trigger(
     metadata: &HashMap<String, String>,
-    catalog: &dyn SourceCatalog,
+    namespace: &str,
+    catalog: &Catalog,
 ) -> Result<TriggerSpec> {
     let md = Metadata::new(metadata);
     let source_name = md.required("source", "the name of a source in the scaler's config")?;
-    let (source, kind) = catalog.kind_of(source_name).ok_or_else(|| {
+    let entry = catalog.sources.get(source_name).ok_or_else(|| {
         Error::invalid(
             "source",
             format!(
-                "no source named `{source_name}` in the scaler's config; configured: {}",
-                catalog.names().join(", ")
+                "no source named `{}` in the scaler's config; configured: {}",
+                crate::metadata::shorten(source_name),
+                catalog.names()
             ),
         )
     })?;
-    let metric = md.required("metric", kind.metrics_accepted())?;
-    let (query, metric_keys) = match kind {
-        SourceKind::Redis => {
-            let (query, keys) = RedisQuery::parse(metric, &md)
-                .map_err(|e| wrong_metric_for_source(e, metric, &source, kind))?;
-            (Query::Redis(query), keys)
-        }
-        SourceKind::Postgres => {
-            let named = catalog.query_names(&source);
-            let (query, keys) = PgQuery::parse(metric, &md, &named)
-                .map_err(|e| wrong_metric_for_source(e, metric, &source, kind))?;
-            (Query::Postgres(query), keys)
-        }
-    };
+    if !entry.namespaces.admits(namespace) {
+        return Err(Error::NamespaceNotAllowed {
+            namespace: crate::metadata::shorten(namespace),
+            source_name: entry.name.to_string(),
+        });
+    }
+    let metric = md.required("metric", &entry.source.metrics())?;
+    let parsed = entry
+        .source
+        .parse(metric, &md)
+        .map_err(|e| wrong_metric_for_source(e, metric, entry))?;
+    let (target, activation_target) = targets(&md)?;
+    reject_unknown(&md, metric, parsed.keys)?;
+    let identity = parsed.query.identity(&entry.name);
+    let metric_name = naming::metric_name(metric, &parsed.query.subject(), &identity);
+    Ok(TriggerSpec {
+        source: entry.name.clone(),
+        query: parsed.query,
+        target,
+        activation_target,
+        metric_name,
+    })
+}
+
+/// `target` (> 0, required) and `activationTarget` (≥ 0, default 0).
+fn targets(md: &Metadata<'_>) -> Result<(f64, f64)> {
     let target = md.number("target")?.ok_or_else(|| {
         Error::invalid(
             "target",
@@ -114,134 +159,50 @@ pub fn parse_trigger(
             format!("must be a number >= 0, got `{activation_target}`"),
         ));
     }
-    md.reject_unknown(metric, metric_keys)?;
-    let identity = serde_json::to_string(&(&*source, &query))
-        .map_err(|e| Error::Internal(format!("cannot render measurement identity: {e}")))?;
-    let metric_name = naming::metric_name(metric, &query.subject(), &identity);
-    Ok(TriggerSpec {
-        source,
-        query,
-        target,
-        activation_target,
-        metric_name,
-    })
+    Ok((target, activation_target))
 }
 
 /// A `metric` the source family does not serve gets an error naming the source's type.
-fn wrong_metric_for_source(error: Error, metric: &str, source: &str, kind: SourceKind) -> Error {
+fn wrong_metric_for_source(error: Error, metric: &str, entry: &Entry) -> Error {
     match error {
         Error::InvalidMetadata { key, .. } if key == "metric" => Error::invalid(
             "metric",
             format!(
-                "`{metric}` is not served by source `{source}` ({} source); accepted: {}",
-                kind.label(),
-                kind.metrics_accepted()
+                "`{}` is not served by source `{}` ({} source); accepted: {}",
+                crate::metadata::shorten(metric),
+                entry.name,
+                entry.source.family(),
+                entry.source.metrics()
             ),
         ),
         other => other,
     }
 }
 
-/// Read access to the metadata map with errors that name the key.
-pub struct Metadata<'a> {
-    map: &'a HashMap<String, String>,
-}
-
-impl<'a> Metadata<'a> {
-    pub fn new(map: &'a HashMap<String, String>) -> Self {
-        Metadata { map }
-    }
-
-    /// The trimmed value of `key`; an empty value counts as absent.
-    pub fn optional(&self, key: &str) -> Option<&'a str> {
-        self.map
-            .get(key)
-            .map(|v| v.trim())
-            .filter(|v| !v.is_empty())
-    }
-
-    /// The value of `key`, or an error saying it is required and what it takes.
-    pub fn required(&self, key: &str, accepted: &str) -> Result<&'a str> {
-        self.optional(key)
-            .ok_or_else(|| Error::invalid(key, format!("is required: {accepted}")))
-    }
-
-    /// A finite number, if present.
-    pub fn number(&self, key: &str) -> Result<Option<f64>> {
-        let Some(raw) = self.optional(key) else {
-            return Ok(None);
-        };
-        match raw.parse::<f64>() {
-            Ok(value) if value.is_finite() => Ok(Some(value)),
-            _ => Err(Error::invalid(
-                key,
-                format!("must be a number, got `{raw}`"),
-            )),
-        }
-    }
-
-    /// `true` or `false` (case-insensitive), `default` when absent.
-    pub fn flag(&self, key: &str, default: bool) -> Result<bool> {
-        match self.optional(key) {
-            None => Ok(default),
-            Some(raw) if raw.eq_ignore_ascii_case("true") => Ok(true),
-            Some(raw) if raw.eq_ignore_ascii_case("false") => Ok(false),
-            Some(raw) => Err(Error::invalid(
-                key,
-                format!("must be `true` or `false`, got `{raw}`"),
-            )),
-        }
-    }
-
-    /// A comma-separated list of non-empty, trimmed, distinct items, if present.
-    pub fn list(&self, key: &str) -> Result<Option<Vec<String>>> {
-        let Some(raw) = self.optional(key) else {
-            return Ok(None);
-        };
-        let mut items: Vec<String> = Vec::new();
-        for item in raw.split(',').map(str::trim) {
-            if item.is_empty() {
-                return Err(Error::invalid(
-                    key,
-                    format!("has an empty item in `{raw}`; use a comma-separated list"),
-                ));
-            }
-            if items.iter().any(|seen| seen == item) {
-                return Err(Error::invalid(key, format!("lists `{item}` twice")));
-            }
-            items.push(item.to_string());
-        }
-        Ok(Some(items))
-    }
-
-    /// Every key must be a common key, a KEDA key, a `*FromEnv` key (KEDA resolved it into
-    /// its plain twin) or one of `metric_keys`.
-    fn reject_unknown(&self, metric: &str, metric_keys: &[&str]) -> Result<()> {
-        let mut unknown: Vec<&str> = self
-            .map
-            .keys()
-            .map(String::as_str)
-            .filter(|key| {
-                !COMMON_KEYS.contains(key)
-                    && !KEDA_KEYS.contains(key)
-                    && !metric_keys.contains(key)
-                    && !key.ends_with("FromEnv")
-            })
-            .collect();
-        unknown.sort_unstable();
-        match unknown.first() {
-            None => Ok(()),
-            Some(key) => {
-                let mut accepted: Vec<&str> = COMMON_KEYS.to_vec();
-                accepted.extend_from_slice(metric_keys);
-                Err(Error::invalid(
-                    *key,
-                    format!(
-                        "is not a key of metric `{metric}`; accepted: {}",
-                        accepted.join(", ")
-                    ),
-                ))
-            }
+/// Every key must be a common key, a KEDA key, a `*FromEnv` key (KEDA resolved it into its
+/// plain twin) or one of `metric_keys`.
+fn reject_unknown(md: &Metadata<'_>, metric: &str, metric_keys: &[&str]) -> Result<()> {
+    let unknown = md
+        .keys()
+        .filter(|key| {
+            !COMMON_KEYS.contains(key)
+                && !KEDA_KEYS.contains(key)
+                && !metric_keys.contains(key)
+                && !key.ends_with("FromEnv")
+        })
+        .min();
+    match unknown {
+        None => Ok(()),
+        Some(key) => {
+            let mut accepted: Vec<&str> = COMMON_KEYS.to_vec();
+            accepted.extend_from_slice(metric_keys);
+            Err(Error::invalid(
+                crate::metadata::shorten(key),
+                format!(
+                    "is not a key of metric `{metric}`; accepted: {}",
+                    accepted.join(", ")
+                ),
+            ))
         }
     }
 }
@@ -250,15 +211,15 @@ impl<'a> Metadata<'a> {
 mod tests {
     use super::*;
 
-    struct Catalog;
+    use crate::{config::Config, sources::redis::RedisQuery};
 
-    impl SourceCatalog for Catalog {
-        fn kind_of(&self, name: &str) -> Option<(Arc<str>, SourceKind)> {
-            (name == "redis-main").then(|| (Arc::from(name), SourceKind::Redis))
-        }
-        fn names(&self) -> Vec<String> {
-            vec!["redis-main".into()]
-        }
+    fn catalog() -> Catalog {
+        let config = Config::from_toml(
+            "[sources.redis-main]\ntype = \"redis\"\nurl = \"redis://127.0.0.1:6379\"\n\
+             allowed_namespaces = [\"team-a\", \"batch-*\"]",
+        )
+        .unwrap();
+        Catalog::new(&config.sources)
     }
 
     fn metadata(pairs: &[(&str, &str)]) -> HashMap<String, String> {
@@ -269,7 +230,7 @@ mod tests {
     }
 
     fn parse(pairs: &[(&str, &str)]) -> Result<TriggerSpec> {
-        parse_trigger(&metadata(pairs), &Catalog)
+        parse_trigger(&metadata(pairs), "team-a", &catalog())
     }
 
     const BASE: &[(&str, &str)] = &[
@@ -296,7 +257,7 @@ mod tests {
         assert_eq!(&*spec.source, "redis-main");
         assert_eq!(
             spec.query,
-            Query::Redis(RedisQuery::List {
+            Query::new(RedisQuery::List {
                 keys: vec!["agent:tasks:pending".into(), "agent:tasks:retry".into()]
             })
         );
@@ -382,6 +343,23 @@ mod tests {
             assert_eq!(got, key, "{extra:?}: {error}");
             assert!(reason.contains(fragment), "{extra:?}: {error}");
         }
+    }
+
+    #[test]
+    fn a_namespace_outside_allowed_namespaces_is_denied_before_parsing() {
+        let catalog = catalog();
+        // Even metadata the source would reject is not looked at: the namespace decides first.
+        let pairs = metadata(&[("source", "redis-main"), ("metric", "nope")]);
+        let error = parse_trigger(&pairs, "team-b", &catalog).unwrap_err();
+        assert_eq!(
+            error,
+            Error::NamespaceNotAllowed {
+                namespace: "team-b".into(),
+                source_name: "redis-main".into()
+            }
+        );
+        assert_eq!(error.code(), tonic::Code::PermissionDenied);
+        assert!(parse_trigger(&metadata(BASE), "batch-nightly", &catalog).is_ok());
     }
 
     #[test]

@@ -12,7 +12,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use backlog_scaler::{config::Config, server::build_engine, trigger::parse_trigger};
+use backlog_scaler::{
+    config::Config,
+    trigger::{Catalog, parse_trigger},
+};
 use serde_json::{Map, Value, json};
 
 fn project() -> PathBuf {
@@ -203,7 +206,7 @@ fn configmap_is_a_valid_config_and_every_trigger_parses_against_it() {
     let documents = manifests();
     let secrets = tempfile::tempdir().unwrap();
     let config = configmap_config(&documents, secrets.path());
-    let engine = build_engine(&config).unwrap();
+    let catalog = Catalog::new(&config.sources);
     let mut parsed = 0;
     for (file, document) in &documents {
         if document["kind"] != "ScaledObject" {
@@ -225,7 +228,10 @@ fn configmap_is_a_valid_config_and_every_trigger_parses_against_it() {
                 "{}: scalerAddress must reach the Service in k8s/",
                 file.display()
             );
-            let spec = parse_trigger(&metadata, &engine)
+            let namespace = document["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or("default");
+            let spec = parse_trigger(&metadata, namespace, &catalog)
                 .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
             assert!(spec.target > 0.0);
             parsed += 1;

@@ -1,65 +1,101 @@
-//! Backends behind one small trait.
+//! Backends behind two small traits.
 //!
-//! The engine knows only [`Source`]: "read these queries, sharing backend work where you
-//! can". Each backend module owns its connections, its typed queries and how one refresh
-//! turns many queries into as few backend round trips as possible.
+//! Each backend lives in its own folder and owns everything about it: its config section
+//! ([`Backend::configure`]), its metrics with their metadata keys ([`Source::parse`]) and its
+//! reads ([`Source::read_batch`]). The engine and the gRPC layer know only these traits and the
+//! opaque, hashable [`Query`] a source hands out.
+//!
+//! # Adding a backend
+//!
+//! 1. A folder `sources/NAME/` with a `mod.rs` that defines a unit struct implementing
+//!    [`Backend`] (the `type` values it serves and how it reads its `[sources.X]` table) and a
+//!    source implementing [`Source`] (its metric table and its batched reads). Its query type
+//!    implements [`QueryKind`].
+//! 2. One line in [`BACKENDS`] below.
+//!
+//! Nothing else changes: config, trigger parsing, the engine, the server and the docs tables
+//! of status codes all work through the traits.
 
-use std::sync::Arc;
+use std::{
+    any::Any,
+    fmt,
+    hash::{Hash, Hasher},
+    sync::Arc,
+    time::Duration,
+};
 
 use futures::future::BoxFuture;
 use serde::Serialize;
 
 use crate::{
     Result,
-    config::{BackendConfig, SourceConfig},
+    error::ConfigError,
+    metadata::{Metadata, Parsed},
 };
 
 pub mod postgres;
 pub mod redis;
 
-/// A typed measurement of one source: the engine's cache key (per source).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
-pub enum Query {
-    Redis(redis::RedisQuery),
-    Postgres(postgres::PgQuery),
+/// Every backend, one line each.
+pub const BACKENDS: &[&dyn Backend] = &[&redis::RedisBackend, &postgres::PostgresBackend];
+
+/// A kind of backend, as the config file names it with `type`.
+pub trait Backend: Sync {
+    /// The `type` values this backend serves (`redis`, `redis-cluster`, …).
+    fn types(&self) -> &'static [&'static str];
+
+    /// Builds the source of one `[sources.NAME]` table. `section.table` holds the backend's own
+    /// keys (the common ones are removed); unknown keys are errors. Building makes no
+    /// connection, so a backend that is down at start-up does not stop the scaler.
+    fn configure(&self, section: Section) -> Result<Arc<dyn Source>, ConfigError>;
 }
 
-impl Query {
-    /// The most telling part of the query, for the readable half of the metric name.
-    pub fn subject(&self) -> String {
-        match self {
-            Query::Redis(query) => query.subject(),
-            Query::Postgres(query) => query.subject(),
-        }
+/// One `[sources.NAME]` table, as a backend gets it.
+pub struct Section {
+    pub name: String,
+    /// The `type` value, one of [`Backend::types`].
+    pub type_name: String,
+    /// The backend's own keys.
+    pub table: toml::Table,
+    pub refresh: RefreshSettings,
+}
+
+impl Section {
+    /// The dotted config key of one of the section's fields, for error messages.
+    pub fn key(&self, field: &str) -> String {
+        format!("sources.{}.{field}", self.name)
+    }
+
+    /// Deserializes the backend's keys into its own `#[serde(deny_unknown_fields)]` struct.
+    pub fn deserialize<T: serde::de::DeserializeOwned>(&self) -> Result<T, ConfigError> {
+        toml::Value::Table(self.table.clone())
+            .try_into()
+            .map_err(|e: toml::de::Error| {
+                ConfigError::at(format!("sources.{}", self.name), e.message().trim())
+            })
     }
 }
 
-/// Families of sources: which `metric` values a source accepts.
+/// How the engine treats the measurements of one source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SourceKind {
-    Redis,
-    Postgres,
+pub struct RefreshSettings {
+    pub refresh_interval: Duration,
+    pub max_staleness: Duration,
+    /// The budget of one backend read (connect + command + one retry).
+    pub timeout: Duration,
 }
 
-impl SourceKind {
-    pub fn label(self) -> &'static str {
-        match self {
-            SourceKind::Redis => "a Redis",
-            SourceKind::Postgres => "a PostgreSQL",
-        }
-    }
-
-    /// The `metric` values this family serves, for error messages.
-    pub fn metrics_accepted(self) -> &'static str {
-        match self {
-            SourceKind::Redis => redis::METRICS,
-            SourceKind::Postgres => postgres::METRICS,
-        }
-    }
-}
-
-/// Something that can measure queries against one backend.
+/// A configured source: parses the metrics it serves and reads them in batches.
 pub trait Source: Send + Sync + 'static {
+    /// The family, for messages: "a Redis", "a PostgreSQL".
+    fn family(&self) -> &'static str;
+
+    /// The `metric` values it serves, for messages.
+    fn metrics(&self) -> String;
+
+    /// Parses the metric-specific keys of a trigger into the source's query.
+    fn parse(&self, metric: &str, md: &Metadata<'_>) -> Result<Parsed<Query>>;
+
     /// Reads every query of one refresh and answers in the same order. Implementations share
     /// backend work between queries (one pipeline per node, one aggregated read per view) and
     /// bound their own waits; the engine bounds the whole call as well.
@@ -69,25 +105,166 @@ pub trait Source: Send + Sync + 'static {
     fn probe(&self) -> BoxFuture<'_, Result<()>>;
 }
 
-/// Builds the source of a validated config. Connections are made lazily, so a backend that
-/// is down at start-up does not stop the scaler from starting.
-pub fn build(config: &SourceConfig) -> Result<(SourceKind, Arc<dyn Source>)> {
-    match &config.backend {
-        BackendConfig::Redis(redis_config) => Ok((
-            SourceKind::Redis,
-            Arc::new(redis::RedisSource::new(
-                &config.name,
-                redis_config,
-                config.refresh.timeout,
-            )?),
-        )),
-        BackendConfig::Postgres(pg_config) => Ok((
-            SourceKind::Postgres,
-            Arc::new(postgres::PostgresSource::new(
-                &config.name,
-                pg_config,
-                config.refresh.timeout,
-            )?),
-        )),
+/// What a backend's typed query must be to serve as the engine's cache key.
+pub trait QueryKind: Any + Send + Sync + fmt::Debug + Eq + Hash + Serialize {
+    /// The family tag in the measurement identity that metric names hash. Changing it renames
+    /// every metric of the backend, so it never changes.
+    const TAG: &'static str;
+
+    /// The most telling part of the query, for the readable half of the metric name.
+    fn subject(&self) -> String;
+}
+
+/// One measurement of a source, opaque to everything but the source that made it. Cloning is
+/// an atomic reference count increment.
+#[derive(Clone)]
+pub struct Query(Arc<dyn DynQuery>);
+
+impl Query {
+    pub fn new<T: QueryKind>(query: T) -> Query {
+        Query(Arc::new(query))
+    }
+
+    /// The backend's own query, if this query is of type `T`.
+    pub fn downcast<T: QueryKind>(&self) -> Option<&T> {
+        self.0.as_any().downcast_ref()
+    }
+
+    pub fn subject(&self) -> String {
+        self.0.subject()
+    }
+
+    /// A canonical rendering of the query (with its family tag), for the metric-name hash.
+    pub fn identity(&self, source: &str) -> String {
+        self.0.identity(source)
+    }
+}
+
+impl fmt::Debug for Query {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl PartialEq for Query {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.dyn_eq(other.0.as_any())
+    }
+}
+
+impl Eq for Query {}
+
+impl Hash for Query {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.as_any().type_id().hash(state);
+        self.0.dyn_hash(state);
+    }
+}
+
+/// The object-safe face of a [`QueryKind`].
+trait DynQuery: Send + Sync + fmt::Debug {
+    fn as_any(&self) -> &dyn Any;
+    fn dyn_eq(&self, other: &dyn Any) -> bool;
+    fn dyn_hash(&self, state: &mut dyn Hasher);
+    fn subject(&self) -> String;
+    fn identity(&self, source: &str) -> String;
+}
+
+impl<T: QueryKind> DynQuery for T {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn dyn_eq(&self, other: &dyn Any) -> bool {
+        other.downcast_ref::<T>() == Some(self)
+    }
+
+    fn dyn_hash(&self, mut state: &mut dyn Hasher) {
+        self.hash(&mut state);
+    }
+
+    fn subject(&self) -> String {
+        QueryKind::subject(self)
+    }
+
+    fn identity(&self, source: &str) -> String {
+        // `["source",{"Tag":{…}}]`: the shape the names of existing triggers were hashed from
+        // (a tuple of the source name and an externally tagged enum), kept byte for byte.
+        serde_json::to_string(&(source, Tagged(T::TAG, self)))
+            .unwrap_or_else(|_| format!("{source}:{self:?}"))
+    }
+}
+
+/// Serializes as `{"TAG": value}`.
+struct Tagged<'a, T>(&'static str, &'a T);
+
+impl<T: Serialize> Serialize for Tagged<'_, T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(1))?;
+        map.serialize_entry(self.0, self.1)?;
+        map.end()
+    }
+}
+
+/// The typed query of a batch, for a source that was handed a query of another source.
+pub fn typed<'q, T: QueryKind>(source: &str, query: &'q Query) -> Result<&'q T> {
+    query.downcast().ok_or_else(|| {
+        crate::Error::Internal(format!(
+            "source `{source}` got a query of another source: {query:?}"
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    #[derive(Debug, PartialEq, Eq, Hash, Serialize)]
+    struct A {
+        keys: Vec<String>,
+    }
+    impl QueryKind for A {
+        const TAG: &'static str = "A";
+        fn subject(&self) -> String {
+            self.keys.join(",")
+        }
+    }
+
+    #[derive(Debug, PartialEq, Eq, Hash, Serialize)]
+    struct B {
+        keys: Vec<String>,
+    }
+    impl QueryKind for B {
+        const TAG: &'static str = "B";
+        fn subject(&self) -> String {
+            String::new()
+        }
+    }
+
+    #[test]
+    fn queries_of_different_backends_never_compare_equal() {
+        let a = Query::new(A {
+            keys: vec!["x".into()],
+        });
+        let b = Query::new(B {
+            keys: vec!["x".into()],
+        });
+        assert_ne!(a, b);
+        let set: HashSet<Query> = [a.clone(), b.clone(), a.clone()].into_iter().collect();
+        assert_eq!(set.len(), 2);
+        assert!(a.downcast::<A>().is_some());
+        assert!(a.downcast::<B>().is_none());
+        assert!(typed::<B>("s", &a).is_err());
+    }
+
+    #[test]
+    fn identity_is_the_source_and_the_tagged_query() {
+        let a = Query::new(A {
+            keys: vec!["x".into()],
+        });
+        assert_eq!(a.identity("main"), r#"["main",{"A":{"keys":["x"]}}]"#);
     }
 }

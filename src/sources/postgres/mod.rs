@@ -8,7 +8,7 @@
 //! through PgBouncer in transaction pooling mode and nothing the scaler runs can write or hang.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{HashMap, HashSet},
     sync::{
         Arc,
         atomic::{AtomicI64, Ordering},
@@ -18,7 +18,6 @@ use std::{
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
 use futures::future::{BoxFuture, join_all};
-use rustls_pki_types::{CertificateDer, pem::PemObject};
 use tokio::{sync::Mutex, time::Instant};
 use tokio_postgres::{
     NoTls, Row,
@@ -26,14 +25,23 @@ use tokio_postgres::{
     types::{ToSql, Type},
 };
 
-use crate::{Error, Result, config::PostgresConfig, sources::Query};
+use crate::{
+    Error, Result,
+    error::ConfigError,
+    metadata::{Metadata, Parsed, metric_names, parse_metric},
+    sources::{Backend, Query, Section, Source, typed},
+};
 
 pub mod activity;
+pub mod config;
+pub mod metrics;
 pub mod query;
 pub mod statements;
 
 use activity::{ACTIVITY_SQL, ActivitySnapshot, LIMITS_SQL, Session};
-pub use query::{METRICS, PgQuery};
+use config::PostgresSettings;
+use metrics::NamedQueries;
+pub use query::PgQuery;
 use statements::{StatementEntry, StatementKey, StatementSnapshot};
 
 /// The `application_name` of the scaler's sessions; pg-activity never counts them.
@@ -46,11 +54,27 @@ const SNAPSHOT_REUSE_LIMIT: Duration = Duration::from_secs(30);
 /// The shortest window a rate is computed over: shorter windows make noisy rates.
 const MIN_RATE_WINDOW: Duration = Duration::from_millis(250);
 
+/// `type = "postgres"`: a PostgreSQL server, directly or through PgBouncer.
+pub struct PostgresBackend;
+
+impl Backend for PostgresBackend {
+    fn types(&self) -> &'static [&'static str] {
+        &["postgres"]
+    }
+
+    fn configure(&self, section: Section) -> Result<Arc<dyn Source>, ConfigError> {
+        let settings = config::parse(&section)?;
+        let source = PostgresSource::new(&section.name, settings, section.refresh.timeout)
+            .map_err(|e| ConfigError::at(format!("sources.{}", section.name), e))?;
+        Ok(Arc::new(source))
+    }
+}
+
 pub struct PostgresSource {
     name: String,
     pool: Pool,
     timeout: Duration,
-    queries: BTreeMap<String, String>,
+    queries: NamedQueries,
     /// `server_version_num`, read once (0 until then).
     server_version: AtomicI64,
     /// The latest pg_stat_statements snapshot, the base of the next rate.
@@ -66,115 +90,143 @@ enum ReadKind<'a> {
     Named(&'a str),
 }
 
+/// What one refresh must read to answer its queries: each view at most once, each Dagster or
+/// named query once however many triggers ask for it.
+#[derive(Default)]
+struct ReadPlan<'q> {
+    activity: bool,
+    statements: bool,
+    /// Some statements filter by text, so the snapshot carries the query texts.
+    needs_text: bool,
+    singles: Vec<&'q PgQuery>,
+}
+
+impl<'q> ReadPlan<'q> {
+    fn of(queries: impl Iterator<Item = &'q PgQuery>) -> Self {
+        let mut plan = ReadPlan::default();
+        let mut seen = HashSet::new();
+        for query in queries {
+            match query {
+                PgQuery::Activity { .. } => plan.activity = true,
+                PgQuery::Statements { filter, .. } => {
+                    plan.statements = true;
+                    plan.needs_text |= filter.query_contains.is_some();
+                }
+                single => {
+                    if seen.insert(single) {
+                        plan.singles.push(single);
+                    }
+                }
+            }
+        }
+        plan
+    }
+}
+
+type StatementWindow = (Arc<StatementSnapshot>, Arc<StatementSnapshot>);
+
+/// What one refresh read, shared by every query of it.
+struct Readings<'q> {
+    activity: Option<Result<ActivitySnapshot>>,
+    window: Option<Result<StatementWindow>>,
+    singles: HashMap<&'q PgQuery, Result<f64>>,
+}
+
+impl Readings<'_> {
+    fn answer(&self, query: &PgQuery) -> Result<f64> {
+        let not_read = || Error::Internal(format!("{query:?} was not read"));
+        match query {
+            PgQuery::Activity { measure, filter } => match &self.activity {
+                Some(Ok(snapshot)) => Ok(snapshot.measure(*measure, filter)),
+                Some(Err(error)) => Err(error.clone()),
+                None => Err(not_read()),
+            },
+            PgQuery::Statements { measure, filter } => match &self.window {
+                Some(Ok((previous, current))) => {
+                    Ok(statements::rate(previous, current, *measure, filter))
+                }
+                Some(Err(error)) => Err(error.clone()),
+                None => Err(not_read()),
+            },
+            single => self
+                .singles
+                .get(single)
+                .cloned()
+                .unwrap_or_else(|| Err(not_read())),
+        }
+    }
+}
+
 impl PostgresSource {
-    pub fn new(name: &str, config: &PostgresConfig, timeout: Duration) -> Result<Self> {
-        let internal = |what: &str| Error::Internal(format!("source `{name}`: {what}"));
-        let mut pg_config: tokio_postgres::Config = config
-            .url
-            .expose()
-            .parse()
-            .map_err(|_| internal("the PostgreSQL URL is not valid"))?;
-        pg_config.application_name(APPLICATION_NAME);
-        pg_config.connect_timeout(timeout / 2);
+    /// Makes no connection; fails only if the pool cannot be built.
+    pub fn new(
+        name: &str,
+        settings: PostgresSettings,
+        timeout: Duration,
+    ) -> std::result::Result<Self, String> {
+        let mut connection = settings.connection;
+        connection.application_name(APPLICATION_NAME);
+        connection.connect_timeout(timeout / 2);
         let manager_config = ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         };
-        let manager =
-            if pg_config.get_ssl_mode() == SslMode::Require || config.tls_ca_file.is_some() {
-                pg_config.ssl_mode(SslMode::Require);
-                let tls = tls_config(config.tls_ca_file.as_deref()).map_err(|e| internal(&e))?;
-                Manager::from_config(
-                    pg_config,
-                    tokio_postgres_rustls::MakeRustlsConnect::new(tls),
-                    manager_config,
-                )
-            } else {
-                Manager::from_config(pg_config, NoTls, manager_config)
-            };
+        let manager = match settings.tls {
+            Some(tls) => {
+                connection.ssl_mode(SslMode::Require);
+                let tls = tokio_postgres_rustls::MakeRustlsConnect::new((*tls).clone());
+                Manager::from_config(connection, tls, manager_config)
+            }
+            None => Manager::from_config(connection, NoTls, manager_config),
+        };
         let pool = Pool::builder(manager)
-            .max_size(config.pool_size)
+            .max_size(settings.pool_size)
             .runtime(Runtime::Tokio1)
             .wait_timeout(Some(timeout / 2))
             .create_timeout(Some(timeout / 2))
             .recycle_timeout(Some(timeout / 2))
             .build()
-            .map_err(|e| internal(&format!("cannot build the connection pool: {e}")))?;
+            .map_err(|e| format!("cannot build the connection pool: {e}"))?;
         Ok(PostgresSource {
             name: name.to_string(),
             pool,
             timeout,
-            queries: config.queries.clone(),
+            queries: settings.queries,
             server_version: AtomicI64::new(0),
             last_snapshot: Mutex::new(None),
         })
     }
 
     async fn read_all(&self, queries: &[Query]) -> Vec<Result<f64>> {
-        let pg: Vec<&PgQuery> = queries
-            .iter()
-            .filter_map(|q| match q {
-                Query::Postgres(q) => Some(q),
-                _ => None,
-            })
-            .collect();
-        let wants_activity = pg.iter().any(|q| matches!(q, PgQuery::Activity { .. }));
-        let wants_statements = pg.iter().any(|q| matches!(q, PgQuery::Statements { .. }));
-        let needs_text = pg.iter().any(
-            |q| matches!(q, PgQuery::Statements { filter, .. } if filter.query_contains.is_some()),
-        );
-        // Dagster and named queries are one statement each; identical ones are read once.
-        let mut seen = std::collections::HashSet::new();
-        let singles: Vec<&PgQuery> = pg
-            .iter()
-            .copied()
-            .filter(|q| matches!(q, PgQuery::DagsterRuns(_) | PgQuery::Named { .. }))
-            .filter(|q| seen.insert(*q))
-            .collect();
+        let typed: Vec<Result<&PgQuery>> = queries.iter().map(|q| typed(&self.name, q)).collect();
+        let plan = ReadPlan::of(typed.iter().filter_map(|q| q.as_ref().ok().copied()));
+        let readings = self.read_plan(&plan).await;
+        typed
+            .into_iter()
+            .map(|query| readings.answer(query?))
+            .collect()
+    }
 
+    /// Runs the reads of a plan concurrently, each in its own transaction.
+    async fn read_plan<'q>(&self, plan: &ReadPlan<'q>) -> Readings<'q> {
         let activity = async {
-            if wants_activity {
-                Some(self.read_activity().await)
-            } else {
-                None
+            match plan.activity {
+                true => Some(self.read_activity().await),
+                false => None,
             }
         };
         let window = async {
-            if wants_statements {
-                Some(self.statement_window(needs_text).await)
-            } else {
-                None
+            match plan.statements {
+                true => Some(self.statement_window(plan.needs_text).await),
+                false => None,
             }
         };
-        let single_reads = join_all(singles.iter().map(|q| self.read_single(q)));
-        let (activity, window, single_values) = tokio::join!(activity, window, single_reads);
-        let single_values: HashMap<&PgQuery, Result<f64>> =
-            singles.into_iter().zip(single_values).collect();
-
-        queries
-            .iter()
-            .map(|query| match query {
-                Query::Postgres(PgQuery::Activity { measure, filter }) => match &activity {
-                    Some(Ok(snapshot)) => Ok(snapshot.measure(*measure, filter)),
-                    Some(Err(error)) => Err(error.clone()),
-                    None => Err(Error::Internal("activity was not read".into())),
-                },
-                Query::Postgres(PgQuery::Statements { measure, filter }) => match &window {
-                    Some(Ok((previous, current))) => {
-                        Ok(statements::rate(previous, current, *measure, filter))
-                    }
-                    Some(Err(error)) => Err(error.clone()),
-                    None => Err(Error::Internal("statements were not read".into())),
-                },
-                Query::Postgres(single) => single_values
-                    .get(single)
-                    .cloned()
-                    .unwrap_or_else(|| Err(Error::Internal("query was not read".into()))),
-                _ => Err(Error::Internal(format!(
-                    "source `{}` got a query of another source type",
-                    self.name
-                ))),
-            })
-            .collect()
+        let singles = join_all(plan.singles.iter().map(|q| self.read_single(q)));
+        let (activity, window, values) = tokio::join!(activity, window, singles);
+        Readings {
+            activity,
+            window,
+            singles: plan.singles.iter().copied().zip(values).collect(),
+        }
     }
 
     async fn read_activity(&self) -> Result<ActivitySnapshot> {
@@ -208,10 +260,7 @@ impl PostgresSource {
     /// Two snapshots of pg_stat_statements to compute rates between: the source's previous
     /// one (if recent) and a new one. A cold source takes two, a short window apart, so the
     /// first answer is a measured rate too.
-    async fn statement_window(
-        &self,
-        needs_text: bool,
-    ) -> Result<(Arc<StatementSnapshot>, Arc<StatementSnapshot>)> {
+    async fn statement_window(&self, needs_text: bool) -> Result<StatementWindow> {
         let mut last = self.last_snapshot.lock().await;
         let previous = match last.take() {
             Some(previous) if previous.taken.elapsed() <= SNAPSHOT_REUSE_LIMIT => previous,
@@ -514,33 +563,23 @@ impl Drop for ReadOnly<'_> {
     }
 }
 
-/// rustls client config: the CA file if given, else the web PKI roots.
-fn tls_config(
-    ca_file: Option<&std::path::Path>,
-) -> std::result::Result<rustls::ClientConfig, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    match ca_file {
-        Some(path) => {
-            let certs = CertificateDer::pem_file_iter(path)
-                .map_err(|e| format!("cannot read tls_ca_file {}: {e}", path.display()))?;
-            for cert in certs {
-                let cert = cert.map_err(|e| format!("tls_ca_file {}: {e}", path.display()))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("tls_ca_file {}: {e}", path.display()))?;
-            }
-        }
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+impl Source for PostgresSource {
+    fn family(&self) -> &'static str {
+        "a PostgreSQL"
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
-}
 
-impl super::Source for PostgresSource {
+    fn metrics(&self) -> String {
+        metric_names(metrics::METRICS)
+    }
+
+    fn parse(&self, metric: &str, md: &Metadata<'_>) -> Result<Parsed<Query>> {
+        let parsed = parse_metric(metrics::METRICS, metric, md, &self.queries)?;
+        Ok(Parsed {
+            query: Query::new(parsed.query),
+            keys: parsed.keys,
+        })
+    }
+
     fn read_batch<'a>(&'a self, queries: &'a [Query]) -> BoxFuture<'a, Vec<Result<f64>>> {
         Box::pin(self.read_all(queries))
     }

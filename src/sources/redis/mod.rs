@@ -1,122 +1,70 @@
 //! Redis sources: queue backlogs read with one pipelined round trip per node per refresh.
 //!
-//! [`query`] owns what is read and how replies add up; this module owns the connections and
+//! [`config`] parses the source's config section into clients, [`metrics`] declares the
+//! metrics and their metadata keys, [`query`] owns what is read and how replies add up; this
+//! module owns the connections and
 //! the batching: the reads of every query of a refresh are de-duplicated (a thousand
 //! ScaledObjects over ten queues cost ten LLENs) and sent as one pipeline — on Redis Cluster
 //! one per hash slot ([`cluster`]), on Sentinel to the current master ([`sentinel`]).
 //! Every call is bounded by connection and response timeouts derived from the source's
 //! `timeout`, with at most one retry.
 
-use std::{collections::HashMap, path::PathBuf, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use futures::future::BoxFuture;
 use redis::{
-    ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo, Value,
+    Value,
     aio::{ConnectionManager, ConnectionManagerConfig},
-    cluster::ClusterClientBuilder,
     cluster_async::ClusterConnection,
 };
 use tokio::sync::Mutex;
 
 use crate::{
     Error, Result,
-    config::{RedisConfig, RedisTopology},
-    sources::Query,
+    error::ConfigError,
+    metadata::{Metadata, Parsed, metric_names, parse_metric},
+    sources::{Backend, Query, Section, Source, typed},
 };
 
 pub mod cluster;
+pub mod config;
+pub mod metrics;
 pub mod query;
 pub mod sentinel;
 
-pub use query::{METRICS, RedisQuery, RedisRead};
+use config::{RedisSettings, Topology};
+pub use query::{RedisQuery, RedisRead};
 
-/// Credentials and TLS settings shared by every node of a source.
-#[derive(Clone)]
-pub struct NodeSettings {
-    username: Option<String>,
-    password: Option<crate::config::Secret>,
-    /// PEM bytes of the CA that signed the nodes' certificates.
-    ca_pem: Option<Vec<u8>>,
-    /// Connect with TLS (`rediss://` URLs or a CA file).
-    tls: bool,
-}
+/// `type = "redis"`, `"redis-cluster"` and `"redis-sentinel"`.
+pub struct RedisBackend;
 
-impl NodeSettings {
-    fn new(source: &str, config: &RedisConfig, urls: &[&str]) -> Result<Self> {
-        let ca_pem = match &config.tls_ca_file {
-            Some(path) => Some(read_ca(source, path)?),
-            None => None,
-        };
-        Ok(NodeSettings {
-            username: config.username.clone(),
-            password: config.password.clone(),
-            tls: ca_pem.is_some() || urls.iter().any(|u| u.starts_with("rediss://")),
-            ca_pem,
-        })
+impl Backend for RedisBackend {
+    fn types(&self) -> &'static [&'static str] {
+        &["redis", "redis-cluster", "redis-sentinel"]
     }
 
-    /// Adds the configured user and password to a node's settings (a URL's own win).
-    fn apply(&self, mut redis: RedisConnectionInfo) -> RedisConnectionInfo {
-        if redis.username().is_none()
-            && let Some(username) = &self.username
-        {
-            redis = redis.set_username(username);
-        }
-        if redis.password().is_none()
-            && let Some(password) = &self.password
-        {
-            redis = redis.set_password(password.expose());
-        }
-        redis
-    }
-
-    fn info(&self, url: &str, source: &str) -> Result<ConnectionInfo> {
-        // redis-rs's parse errors do not echo the URL, and neither do we: it may hold a password.
-        let info = url.into_connection_info().map_err(|e| {
-            Error::Internal(format!(
-                "source `{source}`: a Redis URL is not valid ({:?})",
-                e.kind()
-            ))
-        })?;
-        let redis = self.apply(info.redis_settings().clone());
-        Ok(info.set_redis_settings(redis))
-    }
-
-    fn client(&self, info: ConnectionInfo, source: &str) -> Result<redis::Client> {
-        let client = match &self.ca_pem {
-            Some(pem) => redis::Client::build_with_tls(
-                info,
-                redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(pem.clone()),
-                },
-            ),
-            None => redis::Client::open(info),
-        };
-        client.map_err(|e| Error::Internal(format!("source `{source}`: {}", describe(&e))))
+    fn configure(&self, section: Section) -> Result<Arc<dyn Source>, ConfigError> {
+        let settings = config::parse(&section)?;
+        Ok(Arc::new(RedisSource::new(
+            &section.name,
+            settings,
+            section.refresh.timeout,
+        )))
     }
 }
 
-fn read_ca(source: &str, path: &PathBuf) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|e| {
-        Error::Internal(format!(
-            "source `{source}`: cannot read tls_ca_file {}: {}",
-            path.display(),
-            e.kind()
-        ))
-    })
-}
+/// A connection made on first use and kept: both client kinds reconnect by themselves after a
+/// failure.
+type LazyConnection<C> = Mutex<Option<C>>;
 
-enum Backend {
+enum Connections {
     Standalone {
         client: redis::Client,
-        /// Made on first use and kept: the manager reconnects by itself after a failure.
-        connection: Mutex<Option<ConnectionManager>>,
+        connection: LazyConnection<ConnectionManager>,
     },
     Cluster {
-        /// Building it makes no connection; the connection is made on first use and kept.
         client: redis::cluster::ClusterClient,
-        connection: Mutex<Option<ClusterConnection>>,
+        connection: LazyConnection<ClusterConnection>,
     },
     Sentinel(sentinel::SentinelBackend),
 }
@@ -125,73 +73,39 @@ enum Backend {
 pub struct RedisSource {
     name: String,
     timeout: Duration,
-    backend: Backend,
+    connections: Connections,
 }
 
 impl RedisSource {
-    pub fn new(name: &str, config: &RedisConfig, timeout: Duration) -> Result<Self> {
-        let backend = match &config.topology {
-            RedisTopology::Standalone { url } => {
-                let node = NodeSettings::new(name, config, &[url.expose()])?;
-                let client = node.client(node.info(url.expose(), name)?, name)?;
-                Backend::Standalone {
-                    client,
-                    connection: Mutex::new(None),
-                }
-            }
-            RedisTopology::Cluster { urls } => {
-                let exposed: Vec<&str> = urls.iter().map(|u| u.expose()).collect();
-                let node = NodeSettings::new(name, config, &exposed)?;
-                let infos = exposed
-                    .iter()
-                    .map(|url| node.info(url, name))
-                    .collect::<Result<Vec<_>>>()?;
-                let mut builder = ClusterClientBuilder::new(infos)
-                    .connection_timeout(timeout / 2)
-                    .response_timeout(timeout / 2)
-                    .retries(1);
-                if let Some(username) = &node.username {
-                    builder = builder.username(username);
-                }
-                if let Some(password) = &node.password {
-                    builder = builder.password(password.expose());
-                }
-                if let Some(pem) = &node.ca_pem {
-                    builder = builder.certs(redis::TlsCertificates {
-                        client_tls: None,
-                        root_cert: Some(pem.clone()),
-                    });
-                }
-                let client = builder
-                    .build()
-                    .map_err(|e| Error::Internal(format!("source `{name}`: {}", describe(&e))))?;
-                Backend::Cluster {
-                    client,
-                    connection: Mutex::new(None),
-                }
-            }
-            RedisTopology::Sentinel { urls, master } => {
-                let exposed: Vec<&str> = urls.iter().map(|u| u.expose()).collect();
-                let node = NodeSettings::new(name, config, &exposed)?;
-                Backend::Sentinel(sentinel::SentinelBackend::new(
-                    name, urls, master, node, timeout,
-                )?)
-            }
+    /// Makes no connection.
+    pub fn new(name: &str, settings: RedisSettings, timeout: Duration) -> Self {
+        let connections = match settings.topology {
+            Topology::Standalone(client) => Connections::Standalone {
+                client: *client,
+                connection: Mutex::new(None),
+            },
+            Topology::Cluster(client) => Connections::Cluster {
+                client: *client,
+                connection: Mutex::new(None),
+            },
+            Topology::Sentinel { sentinels, master } => Connections::Sentinel(
+                sentinel::SentinelBackend::new(name, sentinels, master, settings.node, timeout),
+            ),
         };
-        Ok(RedisSource {
+        RedisSource {
             name: name.to_string(),
             timeout,
-            backend,
-        })
+            connections,
+        }
     }
 
     async fn standalone(
         &self,
         client: &redis::Client,
-        slot: &Mutex<Option<ConnectionManager>>,
+        cell: &LazyConnection<ConnectionManager>,
     ) -> Result<ConnectionManager> {
-        let mut slot = slot.lock().await;
-        if let Some(connection) = slot.as_ref() {
+        let mut cell = cell.lock().await;
+        if let Some(connection) = cell.as_ref() {
             return Ok(connection.clone());
         }
         let config = ConnectionManagerConfig::new()
@@ -203,24 +117,24 @@ impl RedisSource {
         let connection = ConnectionManager::new_with_config(client.clone(), config)
             .await
             .map_err(|e| self.unavailable(&e))?;
-        *slot = Some(connection.clone());
+        *cell = Some(connection.clone());
         Ok(connection)
     }
 
     async fn cluster(
         &self,
         client: &redis::cluster::ClusterClient,
-        slot: &Mutex<Option<ClusterConnection>>,
+        cell: &LazyConnection<ClusterConnection>,
     ) -> Result<ClusterConnection> {
-        let mut slot = slot.lock().await;
-        if let Some(connection) = slot.as_ref() {
+        let mut cell = cell.lock().await;
+        if let Some(connection) = cell.as_ref() {
             return Ok(connection.clone());
         }
         let connection = client
             .get_async_connection()
             .await
             .map_err(|e| self.unavailable(&e))?;
-        *slot = Some(connection.clone());
+        *cell = Some(connection.clone());
         Ok(connection)
     }
 
@@ -234,19 +148,19 @@ impl RedisSource {
         if reads.is_empty() {
             return Ok(Vec::new());
         }
-        let replies: Vec<Value> = match &self.backend {
-            Backend::Standalone { client, connection } => {
+        let replies: Vec<Value> = match &self.connections {
+            Connections::Standalone { client, connection } => {
                 let mut connection = self.standalone(client, connection).await?;
                 one_pipeline(reads)
                     .query_async(&mut connection)
                     .await
                     .map_err(|e| self.unavailable(&e))?
             }
-            Backend::Cluster { client, connection } => {
+            Connections::Cluster { client, connection } => {
                 let connection = self.cluster(client, connection).await?;
                 cluster::pipeline_per_slot(&self.name, &connection, reads).await?
             }
-            Backend::Sentinel(sentinel) => {
+            Connections::Sentinel(sentinel) => {
                 let mut connection = sentinel.connection().await?;
                 match one_pipeline(reads).query_async(&mut connection).await {
                     Ok(replies) => replies,
@@ -272,13 +186,17 @@ impl RedisSource {
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
-        let plans: Vec<Vec<RedisRead>> = queries
+        let typed: Vec<Result<&RedisQuery>> =
+            queries.iter().map(|q| typed(&self.name, q)).collect();
+        let plans: Vec<Vec<RedisRead>> = typed
             .iter()
-            .map(|query| match query {
-                Query::Redis(query) => query.reads(now_ms),
-                _ => Vec::new(),
+            .map(|query| {
+                query
+                    .as_ref()
+                    .map_or_else(|_| Vec::new(), |q| q.reads(now_ms))
             })
             .collect();
+        // A thousand triggers over ten queues cost ten reads.
         let mut unique: Vec<RedisRead> = Vec::new();
         let mut index: HashMap<&RedisRead, usize> = HashMap::new();
         for read in plans.iter().flatten() {
@@ -291,24 +209,37 @@ impl RedisSource {
             Ok(replies) => replies,
             Err(error) => return vec![Err(error); queries.len()],
         };
-        queries
-            .iter()
+        typed
+            .into_iter()
             .zip(&plans)
             .map(|(query, plan)| {
-                let Query::Redis(query) = query else {
-                    return Err(Error::Internal(format!(
-                        "source `{}` got a query of another source type",
-                        self.name
-                    )));
-                };
-                let mine: Vec<&Value> = plan.iter().map(|read| &replies[index[read]]).collect();
-                query.combine(&self.name, &mine)
+                let mine: Vec<(&RedisRead, &Value)> = plan
+                    .iter()
+                    .map(|read| (read, &replies[index[read]]))
+                    .collect();
+                query?.combine(&self.name, &mine)
             })
             .collect()
     }
 }
 
-impl super::Source for RedisSource {
+impl Source for RedisSource {
+    fn family(&self) -> &'static str {
+        "a Redis"
+    }
+
+    fn metrics(&self) -> String {
+        metric_names(metrics::METRICS)
+    }
+
+    fn parse(&self, metric: &str, md: &Metadata<'_>) -> Result<Parsed<Query>> {
+        let parsed = parse_metric(metrics::METRICS, metric, md, &())?;
+        Ok(Parsed {
+            query: Query::new(parsed.query),
+            keys: parsed.keys,
+        })
+    }
+
     fn read_batch<'a>(&'a self, queries: &'a [Query]) -> BoxFuture<'a, Vec<Result<f64>>> {
         Box::pin(self.read_all(queries))
     }

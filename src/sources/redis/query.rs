@@ -10,16 +10,10 @@ use redis::Value;
 use serde::Serialize;
 use tracing::debug;
 
-use crate::{Error, Result, trigger::Metadata};
-
-/// The `metric` values Redis sources serve, for error messages.
-pub const METRICS: &str = "redis-list, redis-zset, redis-stream, bullmq, celery, sidekiq, rq";
+use crate::{Error, Result, sources::QueryKind};
 
 /// kombu's default separator between a Celery queue name and its priority step.
 pub const CELERY_SEPARATOR: &str = "\x06\x16";
-
-/// kombu's default priority steps (`priority_steps` transport option).
-const CELERY_PRIORITY_STEPS: &[u8] = &[0, 3, 6, 9];
 
 /// One Redis measurement, as the trigger asked for it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
@@ -105,6 +99,18 @@ impl RedisRead {
         }
     }
 
+    /// The type of value the key must hold, for messages.
+    pub fn expected_type(&self) -> &'static str {
+        match self {
+            RedisRead::Llen(_) => "a list",
+            RedisRead::Zcard(_) | RedisRead::ZcountUpTo(..) => "a sorted set",
+            RedisRead::Xlen(_) | RedisRead::XinfoGroups(_) | RedisRead::XinfoStream(_) => {
+                "a stream"
+            }
+            RedisRead::Hexists(..) => "a hash",
+        }
+    }
+
     pub fn command(&self) -> redis::Cmd {
         let mut cmd;
         match self {
@@ -141,158 +147,10 @@ impl RedisRead {
     }
 }
 
-impl RedisQuery {
-    /// Parses the metric-specific keys; returns the query and every key the metric accepts.
-    pub fn parse(metric: &str, md: &Metadata<'_>) -> Result<(RedisQuery, &'static [&'static str])> {
-        match metric {
-            "redis-list" => {
-                let keys = required_list(md, "keys", "comma-separated Redis list keys, summed")?;
-                Ok((RedisQuery::List { keys }, &["keys"]))
-            }
-            "redis-zset" => {
-                let keys =
-                    required_list(md, "keys", "comma-separated Redis sorted-set keys, summed")?;
-                let due_only = match md.optional("scoreMax") {
-                    None => None,
-                    Some("now") => Some(match md.optional("scoreUnit") {
-                        None | Some("seconds") => ScoreUnit::Seconds,
-                        Some("ms") => ScoreUnit::Ms,
-                        Some(other) => {
-                            return Err(Error::invalid(
-                                "scoreUnit",
-                                format!("must be `seconds` or `ms`, got `{other}`"),
-                            ));
-                        }
-                    }),
-                    Some(other) => {
-                        return Err(Error::invalid(
-                            "scoreMax",
-                            format!(
-                                "must be `now` (count entries with score <= now), got `{other}`"
-                            ),
-                        ));
-                    }
-                };
-                if due_only.is_none() && md.optional("scoreUnit").is_some() {
-                    return Err(Error::invalid(
-                        "scoreUnit",
-                        "is only used with `scoreMax: now`",
-                    ));
-                }
-                Ok((
-                    RedisQuery::Zset { keys, due_only },
-                    &["keys", "scoreMax", "scoreUnit"],
-                ))
-            }
-            "redis-stream" => {
-                let stream = md.required("stream", "the stream key")?.to_string();
-                let group = md.optional("group").map(str::to_string);
-                let mode = match (md.optional("mode"), &group) {
-                    (None, None) | (Some("length"), _) => StreamMode::Length,
-                    (None, Some(_)) | (Some("backlog"), Some(_)) => StreamMode::Backlog,
-                    (Some("pending"), Some(_)) => StreamMode::Pending,
-                    (Some("lag"), Some(_)) => StreamMode::Lag,
-                    (Some(mode @ ("pending" | "lag" | "backlog")), None) => {
-                        return Err(Error::invalid(
-                            "group",
-                            format!("is required with `mode: {mode}`: the consumer group name"),
-                        ));
-                    }
-                    (Some(other), _) => {
-                        return Err(Error::invalid(
-                            "mode",
-                            format!("must be one of length, pending, lag, backlog; got `{other}`"),
-                        ));
-                    }
-                };
-                Ok((
-                    RedisQuery::Stream {
-                        stream,
-                        group,
-                        mode,
-                    },
-                    &["stream", "group", "mode"],
-                ))
-            }
-            "bullmq" => {
-                let queue = md.required("queue", "the BullMQ queue name")?;
-                let prefix = md.optional("prefix").unwrap_or("bull");
-                Ok((
-                    RedisQuery::Bullmq {
-                        queue_key: format!("{prefix}:{queue}"),
-                        include_active: md.flag("includeActive", false)?,
-                        count_when_paused: md.flag("countWhenPaused", false)?,
-                    },
-                    &["queue", "prefix", "includeActive", "countWhenPaused"],
-                ))
-            }
-            "celery" => {
-                let queue = md.required("queue", "the Celery queue name")?;
-                let steps = match md.list("prioritySteps")? {
-                    None => CELERY_PRIORITY_STEPS.to_vec(),
-                    Some(items) => items
-                        .iter()
-                        .map(|item| item.parse::<u8>())
-                        .collect::<std::result::Result<Vec<u8>, _>>()
-                        .ok()
-                        .filter(|steps| steps.iter().all(|s| *s <= 9))
-                        .ok_or_else(|| {
-                            Error::invalid(
-                                "prioritySteps",
-                                "must be a comma-separated list of priorities 0-9, e.g. `0,3,6,9`",
-                            )
-                        })?,
-                };
-                let separator = match md.optional("separator") {
-                    None => CELERY_SEPARATOR.to_string(),
-                    Some(raw) => unescape_hex(raw).ok_or_else(|| {
-                        Error::invalid(
-                            "separator",
-                            "must be text where `\\xHH` stands for a byte, e.g. `\\x06\\x16`",
-                        )
-                    })?,
-                };
-                let prefix = md.optional("keyPrefix").unwrap_or("");
-                Ok((
-                    RedisQuery::Celery {
-                        keys: celery_keys(prefix, queue, &separator, &steps),
-                    },
-                    &["queue", "prioritySteps", "separator", "keyPrefix"],
-                ))
-            }
-            "sidekiq" => {
-                let queue = md.required("queue", "the Sidekiq queue name")?;
-                let key = match md.optional("namespace") {
-                    Some(namespace) => format!("{namespace}:queue:{queue}"),
-                    None => format!("queue:{queue}"),
-                };
-                Ok((
-                    RedisQuery::QueueList {
-                        library: QueueLibrary::Sidekiq,
-                        key,
-                    },
-                    &["queue", "namespace"],
-                ))
-            }
-            "rq" => {
-                let queue = md.required("queue", "the RQ queue name")?;
-                Ok((
-                    RedisQuery::QueueList {
-                        library: QueueLibrary::Rq,
-                        key: format!("rq:queue:{queue}"),
-                    },
-                    &["queue"],
-                ))
-            }
-            other => Err(Error::invalid(
-                "metric",
-                format!("unknown metric `{other}`; accepted: {METRICS}"),
-            )),
-        }
-    }
+impl QueryKind for RedisQuery {
+    const TAG: &'static str = "Redis";
 
-    /// The readable subject of the metric name.
-    pub fn subject(&self) -> String {
+    fn subject(&self) -> String {
         match self {
             RedisQuery::List { keys }
             | RedisQuery::Zset { keys, .. }
@@ -302,7 +160,9 @@ impl RedisQuery {
             RedisQuery::QueueList { key, .. } => key.clone(),
         }
     }
+}
 
+impl RedisQuery {
     /// The reads this query needs at `now_ms` (Unix milliseconds), in the order
     /// [`combine`](Self::combine) expects replies.
     pub fn reads(&self, now_ms: i64) -> Vec<RedisRead> {
@@ -350,105 +210,59 @@ impl RedisQuery {
         }
     }
 
-    /// Adds up the replies of [`reads`](Self::reads) into the backlog value.
-    pub fn combine(&self, source: &str, replies: &[&Value]) -> Result<f64> {
+    /// Adds up the replies of [`reads`](Self::reads), each beside the read it answers, into
+    /// the backlog value.
+    pub fn combine(&self, source: &str, replies: &[(&RedisRead, &Value)]) -> Result<f64> {
         match self {
-            RedisQuery::List { keys } | RedisQuery::Celery { keys } => {
-                sum(source, keys, "a list", replies)
-            }
-            RedisQuery::QueueList { key, .. } => {
-                sum(source, std::slice::from_ref(key), "a list", replies)
-            }
-            RedisQuery::Zset { keys, .. } => sum(source, keys, "a sorted set", replies),
+            RedisQuery::List { .. }
+            | RedisQuery::Celery { .. }
+            | RedisQuery::QueueList { .. }
+            | RedisQuery::Zset { .. } => sum(source, replies),
             RedisQuery::Stream {
                 stream,
                 group,
                 mode,
-            } => {
-                let ([reply] | [reply, _]) = replies else {
-                    return Err(Error::Internal(format!(
-                        "{} replies for a stream",
-                        replies.len()
-                    )));
-                };
-                match (mode, group) {
-                    (StreamMode::Length, _) => {
-                        Ok(integer(source, stream, "a stream", reply)? as f64)
-                    }
-                    (mode, Some(group)) => {
-                        stream_group(source, stream, group, *mode, reply, replies[1])
-                    }
-                    (_, None) => Err(Error::Internal("stream mode without a group".into())),
+            } => match (mode, group.as_deref(), replies) {
+                (StreamMode::Length, _, [(_, reply)]) => {
+                    Ok(integer(source, stream, "a stream", reply)? as f64)
                 }
-            }
+                (mode, Some(group), [(_, groups), (_, info)]) => {
+                    stream_group(source, stream, group, *mode, groups, info)
+                }
+                _ => Err(mismatch(self, replies)),
+            },
             RedisQuery::Bullmq {
-                queue_key,
-                count_when_paused,
-                ..
-            } => {
-                let meta = format!("{queue_key}:meta");
-                let paused = integer(source, &meta, "a hash", replies[0])? == 1;
-                if paused && !count_when_paused {
-                    return Ok(0.0);
+                count_when_paused, ..
+            } => match replies {
+                [(RedisRead::Hexists(meta, _), paused), counts @ ..] => {
+                    if integer(source, meta, "a hash", paused)? == 1 && !count_when_paused {
+                        return Ok(0.0);
+                    }
+                    sum(source, counts)
                 }
-                let mut total = 0;
-                for (read, reply) in self.reads(0).iter().zip(replies).skip(1) {
-                    let expected = match read {
-                        RedisRead::Llen(_) => "a list",
-                        _ => "a sorted set",
-                    };
-                    total += integer(source, read.key(), expected, reply)?;
-                }
-                Ok(total as f64)
-            }
+                _ => Err(mismatch(self, replies)),
+            },
         }
     }
 }
 
-/// The keys kombu's `_size` counts: the queue itself for step 0, `queue + sep + step` for
-/// every other step, each behind kombu's `global_keyprefix`.
-fn celery_keys(prefix: &str, queue: &str, separator: &str, steps: &[u8]) -> Vec<String> {
-    let mut keys: Vec<String> = Vec::with_capacity(steps.len());
-    for step in steps {
-        let key = if *step == 0 {
-            format!("{prefix}{queue}")
-        } else {
-            format!("{prefix}{queue}{separator}{step}")
-        };
-        if !keys.contains(&key) {
-            keys.push(key);
-        }
-    }
-    keys
-}
-
-/// Turns `\xHH` escapes into the characters they name (KEDA metadata is plain text, so the
-/// control bytes of kombu's separator are written as escapes).
-fn unescape_hex(raw: &str) -> Option<String> {
-    let mut out = String::with_capacity(raw.len());
-    let mut rest = raw;
-    while let Some(at) = rest.find("\\x") {
-        out.push_str(&rest[..at]);
-        let hex = rest.get(at + 2..at + 4)?;
-        let byte = u8::from_str_radix(hex, 16).ok().filter(u8::is_ascii)?;
-        out.push(char::from(byte));
-        rest = &rest[at + 4..];
-    }
-    out.push_str(rest);
-    (!out.is_empty()).then_some(out)
-}
-
-fn required_list(md: &Metadata<'_>, key: &str, accepted: &str) -> Result<Vec<String>> {
-    md.list(key)?
-        .ok_or_else(|| Error::invalid(key, format!("is required: {accepted}")))
-}
-
-fn sum(source: &str, keys: &[String], expected: &str, replies: &[&Value]) -> Result<f64> {
-    let mut total = 0;
-    for (key, reply) in keys.iter().zip(replies) {
-        total += integer(source, key, expected, reply)?;
+/// The sum of integer replies; a reply of another shape names its key and the type it should
+/// have.
+fn sum(source: &str, replies: &[(&RedisRead, &Value)]) -> Result<f64> {
+    let mut total: i64 = 0;
+    for (read, reply) in replies {
+        let count = integer(source, read.key(), read.expected_type(), reply)?;
+        total = total.saturating_add(count);
     }
     Ok(total as f64)
+}
+
+/// A bug: the replies do not fit the reads the query asked for.
+fn mismatch(query: &RedisQuery, replies: &[(&RedisRead, &Value)]) -> Error {
+    Error::Internal(format!(
+        "{} replies do not fit the reads of {query:?}",
+        replies.len()
+    ))
 }
 
 /// Pending, lag or backlog of `group` from XINFO GROUPS, with XINFO STREAM for the fallback
@@ -602,6 +416,10 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
+    use crate::{
+        metadata::{Metadata, parse_metric},
+        sources::redis::metrics::METRICS,
+    };
 
     fn parse(pairs: &[(&str, &str)]) -> Result<RedisQuery> {
         let map: HashMap<String, String> = pairs
@@ -609,16 +427,19 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         let metric = map.get("metric").cloned().unwrap_or_default();
-        RedisQuery::parse(&metric, &Metadata::new(&map)).map(|(q, _)| q)
+        parse_metric(METRICS, &metric, &Metadata::new(&map), &()).map(|parsed| parsed.query)
     }
 
     fn ints(values: &[i64]) -> Vec<Value> {
         values.iter().map(|v| Value::Int(*v)).collect()
     }
 
+    /// Combines `replies` as the answers to the query's reads at time 0.
     fn combine(query: &RedisQuery, replies: &[Value]) -> Result<f64> {
-        let refs: Vec<&Value> = replies.iter().collect();
-        query.combine("s", &refs)
+        let reads = query.reads(0);
+        assert_eq!(reads.len(), replies.len(), "one reply per read");
+        let pairs: Vec<(&RedisRead, &Value)> = reads.iter().zip(replies).collect();
+        query.combine("s", &pairs)
     }
 
     #[test]
@@ -866,13 +687,5 @@ mod tests {
             matches!(&error, Error::InvalidMetadata { key, .. } if key == "mode"),
             "{error}"
         );
-    }
-
-    #[test]
-    fn unescape() {
-        assert_eq!(unescape_hex("\\x06\\x16").as_deref(), Some("\x06\x16"));
-        assert_eq!(unescape_hex("a\\x3ab").as_deref(), Some("a:b"));
-        assert_eq!(unescape_hex("\\x0"), None);
-        assert_eq!(unescape_hex("\\xff"), None);
     }
 }

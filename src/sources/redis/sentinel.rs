@@ -11,8 +11,8 @@ use redis::{
 };
 use tokio::sync::Mutex;
 
-use super::{NodeSettings, describe};
-use crate::{Error, Result, config::Secret};
+use super::{config::NodeSettings, describe};
+use crate::{Error, Result};
 
 pub struct SentinelBackend {
     source: String,
@@ -27,33 +27,23 @@ pub struct SentinelBackend {
 }
 
 impl SentinelBackend {
+    /// Makes no connection.
     pub fn new(
         source: &str,
-        urls: &[Secret],
-        master_name: &str,
+        sentinels: Vec<redis::Client>,
+        master_name: String,
         node: NodeSettings,
         timeout: Duration,
-    ) -> Result<Self> {
-        let sentinels = urls
-            .iter()
-            .map(|url| {
-                redis::Client::open(url.expose()).map_err(|e| {
-                    Error::Internal(format!(
-                        "source `{source}`: a Sentinel URL is not valid ({:?})",
-                        e.kind()
-                    ))
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(SentinelBackend {
+    ) -> Self {
+        SentinelBackend {
             source: source.to_string(),
-            master_name: master_name.to_string(),
+            master_name,
             sentinel_connections: Mutex::new(vec![None; sentinels.len()]),
             sentinels,
             master: Mutex::new(None),
             node,
             timeout,
-        })
+        }
     }
 
     fn config(&self) -> AsyncConnectionConfig {
@@ -130,11 +120,21 @@ impl SentinelBackend {
         };
         let mut info = format!("redis://{host}:{port}")
             .into_connection_info()
-            .map_err(|e| Error::Internal(format!("master address: {e:?}")))?
+            .map_err(|_| {
+                Error::unavailable(
+                    &self.source,
+                    format!("the Sentinels name a master address that is not valid: {host}:{port}"),
+                )
+            })?
             .set_addr(addr);
         let settings = self.node.apply(info.redis_settings().clone());
         info = info.set_redis_settings(settings);
-        let client = self.node.client(info, &self.source)?;
+        let client = self.node.client(info).map_err(|e| {
+            Error::unavailable(
+                &self.source,
+                format!("master {host}:{port}: {}", describe(&e)),
+            )
+        })?;
         let connection = client
             .get_multiplexed_async_connection_with_config(&self.config())
             .await

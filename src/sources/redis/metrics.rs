@@ -1,0 +1,221 @@
+//! The metrics Redis sources serve: each one's metadata keys and the one function that parses
+//! them, declared once in [`METRICS`].
+
+use crate::{
+    Error, Result,
+    metadata::{Metadata, MetricDef},
+};
+
+use super::query::{CELERY_SEPARATOR, QueueLibrary, RedisQuery, ScoreUnit, StreamMode};
+
+/// kombu's default priority steps (`priority_steps` transport option).
+const CELERY_PRIORITY_STEPS: &[u8] = &[0, 3, 6, 9];
+
+/// Every metric of a Redis source.
+pub const METRICS: &[MetricDef<RedisQuery>] = &[
+    MetricDef {
+        name: "redis-list",
+        keys: &["keys"],
+        parse: list,
+    },
+    MetricDef {
+        name: "redis-zset",
+        keys: &["keys", "scoreMax", "scoreUnit"],
+        parse: zset,
+    },
+    MetricDef {
+        name: "redis-stream",
+        keys: &["stream", "group", "mode"],
+        parse: stream,
+    },
+    MetricDef {
+        name: "bullmq",
+        keys: &["queue", "prefix", "includeActive", "countWhenPaused"],
+        parse: bullmq,
+    },
+    MetricDef {
+        name: "celery",
+        keys: &["queue", "prioritySteps", "separator", "keyPrefix"],
+        parse: celery,
+    },
+    MetricDef {
+        name: "sidekiq",
+        keys: &["queue", "namespace"],
+        parse: sidekiq,
+    },
+    MetricDef {
+        name: "rq",
+        keys: &["queue"],
+        parse: rq,
+    },
+];
+
+fn list(md: &Metadata<'_>, _: &()) -> Result<RedisQuery> {
+    let keys = md.required_list("keys", "comma-separated Redis list keys, summed")?;
+    Ok(RedisQuery::List { keys })
+}
+
+const SCORE_UNITS: &[(&str, ScoreUnit)] = &[("seconds", ScoreUnit::Seconds), ("ms", ScoreUnit::Ms)];
+
+fn zset(md: &Metadata<'_>, _: &()) -> Result<RedisQuery> {
+    let keys = md.required_list("keys", "comma-separated Redis sorted-set keys, summed")?;
+    let due_only = match md.optional("scoreMax") {
+        None if md.optional("scoreUnit").is_some() => {
+            return Err(Error::invalid(
+                "scoreUnit",
+                "is only used with `scoreMax: now`",
+            ));
+        }
+        None => None,
+        Some("now") => Some(md.choice("scoreUnit", SCORE_UNITS, Some(ScoreUnit::Seconds))?),
+        Some(other) => {
+            return Err(Error::invalid(
+                "scoreMax",
+                format!(
+                    "must be `now` (count entries with score <= now), got `{}`",
+                    crate::metadata::shorten(other)
+                ),
+            ));
+        }
+    };
+    Ok(RedisQuery::Zset { keys, due_only })
+}
+
+const STREAM_MODES: &[(&str, StreamMode)] = &[
+    ("length", StreamMode::Length),
+    ("pending", StreamMode::Pending),
+    ("lag", StreamMode::Lag),
+    ("backlog", StreamMode::Backlog),
+];
+
+fn stream(md: &Metadata<'_>, _: &()) -> Result<RedisQuery> {
+    let stream = md.required("stream", "the stream key")?.to_string();
+    let group = md.optional("group").map(str::to_string);
+    // Without a group only the length can be read; with one, the backlog is the default.
+    let default = if group.is_some() {
+        StreamMode::Backlog
+    } else {
+        StreamMode::Length
+    };
+    let mode = md.choice("mode", STREAM_MODES, Some(default))?;
+    if group.is_none() && mode != StreamMode::Length {
+        return Err(Error::invalid(
+            "group",
+            format!(
+                "is required with `mode: {}`: the consumer group name",
+                md.optional("mode").unwrap_or_default()
+            ),
+        ));
+    }
+    Ok(RedisQuery::Stream {
+        stream,
+        group,
+        mode,
+    })
+}
+
+fn bullmq(md: &Metadata<'_>, _: &()) -> Result<RedisQuery> {
+    let queue = md.required("queue", "the BullMQ queue name")?;
+    let prefix = md.optional("prefix").unwrap_or("bull");
+    Ok(RedisQuery::Bullmq {
+        queue_key: format!("{prefix}:{queue}"),
+        include_active: md.flag("includeActive", false)?,
+        count_when_paused: md.flag("countWhenPaused", false)?,
+    })
+}
+
+fn celery(md: &Metadata<'_>, _: &()) -> Result<RedisQuery> {
+    let queue = md.required("queue", "the Celery queue name")?;
+    let steps = match md.list("prioritySteps")? {
+        None => CELERY_PRIORITY_STEPS.to_vec(),
+        Some(items) => items
+            .iter()
+            .map(|item| item.parse::<u8>().ok().filter(|step| *step <= 9))
+            .collect::<Option<Vec<u8>>>()
+            .ok_or_else(|| {
+                Error::invalid(
+                    "prioritySteps",
+                    "must be a comma-separated list of priorities 0-9, e.g. `0,3,6,9`",
+                )
+            })?,
+    };
+    let separator = match md.optional("separator") {
+        None => CELERY_SEPARATOR.to_string(),
+        Some(raw) => unescape_hex(raw).ok_or_else(|| {
+            Error::invalid(
+                "separator",
+                "must be text where `\\xHH` stands for a byte, e.g. `\\x06\\x16`",
+            )
+        })?,
+    };
+    let prefix = md.optional("keyPrefix").unwrap_or("");
+    Ok(RedisQuery::Celery {
+        keys: celery_keys(prefix, queue, &separator, &steps),
+    })
+}
+
+fn sidekiq(md: &Metadata<'_>, _: &()) -> Result<RedisQuery> {
+    let queue = md.required("queue", "the Sidekiq queue name")?;
+    let key = match md.optional("namespace") {
+        Some(namespace) => format!("{namespace}:queue:{queue}"),
+        None => format!("queue:{queue}"),
+    };
+    Ok(RedisQuery::QueueList {
+        library: QueueLibrary::Sidekiq,
+        key,
+    })
+}
+
+fn rq(md: &Metadata<'_>, _: &()) -> Result<RedisQuery> {
+    let queue = md.required("queue", "the RQ queue name")?;
+    Ok(RedisQuery::QueueList {
+        library: QueueLibrary::Rq,
+        key: format!("rq:queue:{queue}"),
+    })
+}
+
+/// The keys kombu's `_size` counts: the queue itself for step 0, `queue + sep + step` for
+/// every other step, each behind kombu's `global_keyprefix`.
+fn celery_keys(prefix: &str, queue: &str, separator: &str, steps: &[u8]) -> Vec<String> {
+    let mut keys: Vec<String> = Vec::with_capacity(steps.len());
+    for step in steps {
+        let key = if *step == 0 {
+            format!("{prefix}{queue}")
+        } else {
+            format!("{prefix}{queue}{separator}{step}")
+        };
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+    keys
+}
+
+/// Turns `\xHH` escapes into the characters they name (KEDA metadata is plain text, so the
+/// control bytes of kombu's separator are written as escapes).
+fn unescape_hex(raw: &str) -> Option<String> {
+    let mut out = String::with_capacity(raw.len());
+    let mut rest = raw;
+    while let Some(at) = rest.find("\\x") {
+        out.push_str(&rest[..at]);
+        let hex = rest.get(at + 2..at + 4)?;
+        let byte = u8::from_str_radix(hex, 16).ok().filter(u8::is_ascii)?;
+        out.push(char::from(byte));
+        rest = &rest[at + 4..];
+    }
+    out.push_str(rest);
+    (!out.is_empty()).then_some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unescape() {
+        assert_eq!(unescape_hex("\\x06\\x16").as_deref(), Some("\x06\x16"));
+        assert_eq!(unescape_hex("a\\x3ab").as_deref(), Some("a:b"));
+        assert_eq!(unescape_hex("\\x0"), None);
+        assert_eq!(unescape_hex("\\xff"), None);
+    }
+}
