@@ -1,8 +1,8 @@
 //! Every manifest under `k8s/` is checked as a cluster would check it, and against the code:
 //!
 //! - each ScaledObject / TriggerAuthentication / ClusterTriggerAuthentication validates
-//!   against KEDA v2.20.2's CRD schema (`../shared/keda-crds/`), with unknown fields rejected
-//!   as `kubectl apply`'s strict field validation does;
+//!   against KEDA v2.20.2's CRD schema, vendored in `k8s/crds/keda/`, with unknown fields
+//!   rejected as `kubectl apply`'s strict field validation does;
 //! - the ConfigMap's `config.toml` is a valid scaler config (credentials supplied as files);
 //! - every `external` trigger's metadata parses with the scaler's own parser against the
 //!   sources of that config.
@@ -19,7 +19,12 @@ fn project() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The YAML files under `dir`, but not `k8s/crds/`: vendored CRDs are the data of the
+/// checks below, not manifests.
 fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    if dir == project().join("k8s/crds") {
+        return;
+    }
     for entry in std::fs::read_dir(dir).unwrap().flatten() {
         let path = entry.path();
         if path.is_dir() {
@@ -49,16 +54,11 @@ fn manifests() -> Vec<(PathBuf, Value)> {
     documents
 }
 
-/// The openAPIV3Schema of a KEDA CRD, closed against unknown fields.
+/// The openAPIV3Schema of a vendored KEDA CRD, closed against unknown fields.
 fn crd_schema(file: &str, version: &str) -> Value {
-    let path = project().join("../shared/keda-crds").join(file);
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "cannot read the KEDA CRD {} ({e}); the tests expect the shared/ folder beside the \
-             project root",
-            path.display()
-        )
-    });
+    let path = project().join("k8s/crds/keda").join(file);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read the KEDA CRD {} ({e})", path.display()));
     let crd: Value = serde_yaml_ng::from_str(&text).unwrap();
     let mut schema = crd["spec"]["versions"]
         .as_array()
