@@ -105,21 +105,30 @@ fn errors(validator: &jsonschema::Validator, document: &Value) -> Vec<String> {
         .collect()
 }
 
+fn is_keda(document: &Value) -> bool {
+    document["apiVersion"]
+        .as_str()
+        .is_some_and(|v| v.starts_with("keda.sh/"))
+}
+
 #[test]
 fn keda_objects_validate_against_the_crds() {
     let mut checked = 0;
-    for (file, document) in manifests() {
+    for (file, document) in manifests().iter().filter(|(_, d)| is_keda(d)) {
         let kind = document["kind"].as_str().unwrap_or_default();
-        let Some(validator) = validator_for(kind) else {
-            continue;
-        };
+        let validator = validator_for(kind).unwrap_or_else(|| {
+            panic!(
+                "{}: no CRD for {kind} in k8s/crds/keda/; vendor it there",
+                file.display()
+            )
+        });
         assert_eq!(
             document["apiVersion"],
             "keda.sh/v1alpha1",
             "{}",
             file.display()
         );
-        let problems = errors(&validator, &document);
+        let problems = errors(&validator, document);
         assert!(
             problems.is_empty(),
             "{} ({kind}): {problems:#?}",
@@ -128,8 +137,9 @@ fn keda_objects_validate_against_the_crds() {
         checked += 1;
     }
     assert!(
-        checked >= 7,
-        "expected a ScaledObject per Redis metric, checked {checked}"
+        checked >= 17,
+        "expected a ScaledObject per metric, the advanced examples and the TLS \
+         TriggerAuthentication; checked {checked}"
     );
 }
 
@@ -231,7 +241,44 @@ fn configmap_is_a_valid_config_and_every_trigger_parses_against_it() {
             parsed += 1;
         }
     }
-    assert!(parsed >= 11, "parsed {parsed} triggers");
+    assert!(parsed >= 17, "parsed {parsed} triggers");
+}
+
+#[test]
+fn scaling_modifier_formulas_name_existing_triggers() {
+    let documents = manifests();
+    let mut formulas = 0;
+    for (file, document) in &documents {
+        let formula = &document["spec"]["advanced"]["scalingModifiers"]["formula"];
+        let Some(formula) = formula.as_str() else {
+            continue;
+        };
+        let names: Vec<&str> = document["spec"]["triggers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                t["name"].as_str().unwrap_or_else(|| {
+                    panic!(
+                        "{}: every trigger of a formula needs a name",
+                        file.display()
+                    )
+                })
+            })
+            .collect();
+        for name in &names {
+            assert!(
+                formula.contains(name),
+                "{}: trigger {name} is not used by {formula:?}",
+                file.display()
+            );
+        }
+        formulas += 1;
+    }
+    assert!(
+        formulas >= 1,
+        "k8s/examples/guarded-worker.yaml has a formula"
+    );
 }
 
 #[test]
