@@ -1,15 +1,23 @@
 //! Every manifest under `k8s/` is checked as a cluster would check it, and against the code:
 //!
+//! - `k8s/base/` renders with `kubectl kustomize` (any folder with a kustomization file is
+//!   rendered, never read file by file); `k8s/crds/` holds vendored CRDs, the data of the
+//!   checks below, and is not a manifest;
 //! - each ScaledObject / TriggerAuthentication / ClusterTriggerAuthentication validates
-//!   against KEDA v2.20.2's CRD schema, vendored in `k8s/crds/keda/`, with unknown fields
-//!   rejected as `kubectl apply`'s strict field validation does;
+//!   against KEDA v2.20.2's CRD schema (`k8s/crds/keda/`), with unknown fields rejected as
+//!   `kubectl apply`'s strict field validation does;
 //! - the ConfigMap's `config.toml` is a valid scaler config (credentials supplied as files);
 //! - every `external` trigger's metadata parses with the scaler's own parser against the
-//!   sources of that config.
+//!   sources of that config, and its `scalerAddress` is the headless Service of `k8s/base/`;
+//! - the Deployment, Services and NetworkPolicy agree with that config's ports.
+//!
+//! kubectl comes from `scripts/install-test-deps.sh` (Debian: kubernetes-client); a missing
+//! kubectl fails the test with the command that installs it.
 
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
+    process::{Command, Output},
 };
 
 use backlog_scaler::{config::Config, server::build_engine, trigger::parse_trigger};
@@ -19,40 +27,104 @@ fn project() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The YAML files under `dir`, but not `k8s/crds/`: vendored CRDs are the data of the
-/// checks below, not manifests.
-fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
+const INSTALL: &str = "scripts/install-test-deps.sh";
+
+/// The names kustomize accepts for a kustomization file.
+const KUSTOMIZATION_FILES: [&str; 3] = ["kustomization.yaml", "kustomization.yml", "Kustomization"];
+
+// === tools ===
+
+/// Runs a tool from the project root, or fails naming the command that installs it.
+fn run(command: &mut Command, install: &str) -> Output {
+    let program = command.get_program().to_string_lossy().into_owned();
+    command
+        .current_dir(project())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program} ({e}); install it with: {install}"))
+}
+
+/// The text a tool printed, for failure messages.
+fn printed(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// `kubectl kustomize DIR`: the objects as `kubectl apply -k DIR` would send them.
+fn kustomize(dir: &Path) -> String {
+    let output = run(
+        Command::new("kubectl").arg("kustomize").arg(dir),
+        &format!("{INSTALL} as root (apt-get install -y kubernetes-client)"),
+    );
+    assert!(
+        output.status.success(),
+        "kubectl kustomize {}: {}",
+        dir.display(),
+        printed(&output)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+// === the manifests ===
+
+/// The YAML texts under `dir`, each with where it came from: a folder with a kustomization is
+/// one text, rendered; `k8s/crds/` is skipped.
+fn sources(dir: &Path, out: &mut Vec<(PathBuf, String)>) {
     if dir == project().join("k8s/crds") {
         return;
     }
-    for entry in std::fs::read_dir(dir).unwrap().flatten() {
-        let path = entry.path();
+    if KUSTOMIZATION_FILES.iter().any(|f| dir.join(f).is_file()) {
+        out.push((dir.to_path_buf(), kustomize(dir)));
+        return;
+    }
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    entries.sort();
+    for path in entries {
         if path.is_dir() {
-            yaml_files(&path, out);
+            sources(&path, out);
         } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
-            out.push(path);
+            out.push((path.clone(), std::fs::read_to_string(&path).unwrap()));
         }
     }
 }
 
-/// Every YAML document under k8s/, with the file it came from.
+/// Every Kubernetes object under k8s/, with the file or kustomization it came from.
 fn manifests() -> Vec<(PathBuf, Value)> {
-    let mut files = Vec::new();
-    yaml_files(&project().join("k8s"), &mut files);
-    files.sort();
+    let mut texts = Vec::new();
+    sources(&project().join("k8s"), &mut texts);
     let mut documents = Vec::new();
-    for file in files {
-        let text = std::fs::read_to_string(&file).unwrap();
+    for (origin, text) in texts {
         for document in serde_yaml_ng::Deserializer::from_str(&text) {
             let value: Value = serde::Deserialize::deserialize(document)
-                .unwrap_or_else(|e| panic!("{}: not valid YAML: {e}", file.display()));
+                .unwrap_or_else(|e| panic!("{}: not valid YAML: {e}", origin.display()));
             if !value.is_null() {
-                documents.push((file.clone(), value));
+                documents.push((origin.clone(), value));
             }
         }
     }
     documents
 }
+
+fn is_keda(document: &Value) -> bool {
+    document["apiVersion"]
+        .as_str()
+        .is_some_and(|v| v.starts_with("keda.sh/"))
+}
+
+fn find<'a>(documents: &'a [(PathBuf, Value)], kind: &str, name: &str) -> &'a Value {
+    documents
+        .iter()
+        .map(|(_, d)| d)
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("k8s/ has no {kind} {name}"))
+}
+
+// === KEDA objects against the vendored CRDs ===
 
 /// The openAPIV3Schema of a vendored KEDA CRD, closed against unknown fields.
 fn crd_schema(file: &str, version: &str) -> Value {
@@ -103,12 +175,6 @@ fn errors(validator: &jsonschema::Validator, document: &Value) -> Vec<String> {
         .iter_errors(document)
         .map(|e| format!("{} at {}", e, e.instance_path))
         .collect()
-}
-
-fn is_keda(document: &Value) -> bool {
-    document["apiVersion"]
-        .as_str()
-        .is_some_and(|v| v.starts_with("keda.sh/"))
 }
 
 #[test]
@@ -187,12 +253,11 @@ fn the_validator_rejects_broken_scaled_objects() {
     );
 }
 
+// === the scaler's config and triggers ===
+
 /// The scaler config of the ConfigMap, with its credential files supplied from a temp dir.
 fn configmap_config(documents: &[(PathBuf, Value)], secrets: &Path) -> Config {
-    let (_, configmap) = documents
-        .iter()
-        .find(|(_, d)| d["kind"] == "ConfigMap" && d["metadata"]["name"] == "backlog-scaler")
-        .expect("k8s/ has the backlog-scaler ConfigMap");
+    let configmap = find(documents, "ConfigMap", "backlog-scaler");
     let toml = configmap["data"]["config.toml"].as_str().unwrap();
     let secret_dir = "/etc/backlog-scaler/secrets/";
     for line in toml.lines().filter(|l| l.contains(secret_dir)) {
@@ -232,7 +297,7 @@ fn configmap_is_a_valid_config_and_every_trigger_parses_against_it() {
             assert_eq!(
                 metadata.get("scalerAddress").map(String::as_str),
                 Some("backlog-scaler.keda.svc:9090"),
-                "{}: scalerAddress must reach the Service in k8s/",
+                "{}: scalerAddress must reach the Service in k8s/base/",
                 file.display()
             );
             let spec = parse_trigger(&metadata, &engine)
@@ -284,10 +349,7 @@ fn scaling_modifier_formulas_name_existing_triggers() {
 #[test]
 fn deployment_probes_the_named_health_services_and_drains_in_time() {
     let documents = manifests();
-    let (_, deployment) = documents
-        .iter()
-        .find(|(_, d)| d["kind"] == "Deployment")
-        .expect("k8s/ has the Deployment");
+    let deployment = find(&documents, "Deployment", "backlog-scaler");
     let pod = &deployment["spec"]["template"]["spec"];
     let container = &pod["containers"][0];
     assert_eq!(container["livenessProbe"]["grpc"]["service"], "liveness");
@@ -299,8 +361,87 @@ fn deployment_probes_the_named_health_services_and_drains_in_time() {
         config.server.shutdown_grace.as_secs() < grace,
         "server.shutdown_grace must end before Kubernetes kills the pod"
     );
+    let grpc_port = u64::from(config.server.grpc_listen.port());
     assert_eq!(
         container["ports"][0]["containerPort"].as_u64(),
-        Some(u64::from(config.server.grpc_listen.port()))
+        Some(grpc_port)
+    );
+    assert_eq!(
+        container["livenessProbe"]["grpc"]["port"].as_u64(),
+        Some(grpc_port)
+    );
+    assert_eq!(
+        container["readinessProbe"]["grpc"]["port"].as_u64(),
+        Some(grpc_port)
+    );
+}
+
+/// The container port named `name`.
+fn container_port(deployment: &Value, name: &str) -> u64 {
+    deployment["spec"]["template"]["spec"]["containers"][0]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap_or_else(|| panic!("the Deployment has no port {name}"))["containerPort"]
+        .as_u64()
+        .unwrap()
+}
+
+#[test]
+fn services_and_network_policy_match_the_configured_ports() {
+    let documents = manifests();
+    let secrets = tempfile::tempdir().unwrap();
+    let config = configmap_config(&documents, secrets.path());
+    let deployment = find(&documents, "Deployment", "backlog-scaler");
+    let pod_labels = &deployment["spec"]["template"]["metadata"]["labels"];
+    let grpc = u64::from(config.server.grpc_listen.port());
+    let http = u64::from(
+        config
+            .server
+            .http_listen
+            .expect("http_listen is set")
+            .port(),
+    );
+    assert_eq!(container_port(deployment, "grpc"), grpc);
+    assert_eq!(container_port(deployment, "http-metrics"), http);
+
+    // KEDA dials backlog-scaler.keda.svc: headless, so that its round_robin client sees
+    // every ready pod (docs/operations.md).
+    let headless = find(&documents, "Service", "backlog-scaler");
+    assert_eq!(headless["metadata"]["namespace"], "keda");
+    assert_eq!(headless["spec"]["clusterIP"], "None");
+    assert_eq!(headless["spec"]["ports"][0]["port"].as_u64(), Some(grpc));
+    assert_eq!(headless["spec"]["ports"][0]["targetPort"], "grpc");
+    let metrics = find(&documents, "Service", "backlog-scaler-metrics");
+    assert_ne!(metrics["spec"]["clusterIP"], "None");
+    assert_eq!(metrics["spec"]["ports"][0]["targetPort"], "http-metrics");
+    for service in [headless, metrics] {
+        for (key, value) in service["spec"]["selector"].as_object().unwrap() {
+            assert_eq!(&pod_labels[key], value, "{service}");
+        }
+    }
+
+    let policy = find(&documents, "NetworkPolicy", "backlog-scaler");
+    let admitted: Vec<(String, u64)> = policy["spec"]["ingress"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|rule| {
+            let namespace =
+                rule["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+                    .as_str()
+                    .unwrap()
+                    .to_string();
+            rule["ports"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(move |p| (namespace.clone(), p["port"].as_u64().unwrap()))
+        })
+        .collect();
+    assert_eq!(
+        admitted,
+        [("keda".to_string(), grpc), ("monitoring".to_string(), http)]
     );
 }
