@@ -6,13 +6,18 @@
 //! - each ScaledObject / TriggerAuthentication / ClusterTriggerAuthentication validates
 //!   against KEDA v2.20.2's CRD schema (`k8s/crds/keda/`), with unknown fields rejected as
 //!   `kubectl apply`'s strict field validation does;
+//! - every other object validates strictly (unknown fields rejected) against the OpenAPI
+//!   schemas of Kubernetes 1.33 to 1.35, the versions KEDA v2.20 is tested on, with
+//!   kubernetes-validate;
+//! - checkov finds no failed check under `k8s/`, and every check it skips says why;
 //! - the ConfigMap's `config.toml` is a valid scaler config (credentials supplied as files);
 //! - every `external` trigger's metadata parses with the scaler's own parser against the
 //!   sources of that config, and its `scalerAddress` is the headless Service of `k8s/base/`;
 //! - the Deployment, Services and NetworkPolicy agree with that config's ports.
 //!
-//! kubectl comes from `scripts/install-test-deps.sh` (Debian: kubernetes-client); a missing
-//! kubectl fails the test with the command that installs it.
+//! The tools come from `scripts/install-test-deps.sh`: kubectl (Debian: kubernetes-client),
+//! kubernetes-validate into `.test-deps/python`, checkov into `.test-deps/checkov`. A missing
+//! tool fails the test with the command that installs it.
 
 use std::{
     collections::HashMap,
@@ -28,6 +33,9 @@ fn project() -> PathBuf {
 }
 
 const INSTALL: &str = "scripts/install-test-deps.sh";
+
+/// The Kubernetes versions the objects must be valid in: those KEDA v2.20 is tested on.
+const KUBERNETES_VERSIONS: [&str; 3] = ["1.33.0", "1.34.0", "1.35.0"];
 
 /// The names kustomize accepts for a kustomization file.
 const KUSTOMIZATION_FILES: [&str; 3] = ["kustomization.yaml", "kustomization.yml", "Kustomization"];
@@ -52,6 +60,25 @@ fn printed(output: &Output) -> String {
     )
 }
 
+/// `python3 -m MODULE` of `package`, installed in a project-local folder that must hold
+/// `probe`.
+fn python_tool(package: &str, folder: &str, probe: &str, module: &str) -> Command {
+    let folder = project().join(folder);
+    assert!(
+        folder.join(probe).exists(),
+        "{package} is not installed in {}; install it with: {INSTALL} (or python3 -m pip \
+         install --target {} {package})",
+        folder.display(),
+        folder.display()
+    );
+    let mut command = Command::new("python3");
+    command
+        .env("PYTHONPATH", &folder)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .args(["-m", module]);
+    command
+}
+
 /// `kubectl kustomize DIR`: the objects as `kubectl apply -k DIR` would send them.
 fn kustomize(dir: &Path) -> String {
     let output = run(
@@ -65,6 +92,24 @@ fn kustomize(dir: &Path) -> String {
         printed(&output)
     );
     String::from_utf8(output.stdout).unwrap()
+}
+
+fn kubernetes_validate() -> Command {
+    python_tool(
+        "kubernetes-validate==1.37.0",
+        ".test-deps/python",
+        "kubernetes_validate",
+        "kubernetes_validate",
+    )
+}
+
+fn checkov() -> Command {
+    python_tool(
+        "checkov==3.3.30",
+        ".test-deps/checkov",
+        "checkov/main.py",
+        "checkov.main",
+    )
 }
 
 // === the manifests ===
@@ -250,6 +295,167 @@ fn the_validator_rejects_broken_scaled_objects() {
     assert!(
         !errors(&validator, &not_string).is_empty(),
         "metadata values are strings"
+    );
+}
+
+// === Kubernetes objects against Kubernetes' schemas ===
+
+/// Runs kubernetes-validate --strict over `objects` for every version of
+/// [`KUBERNETES_VERSIONS`]; returns whether it succeeded and what it printed.
+fn validate_strictly(objects: &[&Value]) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("objects.yaml");
+    let text: String = objects.iter().map(|o| format!("---\n{o}\n")).collect();
+    std::fs::write(&file, text).unwrap();
+    let mut command = kubernetes_validate();
+    command.arg("--strict");
+    for version in KUBERNETES_VERSIONS {
+        command.args(["-k", version]);
+    }
+    let output = run(command.arg(&file), INSTALL);
+    (output.status.success(), printed(&output))
+}
+
+#[test]
+fn kubernetes_objects_validate_strictly_against_their_schemas() {
+    let documents = manifests();
+    let objects: Vec<&Value> = documents
+        .iter()
+        .map(|(_, d)| d)
+        .filter(|d| !is_keda(d))
+        .collect();
+    for kind in [
+        "ServiceAccount",
+        "ConfigMap",
+        "Secret",
+        "Deployment",
+        "Service",
+        "PodDisruptionBudget",
+        "NetworkPolicy",
+    ] {
+        assert!(
+            objects.iter().any(|o| o["kind"] == kind),
+            "k8s/ has no {kind}"
+        );
+    }
+    let (success, report) = validate_strictly(&objects);
+    assert!(success, "kubernetes-validate --strict failed:\n{report}");
+    // A kind whose schema it does not know (a typo in apiVersion, say) is only a warning to
+    // kubernetes-validate: require a pass for every object in every version instead.
+    for object in &objects {
+        let resource = format!(
+            "{}/{}",
+            object["kind"].as_str().unwrap().to_lowercase(),
+            object["metadata"]["name"].as_str().unwrap()
+        );
+        for version in KUBERNETES_VERSIONS {
+            let minor = version.trim_end_matches(".0");
+            let passed = format!("passed for resource {resource} against version {minor}");
+            assert!(
+                report.lines().any(|l| l.contains(&passed)),
+                "{resource} was not validated against Kubernetes {minor}:\n{report}"
+            );
+        }
+    }
+}
+
+#[test]
+fn kubernetes_validate_rejects_unknown_fields_and_unknown_kinds() {
+    let documents = manifests();
+    let deployment = find(&documents, "Deployment", "backlog-scaler");
+    let (success, report) = validate_strictly(&[deployment]);
+    assert!(success, "{report}");
+
+    let mut typo = deployment.clone();
+    typo["spec"]["replica"] = typo["spec"]["replicas"].take();
+    let (success, report) = validate_strictly(&[&typo]);
+    assert!(!success, "a misspelt field must fail:\n{report}");
+
+    let mut gone = deployment.clone();
+    gone["apiVersion"] = json!("apps/v1beta1");
+    let (_, report) = validate_strictly(&[&gone]);
+    assert!(
+        !report.contains("passed for resource deployment/backlog-scaler"),
+        "an API version Kubernetes no longer serves must not pass:\n{report}"
+    );
+}
+
+// === security policy ===
+
+/// checkov's JSON report on `dir` (relative to the project root).
+fn checkov_report(dir: &Path) -> Value {
+    let output = run(
+        checkov()
+            .arg("--directory")
+            .arg(dir)
+            .args(["--framework", "kubernetes", "--skip-path", "k8s/crds"])
+            // Nothing from the vendor's API: check texts and skips are all local.
+            .args(["--skip-download", "--output", "json"]),
+        INSTALL,
+    );
+    let report: Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("checkov printed no JSON report ({e}): {}", printed(&output)));
+    // One framework gives one report object; checkov prints a list for several.
+    assert!(report.is_object(), "{report}");
+    report
+}
+
+#[test]
+fn checkov_finds_no_failed_check_and_every_skip_says_why() {
+    let report = checkov_report(Path::new("k8s"));
+    let summary = &report["summary"];
+    let failed: Vec<String> = report["results"]["failed_checks"]
+        .as_array()
+        .unwrap_or(&Vec::new())
+        .iter()
+        .map(|c| format!("{} {} ({})", c["check_id"], c["resource"], c["file_path"]))
+        .collect();
+    assert_eq!(summary["failed"], 0, "checkov failed checks: {failed:#?}");
+    assert_eq!(summary["parsing_errors"], 0, "{summary}");
+    assert!(
+        summary["passed"].as_u64().unwrap() >= 80,
+        "checkov checked too little: {summary}"
+    );
+    // Skips are annotations `checkov.io/skipN: CKV_K8S_NN=reason` (checkov's Kubernetes
+    // runner reads no YAML comments); a skip without a reason reads "No comment provided".
+    for skipped in report["results"]["skipped_checks"].as_array().unwrap() {
+        let reason = skipped["check_result"]["suppress_comment"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(
+            reason.len() > 20 && reason != "No comment provided",
+            "checkov skip {} on {} needs a reason: {reason:?}",
+            skipped["check_id"],
+            skipped["resource"]
+        );
+    }
+}
+
+#[test]
+fn checkov_fails_an_unhardened_deployment() {
+    // Not tempfile's default `.tmp…`: checkov skips hidden folders.
+    let dir = tempfile::Builder::new()
+        .prefix("checkov-case")
+        .tempdir()
+        .unwrap();
+    let bare = json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "bare", "namespace": "keda"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "bare"}},
+            "template": {
+                "metadata": {"labels": {"app": "bare"}},
+                "spec": {"containers": [{"name": "bare", "image": "bare:latest"}]}
+            }
+        }
+    });
+    std::fs::write(dir.path().join("bare.yaml"), bare.to_string()).unwrap();
+    let report = checkov_report(dir.path());
+    assert!(
+        report["summary"]["failed"].as_u64().unwrap() > 10,
+        "{}",
+        report["summary"]
     );
 }
 
