@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the integration tests need and the machine lacks. Idempotent.
 #   - Debian packages (as root): redis-server, redis-sentinel, postgresql(-contrib), pgbouncer.
+#   - promtool for tests/monitoring.rs, from the Debian package prometheus (as root).
 #   - Nothing else is installed system-wide; language packages for compatibility tests go to
 #     the project-local .test-deps/ (ignored by git).
 set -euo pipefail
@@ -27,6 +28,19 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "missing test servers: ${missing[*]}; as root run:" >&2
     echo "  apt-get install -y redis-server redis-sentinel postgresql postgresql-contrib pgbouncer" >&2
     echo "(the tests will fail with this hint until they are installed)" >&2
+  fi
+fi
+
+# promtool, from Debian's prometheus package (without the recommended node exporter), for
+# tests/monitoring.rs: it checks and unit-tests the alert rules in k8s/monitoring/.
+if ! command -v promtool >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "installing promtool (Debian package prometheus)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  else
+    echo "promtool missing; as root run: apt-get install -y --no-install-recommends prometheus" >&2
   fi
 fi
 
