@@ -18,11 +18,13 @@
 //!   engine depends on the trait, never on a backend.
 //! - [`config`]: the TOML config file, validated before any port is bound.
 //! - [`error`]: the crate's one error enum and its one mapping to `tonic::Status`.
+//! - [`eval`]: `backlog-scaler eval`'s pure logic: ScaledObjects, formulas, KEDA's replica math.
 //! - [`proto`]: code generated from `proto/externalscaler.proto`.
 
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod eval;
 pub mod naming;
 pub mod proto;
 pub mod server;

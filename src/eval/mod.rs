@@ -1,0 +1,3 @@
+//! The pure, I/O-free logic behind `backlog-scaler eval` (issue 11).
+
+pub mod formula;
