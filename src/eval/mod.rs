@@ -1,3 +1,4 @@
 //! The pure, I/O-free logic behind `backlog-scaler eval` (issue 11).
 
 pub mod formula;
+pub mod scaledobject;
