@@ -2,6 +2,9 @@
 
 use super::*;
 
+/// Variable values of a table row.
+type Vars = &'static [(&'static str, f64)];
+
 fn values(pairs: &[(&str, f64)]) -> BTreeMap<String, f64> {
     pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
 }
@@ -12,9 +15,9 @@ fn eval_str(formula: &str, vars: &[(&str, f64)]) -> Result<f64> {
 
 #[test]
 fn evaluates_what_kedas_docs_and_expr_lang_define() {
-    let ab = [("a", 3.0), ("b", 5.0)];
+    const AB: Vars = &[("a", 3.0), ("b", 5.0)];
     #[rustfmt::skip]
-    let cases: &[(&str, &[(&str, f64)], f64)] = &[
+    let cases: &[(&str, Vars, f64)] = &[
         // KEDA's scaling modifiers docs.
         ("(trig_one + trig_two)/2", &[("trig_one", 4.0), ("trig_two", 8.0)], 6.0),
         ("trig_one > 2 ? trig_one + trig_two : 1", &[("trig_one", 3.0), ("trig_two", 1.0)], 4.0),
@@ -49,18 +52,18 @@ fn evaluates_what_kedas_docs_and_expr_lang_define() {
         ("!(1 > 2) ? 1 : 0", &[], 1.0),
         ("1 > 2 or 2 > 1 ? 1 : 0", &[], 1.0),
         // Functions.
-        ("min(a, b, 4)", &ab, 3.0),
-        ("max(a, b)", &ab, 5.0),
+        ("min(a, b, 4)", AB, 3.0),
+        ("max(a, b)", AB, 5.0),
         ("max(2)", &[], 2.0),
         ("min(3, 1.5)", &[], 1.5),
-        ("abs(a - b)", &ab, 2.0),
+        ("abs(a - b)", AB, 2.0),
         ("abs(-4)", &[], 4.0),
-        ("ceil(a / 2)", &ab, 2.0),
-        ("floor(b / 2)", &ab, 2.0),
+        ("ceil(a / 2)", AB, 2.0),
+        ("floor(b / 2)", AB, 2.0),
         ("ceil(-0.5)", &[], -0.0),
         // Layout does not matter.
-        ("a +\n\tb", &ab, 8.0),
-        ("  max( a ,b )  ", &ab, 5.0),
+        ("a +\n\tb", AB, 8.0),
+        ("  max( a ,b )  ", AB, 5.0),
     ];
     for (formula, vars, expected) in cases {
         let got = eval_str(formula, vars);
@@ -167,7 +170,7 @@ fn type_errors_visible_without_values_are_parse_errors() {
 #[test]
 fn evaluation_errors_name_the_cause_instead_of_producing_inf_or_nan() {
     #[rustfmt::skip]
-    let cases: &[(&str, &[(&str, f64)], usize, &str)] = &[
+    let cases: &[(&str, Vars, usize, &str)] = &[
         ("a / b", &[("a", 1.0), ("b", 0.0)], 3, "division by zero"),
         ("1 / 0", &[], 3, "division by zero"),
         ("0 / 0.0", &[], 3, "division by zero"),
