@@ -411,10 +411,11 @@ impl Ctx {
             })
     }
 
-    /// A number written as a string (`target: "2"`), finite.
+    /// A finite number written as a string (`target: "2"`). No surrounding spaces: KEDA's
+    /// float parsing refuses them too.
     fn number_string(&self, value: &Value, field: &str) -> Result<f64> {
         let text = self.string(value, field)?;
-        match text.trim().parse::<f64>() {
+        match text.parse::<f64>() {
             Ok(n) if n.is_finite() => Ok(n),
             _ => Err(self.error(field, format!("must be a number, got `{text}`"))),
         }

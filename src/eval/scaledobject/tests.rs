@@ -329,6 +329,7 @@ fn invalid_objects_are_refused_naming_document_object_and_field() {
         (object("w", &modifiers("      formula: \"a + b\"\n      target: \"two\"\n")), "spec.advanced.scalingModifiers.target: must be a number, got `two`"),
         (object("w", &modifiers("      formula: \"a + b\"\n      target: \"0\"\n")), "spec.advanced.scalingModifiers.target: must be a number > 0, got `0`"),
         (object("w", &modifiers("      formula: \"a + b\"\n      target: \"NaN\"\n")), "spec.advanced.scalingModifiers.target: must be a number, got `NaN`"),
+        (object("w", &modifiers("      formula: \"a + b\"\n      target: \" 2\"\n")), "spec.advanced.scalingModifiers.target: must be a number, got ` 2`"),
         (object("w", &modifiers("      formula: \"a + b\"\n      target: \"2\"\n      activationTarget: \"x\"\n")), "spec.advanced.scalingModifiers.activationTarget: must be a number, got `x`"),
         (object("w", &modifiers("      formula: \"a + b\"\n      target: \"2\"\n      metricType: Utilization\n")), "spec.advanced.scalingModifiers.metricType: Utilization is not accepted"),
         (object("w", &modifiers("      formula: \"a +\"\n      target: \"2\"\n")), "spec.advanced.scalingModifiers.formula: column 4: expected a number"),
