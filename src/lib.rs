@@ -21,6 +21,8 @@
 //! - [`sources`]: the [`sources::Backend`] and [`sources::Source`] traits, the opaque
 //!   [`sources::Query`], and one folder per backend ([`sources::redis`],
 //!   [`sources::postgres`]), each owning its config section, its metrics and its reads.
+//! - [`eval`]: `backlog-scaler eval`'s pure logic: ScaledObjects, scalingModifiers formulas,
+//!   KEDA's and the HPA's replica math. It uses no other module.
 //! - Leaves, used by the modules above and using none of them: [`metadata`] (typed reads of
 //!   `scalerMetadata`, metric tables), [`credentials`] (secrets and CA roots), [`naming`]
 //!   (deterministic DNS-1123 metric names), [`error`] (the one error enum and its one mapping
@@ -37,6 +39,7 @@ pub mod config;
 pub mod credentials;
 pub mod engine;
 pub mod error;
+pub mod eval;
 pub mod metadata;
 pub mod naming;
 pub mod proto;
