@@ -103,6 +103,35 @@ pub trait Source: Send + Sync + 'static {
 
     /// Checks that the backend answers, when the source has no live measurement to read.
     fn probe(&self) -> BoxFuture<'_, Result<()>>;
+
+    /// What `backlog-scaler check` reports: the backend's version and whether what the
+    /// source's metrics need is there (privileges, extensions, topology). An error means the
+    /// backend could not be reached or refused the credentials. The default only probes.
+    fn check(&self) -> BoxFuture<'_, Result<CheckReport>> {
+        Box::pin(async move {
+            self.probe().await?;
+            Ok(CheckReport::default())
+        })
+    }
+}
+
+/// The findings of [`Source::check`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct CheckReport {
+    /// The server's version, as it reports it.
+    pub version: Option<String>,
+    /// One line per thing a metric needs, e.g. "pg_stat_statements installed and visible".
+    pub findings: Vec<Finding>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Finding {
+    /// What was checked, e.g. `pg_stat_statements`, `role`, `cluster_state`.
+    pub what: String,
+    /// False when a metric that needs it would fail.
+    pub ok: bool,
+    /// What was found, or what to do about it.
+    pub detail: String,
 }
 
 /// What a backend's typed query must be to serve as the engine's cache key.
