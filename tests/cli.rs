@@ -3,6 +3,7 @@
 mod common;
 
 use std::{
+    net::TcpListener,
     process::Command,
     time::{Duration, Instant},
 };
@@ -11,7 +12,11 @@ use common::{SCALER_BINARY, ScalerProcess};
 
 #[test]
 fn bad_config_exits_2_with_one_line_naming_the_key() {
-    let port = common::free_port();
+    // The port every config below names is taken, by us. A binary that bound before it had
+    // validated its config would fail on the bind, not on the config: a different exit and
+    // message (the last case shows that a bind attempt is seen).
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
     let cases = [
         (
             format!("[server]\ngrpc_listen = \"127.0.0.1:{port}\"\ngrpc_lisen = \"x\"\n"),
@@ -40,9 +45,24 @@ fn bad_config_exits_2_with_one_line_naming_the_key() {
         assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr:?}");
         assert!(stderr.contains(key), "{stderr:?}");
         assert!(!stderr.contains("hunter2"), "{stderr:?}");
-        // Nothing was bound.
-        assert!(std::net::TcpListener::bind(("127.0.0.1", port)).is_ok());
+        assert!(!stderr.contains("in use"), "it tried to bind: {stderr:?}");
     }
+
+    // The control: a valid config on the same taken port gets as far as the bind, and says so.
+    let valid = format!(
+        "[server]\ngrpc_listen = \"127.0.0.1:{port}\"\n[sources.r]\ntype = \"redis\"\n\
+         url = \"redis://127.0.0.1:{}/0\"\n",
+        common::free_port()
+    );
+    let mut process = ScalerProcess::spawn(&valid, &[]);
+    let status = process.wait_for_exit();
+    let stderr = process.stderr();
+    assert!(
+        !status.success() && status.code() != Some(2),
+        "{status}: {stderr}"
+    );
+    assert!(stderr.contains("in use"), "{stderr:?}");
+    drop(taken);
 }
 
 #[test]

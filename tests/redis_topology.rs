@@ -220,7 +220,9 @@ async fn acl_credentials_from_file_and_environment() {
     let config = format!(
         "[sources.redis-acl]\ntype = \"redis\"\nurl = \"redis://127.0.0.1:{port}/0\"\nusername = \"scaler\"\n\
          password_file = \"{file}\"\n\
-         [sources.redis-noauth]\ntype = \"redis\"\nurl = \"redis://127.0.0.1:{port}/0\"\n",
+         [sources.redis-noauth]\ntype = \"redis\"\nurl = \"redis://127.0.0.1:{port}/0\"\n\
+         [sources.redis-wrong-password]\ntype = \"redis\"\n\
+         url = \"redis://scaler:wr0ng-pw-secret@127.0.0.1:{port}/0\"\n",
         port = server.port,
         file = dir.path().join("password").display()
     );
@@ -234,7 +236,16 @@ async fn acl_credentials_from_file_and_environment() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-    assert!(!status.message().contains("s3cret"));
+    // A rejected password is UNAVAILABLE naming the source, and the password is not in it.
+    let status = trigger_value(&scaler, "redis-wrong-password", &queue)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains("redis-wrong-password"),
+        "{status:?}"
+    );
+    assert!(!status.message().contains("wr0ng-pw-secret"), "{status:?}");
 
     // The same through the binary, with the password in an environment variable.
     let grpc_port = common::free_port();
