@@ -11,7 +11,7 @@ use std::{
 use common::{SCALER_BINARY, ScalerProcess};
 
 #[test]
-fn bad_config_exits_2_with_one_line_naming_the_key() {
+fn bad_config_exits_2_with_one_line_naming_the_key_before_binding_a_port() {
     // The port every config below names is taken, by us. A binary that bound before it had
     // validated its config would fail on the bind, not on the config: a different exit and
     // message (the last case shows that a bind attempt is seen).
@@ -66,7 +66,7 @@ fn bad_config_exits_2_with_one_line_naming_the_key() {
 }
 
 #[test]
-fn config_path_comes_from_the_environment_too() {
+fn config_path_falls_back_to_the_backlog_scaler_config_variable() {
     let output = Command::new(SCALER_BINARY)
         .arg("serve")
         .env("BACKLOG_SCALER_CONFIG", "/nonexistent/backlog-scaler.toml")
@@ -103,7 +103,7 @@ fn secrets_in_urls_never_reach_the_logs() {
 }
 
 #[test]
-fn sigterm_drains_and_exits_0() {
+fn sigterm_exits_0_within_the_shutdown_grace() {
     let port = common::free_port();
     let mut process = ScalerProcess::spawn(
         &format!(

@@ -51,7 +51,7 @@ async fn start(database: &str) -> (PostgresServer, PgBouncer, Scaler) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn activity_counts_sessions_exactly() {
+async fn pg_activity_counts_sessions_by_state_and_never_its_own() {
     let (postgres, _bouncer, scaler) = start("postgres").await;
     postgres
         .execute("postgres", "CREATE TABLE locked (id int)")
@@ -137,7 +137,7 @@ async fn activity_counts_sessions_exactly() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn utilization_moves_as_sessions_open() {
+async fn pg_utilization_is_open_sessions_over_usable_connections() {
     let (postgres, _bouncer, scaler) = start("postgres").await;
     // max_connections 50 − superuser_reserved_connections 3 (PG15 has no reserved_connections).
     let usable = 47.0;
@@ -172,7 +172,7 @@ async fn utilization_moves_as_sessions_open() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn statement_rates_are_measured_and_survive_a_reset() {
+async fn pg_statements_rates_match_the_load_and_stay_sane_across_a_reset() {
     let (postgres, _bouncer, scaler) = start("postgres").await;
     let marker = "rate_probe_4711";
     // A client runs one statement at ~40/s for the whole test.
@@ -252,7 +252,7 @@ async fn statement_rates_are_measured_and_survive_a_reset() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dagster_runs_by_status_tag_and_job() {
+async fn dagster_runs_count_runs_by_status_tag_and_job() {
     let (postgres, _bouncer, scaler) = start("postgres").await;
     postgres
         .execute(
@@ -376,7 +376,7 @@ async fn named_queries_cannot_write_and_bad_ones_are_clear_errors() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn missing_pg_stat_statements_says_what_to_run() {
+async fn missing_pg_stat_statements_is_failed_precondition_saying_what_to_run() {
     let postgres = PostgresServer::start().await;
     postgres.execute("postgres", "CREATE DATABASE noext").await;
     let bouncer = PgBouncer::start(&postgres);
@@ -416,7 +416,7 @@ async fn database_outage_is_unavailable_in_bounded_time_and_recovers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tls_with_a_verified_certificate() {
+async fn tls_verifies_the_server_with_the_configured_ca_and_is_unavailable_without_it() {
     let certs = common::postgres::server_dir();
     common::make_certificates(certs.path(), "backlog-scaler");
     common::postgres::give_to_server_user(certs.path());

@@ -84,7 +84,7 @@ async fn wait_for_health(scaler: &Scaler, service: &str, want: ServingStatus) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn spec_value_and_activity_of_a_real_backlog() {
+async fn list_backlog_is_the_sum_of_the_lengths_and_active_above_the_activation_target() {
     let redis = RedisServer::start();
     let scaler = Scaler::start(&redis_config(&redis.url())).await;
     let mut client = scaler.client().await;
@@ -160,7 +160,7 @@ async fn spec_value_and_activity_of_a_real_backlog() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn get_metric_spec_never_touches_the_backend() {
+async fn get_metric_spec_answers_without_the_backend_while_the_value_is_unavailable() {
     // The source points at a port where nothing listens.
     let port = common::free_port();
     let scaler = Scaler::start(&redis_config(&format!("redis://127.0.0.1:{port}/0"))).await;
@@ -192,7 +192,7 @@ async fn get_metric_spec_never_touches_the_backend() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wrong_type_key_is_an_error_naming_the_key() {
+async fn a_key_of_another_type_is_failed_precondition_naming_the_key() {
     let redis = RedisServer::start();
     let scaler = Scaler::start(&redis_config(&redis.url())).await;
     let mut client = scaler.client().await;
@@ -302,7 +302,7 @@ async fn invalid_metadata_is_invalid_argument_naming_the_key() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stream_is_active_sends_at_once_then_on_change() {
+async fn stream_is_active_sends_the_activity_at_once_then_only_its_changes() {
     let redis = RedisServer::start();
     let scaler = Scaler::start(&redis_config(&redis.url())).await;
     let mut client = scaler.client().await;
@@ -334,7 +334,7 @@ async fn stream_is_active_sends_at_once_then_on_change() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn outage_gives_unavailable_in_bounded_time_and_recovery_follows() {
+async fn redis_outage_is_unavailable_and_not_ready_but_live_then_recovers() {
     let mut redis = RedisServer::start();
     let scaler = Scaler::start(&redis_config(&redis.url())).await;
     let mut client = scaler.client().await;
@@ -366,9 +366,9 @@ async fn outage_gives_unavailable_in_bounded_time_and_recovery_follows() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn health_reflection_and_graceful_shutdown() {
+async fn health_and_reflection_v1_and_v1alpha_list_every_service() {
     let redis = RedisServer::start();
-    let mut scaler = Scaler::start(&redis_config(&redis.url())).await;
+    let scaler = Scaler::start(&redis_config(&redis.url())).await;
     assert_eq!(health_status(&scaler, "").await, ServingStatus::Serving);
     assert_eq!(
         health_status(&scaler, "liveness").await,
@@ -394,7 +394,12 @@ async fn health_reflection_and_graceful_shutdown() {
             "v1alpha lacks {service}: {v1alpha:?}"
         );
     }
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_open_streams_instead_of_waiting_for_them() {
+    let redis = RedisServer::start();
+    let mut scaler = Scaler::start(&redis_config(&redis.url())).await;
     // An open stream must not hold the drain up: it ends when the server shuts down.
     let mut client = scaler.client().await;
     let mut stream = client

@@ -207,7 +207,7 @@ async fn rq_backlog_equals_queue_count() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sidekiq_zset_and_stream_against_redis_own_answers() {
+async fn sidekiq_zset_and_stream_counts_match_redis_own_answers() {
     let redis = RedisServer::start();
     let scaler = Scaler::start(&redis_config(&redis.url())).await;
     let mut connection = redis.connection().await;
@@ -387,7 +387,7 @@ async fn sidekiq_zset_and_stream_against_redis_own_answers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn all_reads_of_a_refresh_go_out_as_one_pipeline() {
+async fn each_list_key_is_read_once_per_refresh_however_many_triggers_share_it() {
     let redis = RedisServer::start();
     let scaler = Scaler::start(&redis_config(&redis.url())).await;
     // Seven triggers (seven measurements) over overlapping keys: `work` is read by five of
@@ -452,7 +452,7 @@ async fn copy_keys(from: &RedisServer, into: &mut impl redis::aio::ConnectionLik
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_metric_counts_the_same_on_cluster_and_sentinel() {
+async fn every_metric_counts_the_same_on_standalone_cluster_and_sentinel() {
     // Queue data from the real libraries on a standalone server...
     let redis = RedisServer::start();
     let port = redis.port.to_string();

@@ -103,7 +103,7 @@ async fn cluster_node_outage_is_unavailable_then_recovers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sentinel_failover_is_followed_without_restart() {
+async fn sentinel_failover_is_followed_without_restart_and_an_unknown_master_is_named() {
     let setup = SentinelSetup::start().await;
     push(&mut setup.master.connection().await, "tasks", 3).await;
     let scaler = Scaler::start(&setup.source_config("redis-ha", "mymaster")).await;
@@ -127,7 +127,7 @@ async fn sentinel_failover_is_followed_without_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tls_with_a_ca_file_and_a_wrong_ca_is_unavailable() {
+async fn tls_trusts_the_configured_ca_and_a_wrong_ca_is_unavailable() {
     let certs = tempfile::tempdir().unwrap();
     common::make_certificates(certs.path(), "good");
     // A second CA that did not sign the server's certificate.
@@ -196,7 +196,7 @@ async fn tls_with_a_ca_file_and_a_wrong_ca_is_unavailable() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acl_credentials_from_file_and_environment() {
+async fn acl_password_from_a_file_or_the_environment_works_and_errors_never_show_one() {
     let server =
         RedisServer::start_with(&["--user", "default", "on", ">adminpw", "~*", "&*", "+@all"]);
     // The `scaler` user may only read.
