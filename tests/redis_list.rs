@@ -6,7 +6,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use backlog_scaler::proto::{GetMetricsRequest, ScaledObjectRef};
-use common::{RedisServer, Scaler, redis_config, scaled_object};
+use common::{
+    ANSWER_WITHIN, RedisServer, SETTLES_WITHIN, Scaler, assert_outage_reported, assert_recovers_to,
+    poll_until, push, redis_config, scaled_object, trigger_value, trigger_value_until,
+};
 use redis::AsyncCommands;
 use tonic::Code;
 use tonic_health::pb::{
@@ -59,12 +62,6 @@ fn metrics_request(scaled_object: ScaledObjectRef, metric_name: &str) -> GetMetr
     }
 }
 
-async fn push(redis: &RedisServer, key: &str, n: usize) {
-    let mut connection = redis.connection().await;
-    let items: Vec<String> = (0..n).map(|i| format!("job-{i}")).collect();
-    let _: () = connection.rpush(key, items).await.unwrap();
-}
-
 async fn health_status(scaler: &Scaler, service: &str) -> ServingStatus {
     let mut health = HealthClient::new(scaler.channel().await);
     let response = health
@@ -77,27 +74,23 @@ async fn health_status(scaler: &Scaler, service: &str) -> ServingStatus {
 }
 
 async fn wait_for_health(scaler: &Scaler, service: &str, want: ServingStatus) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let status = health_status(scaler, service).await;
-        if status == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{service} stayed {status:?}, wanted {want:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    poll_until(
+        format!("health of {service:?} is {want:?}"),
+        SETTLES_WITHIN,
+        async || health_status(scaler, service).await,
+        |status| *status == want,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn spec_value_and_activity_of_a_real_backlog() {
+async fn list_backlog_is_the_sum_of_the_lengths_and_active_above_the_activation_target() {
     let redis = RedisServer::start();
     let scaler = Scaler::start(&redis_config(&redis.url())).await;
     let mut client = scaler.client().await;
-    push(&redis, "agent:tasks:pending", 25).await;
-    push(&redis, "agent:tasks:retry", 4).await;
+    let mut connection = redis.connection().await;
+    push(&mut connection, "agent:tasks:pending", 25).await;
+    push(&mut connection, "agent:tasks:retry", 4).await;
 
     let so = trigger("agent:tasks:pending,agent:tasks:retry,agent:tasks:absent");
     let spec = client
@@ -145,34 +138,29 @@ async fn spec_value_and_activity_of_a_real_backlog() {
 
     // Activation is value > activationTarget (2): 2 items is not active, 3 is.
     let small = trigger("small");
-    push(&redis, "small", 2).await;
-    assert!(
-        !client
+    push(&mut connection, "small", 2).await;
+    let mut is_active = async || {
+        client
             .is_active(small.clone())
             .await
             .unwrap()
             .into_inner()
             .result
-    );
-    push(&redis, "small", 1).await;
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while !client
-        .is_active(small.clone())
-        .await
-        .unwrap()
-        .into_inner()
-        .result
-    {
-        assert!(
-            Instant::now() < deadline,
-            "a backlog change must be visible within 2 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    };
+    assert!(!is_active().await, "2 items, activationTarget 2");
+    push(&mut connection, "small", 1).await;
+    // A backlog change is visible within 2 s (what the default refresh_interval is chosen for).
+    poll_until(
+        "3 items, activationTarget 2: active",
+        Duration::from_secs(2),
+        is_active,
+        |active| *active,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn get_metric_spec_never_touches_the_backend() {
+async fn get_metric_spec_answers_without_the_backend_while_the_value_is_unavailable() {
     // The source points at a port where nothing listens.
     let port = common::free_port();
     let scaler = Scaler::start(&redis_config(&format!("redis://127.0.0.1:{port}/0"))).await;
@@ -187,27 +175,30 @@ async fn get_metric_spec_never_touches_the_backend() {
     assert!(started.elapsed() < Duration::from_millis(500));
     // While the value itself is UNAVAILABLE, within the bound and naming the source.
     let started = Instant::now();
-    let status = client
-        .get_metrics(metrics_request(trigger("jobs"), ""))
-        .await
-        .unwrap_err();
+    let status = trigger_value(
+        &scaler,
+        "redis-main",
+        &[("metric", "redis-list"), ("keys", "jobs")],
+    )
+    .await
+    .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert!(status.message().contains("redis-main"), "{status:?}");
     assert!(
-        started.elapsed() <= Duration::from_secs(2),
+        started.elapsed() <= ANSWER_WITHIN,
         "{:?}",
         started.elapsed()
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wrong_type_key_is_an_error_naming_the_key() {
+async fn a_key_of_another_type_is_failed_precondition_naming_the_key() {
     let redis = RedisServer::start();
     let scaler = Scaler::start(&redis_config(&redis.url())).await;
     let mut client = scaler.client().await;
     let mut connection = redis.connection().await;
     let _: () = connection.set("not-a-list", "x").await.unwrap();
-    push(&redis, "a-list", 3).await;
+    push(&mut connection, "a-list", 3).await;
     let status = client
         .get_metrics(metrics_request(trigger("a-list,not-a-list"), ""))
         .await
@@ -311,7 +302,7 @@ async fn invalid_metadata_is_invalid_argument_naming_the_key() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stream_is_active_sends_at_once_then_on_change() {
+async fn stream_is_active_sends_the_activity_at_once_then_only_its_changes() {
     let redis = RedisServer::start();
     let scaler = Scaler::start(&redis_config(&redis.url())).await;
     let mut client = scaler.client().await;
@@ -326,7 +317,7 @@ async fn stream_is_active_sends_at_once_then_on_change() {
         .unwrap()
         .unwrap();
     assert!(!first.result);
-    push(&redis, "streamed", 5).await;
+    push(&mut redis.connection().await, "streamed", 5).await;
     let second = tokio::time::timeout(Duration::from_secs(3), stream.message())
         .await
         .expect("a change is sent within a refresh")
@@ -343,75 +334,41 @@ async fn stream_is_active_sends_at_once_then_on_change() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn outage_gives_unavailable_in_bounded_time_and_recovery_follows() {
+async fn redis_outage_is_unavailable_and_not_ready_but_live_then_recovers() {
     let mut redis = RedisServer::start();
     let scaler = Scaler::start(&redis_config(&redis.url())).await;
     let mut client = scaler.client().await;
-    push(&redis, "jobs", 7).await;
-    let so = trigger("jobs");
-    let value = client
-        .get_metrics(metrics_request(so.clone(), ""))
-        .await
-        .unwrap();
-    assert_eq!(value.into_inner().metric_values[0].metric_value, 7);
+    push(&mut redis.connection().await, "jobs", 7).await;
+    let jobs = [("metric", "redis-list"), ("keys", "jobs")];
+    assert_eq!(
+        trigger_value(&scaler, "redis-main", &jobs).await.unwrap(),
+        7.0
+    );
     wait_for_health(&scaler, "readiness", ServingStatus::Serving).await;
 
     redis.stop();
-    // Within a few refreshes every answer is UNAVAILABLE, and each answer takes at most 2 s.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let started = Instant::now();
-        let outcome = client.get_metrics(metrics_request(so.clone(), "")).await;
-        assert!(
-            started.elapsed() <= Duration::from_secs(2),
-            "answered in {:?}",
-            started.elapsed()
-        );
-        match outcome {
-            Err(status) => {
-                assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-                assert!(status.message().contains("redis-main"), "{status:?}");
-                break;
-            }
-            Ok(response) => {
-                // Before the outage is noticed, only the last real value may be served.
-                assert_eq!(response.into_inner().metric_values[0].metric_value, 7);
-                assert!(Instant::now() < deadline, "the outage was never reported");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
-    let status = client.is_active(so.clone()).await.unwrap_err();
-    assert_eq!(status.code(), Code::Unavailable);
+    assert_outage_reported(&scaler, "redis-main", &jobs, 7.0).await;
+    let status = client.is_active(trigger("jobs")).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     wait_for_health(&scaler, "readiness", ServingStatus::NotServing).await;
     assert_eq!(
         health_status(&scaler, "liveness").await,
-        ServingStatus::Serving
+        ServingStatus::Serving,
+        "an outage must not get the scaler restarted"
     );
 
+    // The server restarts empty (no persistence), and the scaler follows it from there.
     redis.resume();
-    push(&redis, "jobs", 3).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match client.get_metrics(metrics_request(so.clone(), "")).await {
-            Ok(response) => {
-                assert_eq!(response.into_inner().metric_values[0].metric_value, 3);
-                break;
-            }
-            Err(status) => {
-                assert_eq!(status.code(), Code::Unavailable);
-                assert!(Instant::now() < deadline, "no recovery: {status:?}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
+    assert_recovers_to(&scaler, "redis-main", &jobs, 0.0).await;
+    push(&mut redis.connection().await, "jobs", 3).await;
+    trigger_value_until(&scaler, "redis-main", &jobs, |v| v == 3.0).await;
     wait_for_health(&scaler, "readiness", ServingStatus::Serving).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn health_reflection_and_graceful_shutdown() {
+async fn health_and_reflection_v1_and_v1alpha_list_every_service() {
     let redis = RedisServer::start();
-    let mut scaler = Scaler::start(&redis_config(&redis.url())).await;
+    let scaler = Scaler::start(&redis_config(&redis.url())).await;
     assert_eq!(health_status(&scaler, "").await, ServingStatus::Serving);
     assert_eq!(
         health_status(&scaler, "liveness").await,
@@ -437,7 +394,12 @@ async fn health_reflection_and_graceful_shutdown() {
             "v1alpha lacks {service}: {v1alpha:?}"
         );
     }
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_open_streams_instead_of_waiting_for_them() {
+    let redis = RedisServer::start();
+    let mut scaler = Scaler::start(&redis_config(&redis.url())).await;
     // An open stream must not hold the drain up: it ends when the server shuts down.
     let mut client = scaler.client().await;
     let mut stream = client

@@ -5,21 +5,18 @@
 mod common;
 
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     process::Command,
     time::{Duration, Instant},
 };
 
 use common::{
-    RedisServer, Scaler, redis_config,
+    RedisServer, Scaler, project, redis_config,
     redis_topology::{RedisCluster, SentinelSetup},
+    trigger_value,
 };
 use redis::AsyncCommands;
 use serde_json::Value;
-
-fn project() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 /// Runs a producer script and parses the JSON line it prints.
 async fn produce(program: &str, script: &str, args: Vec<String>) -> Value {
@@ -70,16 +67,6 @@ fn bullmq_backlog(produced: &Value) -> f64 {
         + produced["due_delayed"].as_f64().unwrap()
 }
 
-async fn value_of(scaler: &Scaler, pairs: &[(&str, &str)]) -> f64 {
-    value_from(scaler, "redis-main", pairs).await
-}
-
-async fn value_from(scaler: &Scaler, source: &str, pairs: &[(&str, &str)]) -> f64 {
-    common::metric_value(scaler, source, pairs)
-        .await
-        .unwrap_or_else(|status| panic!("{source} {pairs:?}: {status:?}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bullmq_backlog_equals_the_library_count() {
     let redis = RedisServer::start();
@@ -100,7 +87,13 @@ async fn bullmq_backlog_equals_the_library_count() {
         "5 waiting + 3 prioritized + 4 due: {running}"
     );
     assert_eq!(
-        value_of(&scaler, &[("metric", "bullmq"), ("queue", "mail")]).await,
+        trigger_value(
+            &scaler,
+            "redis-main",
+            &[("metric", "bullmq"), ("queue", "mail")]
+        )
+        .await
+        .unwrap(),
         library
     );
 
@@ -118,10 +111,18 @@ async fn bullmq_backlog_equals_the_library_count() {
         ("queue", "reports"),
         ("prefix", "{jobs}"),
     ];
-    assert_eq!(value_of(&scaler, &base).await, 0.0);
+    assert_eq!(
+        trigger_value(&scaler, "redis-main", &base).await.unwrap(),
+        0.0
+    );
     let mut counted = base.to_vec();
     counted.push(("countWhenPaused", "true"));
-    assert_eq!(value_of(&scaler, &counted).await, library);
+    assert_eq!(
+        trigger_value(&scaler, "redis-main", &counted)
+            .await
+            .unwrap(),
+        library
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -139,11 +140,26 @@ async fn celery_backlog_equals_kombu_queue_size() {
     assert_eq!(plain["size"], plain["sent"], "{plain}");
     let size = plain["size"].as_f64().unwrap();
     assert_eq!(
-        value_of(&scaler, &[("metric", "celery"), ("queue", "work")]).await,
+        trigger_value(
+            &scaler,
+            "redis-main",
+            &[("metric", "celery"), ("queue", "work")]
+        )
+        .await
+        .unwrap(),
         size
     );
     // Counting only the base key (what KEDA's built-in redis scaler does) under-counts.
-    assert!(value_of(&scaler, &[("metric", "redis-list"), ("keys", "work")]).await < size);
+    assert!(
+        trigger_value(
+            &scaler,
+            "redis-main",
+            &[("metric", "redis-list"), ("keys", "work")]
+        )
+        .await
+        .unwrap()
+            < size
+    );
 
     let prefixed = produce(
         "python3",
@@ -152,15 +168,17 @@ async fn celery_backlog_equals_kombu_queue_size() {
     )
     .await;
     assert_eq!(
-        value_of(
+        trigger_value(
             &scaler,
+            "redis-main",
             &[
                 ("metric", "celery"),
                 ("queue", "work"),
                 ("keyPrefix", "tenant-a:")
             ]
         )
-        .await,
+        .await
+        .unwrap(),
         prefixed["size"].as_f64().unwrap()
     );
 }
@@ -177,13 +195,19 @@ async fn rq_backlog_equals_queue_count() {
     .await;
     assert_eq!(produced["count"], 7, "{produced}");
     assert_eq!(
-        value_of(&scaler, &[("metric", "rq"), ("queue", "high")]).await,
+        trigger_value(
+            &scaler,
+            "redis-main",
+            &[("metric", "rq"), ("queue", "high")]
+        )
+        .await
+        .unwrap(),
         7.0
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sidekiq_zset_and_stream_against_redis_own_answers() {
+async fn sidekiq_zset_and_stream_counts_match_redis_own_answers() {
     let redis = RedisServer::start();
     let scaler = Scaler::start(&redis_config(&redis.url())).await;
     let mut connection = redis.connection().await;
@@ -198,19 +222,27 @@ async fn sidekiq_zset_and_stream_against_redis_own_answers() {
         .await
         .unwrap();
     assert_eq!(
-        value_of(&scaler, &[("metric", "sidekiq"), ("queue", "default")]).await,
+        trigger_value(
+            &scaler,
+            "redis-main",
+            &[("metric", "sidekiq"), ("queue", "default")]
+        )
+        .await
+        .unwrap(),
         3.0
     );
     assert_eq!(
-        value_of(
+        trigger_value(
             &scaler,
+            "redis-main",
             &[
                 ("metric", "sidekiq"),
                 ("queue", "default"),
                 ("namespace", "app")
             ]
         )
-        .await,
+        .await
+        .unwrap(),
         2.0
     );
 
@@ -230,28 +262,33 @@ async fn sidekiq_zset_and_stream_against_redis_own_answers() {
         .await
         .unwrap();
     assert_eq!(
-        value_of(
+        trigger_value(
             &scaler,
+            "redis-main",
             &[("metric", "redis-zset"), ("keys", "retry,retry-ms")]
         )
-        .await,
+        .await
+        .unwrap(),
         5.0
     );
     assert_eq!(
-        value_of(
+        trigger_value(
             &scaler,
+            "redis-main",
             &[
                 ("metric", "redis-zset"),
                 ("keys", "retry"),
                 ("scoreMax", "now")
             ]
         )
-        .await,
+        .await
+        .unwrap(),
         2.0
     );
     assert_eq!(
-        value_of(
+        trigger_value(
             &scaler,
+            "redis-main",
             &[
                 ("metric", "redis-zset"),
                 ("keys", "retry-ms"),
@@ -259,7 +296,8 @@ async fn sidekiq_zset_and_stream_against_redis_own_answers() {
                 ("scoreUnit", "ms")
             ]
         )
-        .await,
+        .await
+        .unwrap(),
         1.0
     );
 
@@ -304,40 +342,71 @@ async fn sidekiq_zset_and_stream_against_redis_own_answers() {
         ]
     };
     assert_eq!(
-        value_of(&scaler, &[("metric", "redis-stream"), ("stream", "events")]).await,
+        trigger_value(
+            &scaler,
+            "redis-main",
+            &[("metric", "redis-stream"), ("stream", "events")]
+        )
+        .await
+        .unwrap(),
         10.0
     );
-    assert_eq!(value_of(&scaler, &stream("pending")).await, pending);
-    assert_eq!(value_of(&scaler, &stream("lag")).await, lag);
-    assert_eq!(value_of(&scaler, &stream("backlog")).await, pending + lag);
     assert_eq!(
-        value_of(
+        trigger_value(&scaler, "redis-main", &stream("pending"))
+            .await
+            .unwrap(),
+        pending
+    );
+    assert_eq!(
+        trigger_value(&scaler, "redis-main", &stream("lag"))
+            .await
+            .unwrap(),
+        lag
+    );
+    assert_eq!(
+        trigger_value(&scaler, "redis-main", &stream("backlog"))
+            .await
+            .unwrap(),
+        pending + lag
+    );
+    assert_eq!(
+        trigger_value(
             &scaler,
+            "redis-main",
             &[
                 ("metric", "redis-stream"),
                 ("stream", "events"),
                 ("group", "workers")
             ]
         )
-        .await,
+        .await
+        .unwrap(),
         pending + lag,
         "backlog is the default with a group"
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn all_reads_of_a_refresh_go_out_as_one_pipeline() {
+async fn each_list_key_is_read_once_per_refresh_however_many_triggers_share_it() {
     let redis = RedisServer::start();
     let scaler = Scaler::start(&redis_config(&redis.url())).await;
-    // Twenty triggers over overlapping keys: warm them up, then watch one refresh.
+    // Seven triggers (seven measurements) over overlapping keys: `work` is read by five of
+    // them, `other` by three, `rq:queue:high` by two. Read per measurement, that would be
+    // 15 LLEN a refresh instead of 8, and fail the bounds below.
     let triggers: Vec<Vec<(&str, &str)>> = vec![
         vec![("metric", "celery"), ("queue", "work")],
         vec![("metric", "bullmq"), ("queue", "mail")],
         vec![("metric", "redis-list"), ("keys", "work,other")],
         vec![("metric", "rq"), ("queue", "high")],
+        vec![("metric", "redis-list"), ("keys", "work")],
+        vec![("metric", "redis-list"), ("keys", "other,work")],
+        vec![
+            ("metric", "redis-list"),
+            ("keys", "rq:queue:high,work,other"),
+        ],
     ];
     for trigger in &triggers {
-        value_of(&scaler, trigger).await;
+        trigger_value(&scaler, "redis-main", trigger).await.unwrap();
     }
     // Let the refresher take over, then compare LLEN calls over a few refreshes with the
     // number of distinct list keys (work, work+3 steps, other, bull:mail wait/paused, rq).
@@ -383,7 +452,7 @@ async fn copy_keys(from: &RedisServer, into: &mut impl redis::aio::ConnectionLik
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_metric_counts_the_same_on_cluster_and_sentinel() {
+async fn every_metric_counts_the_same_on_standalone_cluster_and_sentinel() {
     // Queue data from the real libraries on a standalone server...
     let redis = RedisServer::start();
     let port = redis.port.to_string();
@@ -422,6 +491,12 @@ async fn every_metric_counts_the_same_on_cluster_and_sentinel() {
         .query_async(&mut connection)
         .await
         .unwrap();
+    // Redis' own answer for the plain list trigger below.
+    let mut list_lengths = 0.0;
+    for key in ["work", "rq:queue:high", "queue:default"] {
+        let length: usize = connection.llen(key).await.unwrap();
+        list_lengths += length as f64;
+    }
     let triggers: [(Vec<(&str, &str)>, f64); 7] = [
         (
             vec![
@@ -461,39 +536,30 @@ async fn every_metric_counts_the_same_on_cluster_and_sentinel() {
                 ("metric", "redis-list"),
                 ("keys", "work,rq:queue:high,queue:default"),
             ],
-            0.0,
+            list_lengths,
         ),
     ];
 
     // ...copied onto a 3-master cluster (keys land on different slots and nodes) and onto a
     // Sentinel-managed master.
     let cluster = RedisCluster::start().await;
-    let mut cluster_connection = redis::cluster::ClusterClient::new(cluster.urls())
-        .unwrap()
-        .get_async_connection()
-        .await
-        .unwrap();
-    copy_keys(&redis, &mut cluster_connection).await;
+    copy_keys(&redis, &mut cluster.connection().await).await;
     let sentinel = SentinelSetup::start().await;
     copy_keys(&redis, &mut sentinel.master.connection().await).await;
 
-    let urls: Vec<String> = cluster.urls().iter().map(|u| format!("\"{u}\"")).collect();
     let config = format!(
-        "{}\n[sources.redis-cluster]\ntype = \"redis-cluster\"\nurls = [{}]\n\
-         [sources.redis-ha]\ntype = \"redis-sentinel\"\nurls = [\"{}\"]\nmaster = \"mymaster\"\n",
+        "{}\n{}\n{}",
         redis_config(&redis.url()),
-        urls.join(", "),
-        sentinel.sentinel_url()
+        cluster.source_config("redis-cluster"),
+        sentinel.source_config("redis-ha", "mymaster"),
     );
     let scaler = Scaler::start(&config).await;
-    for (pairs, library) in &triggers {
-        let standalone = value_from(&scaler, "redis-main", pairs).await;
-        if *library > 0.0 {
-            assert_eq!(standalone, *library, "standalone {pairs:?}");
-        }
+    for (pairs, expected) in &triggers {
+        let standalone = trigger_value(&scaler, "redis-main", pairs).await.unwrap();
+        assert_eq!(standalone, *expected, "standalone {pairs:?}");
         for source in ["redis-cluster", "redis-ha"] {
             assert_eq!(
-                value_from(&scaler, source, pairs).await,
+                trigger_value(&scaler, source, pairs).await.unwrap(),
                 standalone,
                 "{source} {pairs:?}"
             );

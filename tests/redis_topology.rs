@@ -4,57 +4,21 @@
 mod common;
 
 use std::{
-    collections::HashMap,
     process::Command,
     time::{Duration, Instant},
 };
 
-use backlog_scaler::proto::GetMetricsRequest;
 use common::{
-    RedisServer, Scaler,
+    ANSWER_WITHIN, RedisServer, Scaler, ScalerProcess, assert_outage_reported, assert_recovers_to,
+    push,
     redis_topology::{RedisCluster, SentinelSetup},
-    scaled_object,
+    trigger_value, trigger_value_until,
 };
-use tonic::{Code, Status};
+use tonic::Code;
 
-async fn value(scaler: &Scaler, source: &str, keys: &str) -> Result<f64, Status> {
-    common::metric_value(scaler, source, &[("metric", "redis-list"), ("keys", keys)]).await
-}
-
-async fn eventually(scaler: &Scaler, source: &str, keys: &str, want: f64) {
-    let deadline = Instant::now() + Duration::from_secs(8);
-    loop {
-        let got = value(scaler, source, keys).await;
-        if got.as_ref().ok() == Some(&want) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{source} {keys}: wanted {want}, last {got:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn push(url: &str, key: &str, n: usize) {
-    let client = redis::cluster::ClusterClient::new(vec![url]).ok();
-    let items: Vec<String> = (0..n).map(|i| format!("job-{i}")).collect();
-    if let Some(Ok(mut connection)) = match &client {
-        Some(client) => Some(client.get_async_connection().await),
-        None => None,
-    } {
-        let _: () = redis::AsyncCommands::rpush(&mut connection, key, items)
-            .await
-            .unwrap();
-    }
-}
-
-fn cluster_config(urls: &[String]) -> String {
-    let urls: Vec<String> = urls.iter().map(|u| format!("\"{u}\"")).collect();
-    format!(
-        "[sources.redis-cluster]\ntype = \"redis-cluster\"\nurls = [{}]\n",
-        urls.join(", ")
-    )
+/// A `redis-list` trigger on `keys`.
+fn list(keys: &str) -> [(&'static str, &str); 2] {
+    [("metric", "redis-list"), ("keys", keys)]
 }
 
 async fn llen_calls(node: &RedisServer) -> u64 {
@@ -64,10 +28,10 @@ async fn llen_calls(node: &RedisServer) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_sums_keys_across_slots_and_follows_a_migrated_slot() {
     let cluster = RedisCluster::start().await;
-    let urls = cluster.urls();
+    let mut connection = cluster.connection().await;
     let keys = ["jobs:a", "jobs:b", "jobs:c", "jobs:d", "jobs:e", "jobs:f"];
     for (i, key) in keys.iter().enumerate() {
-        push(&urls[0], key, i + 1).await;
+        push(&mut connection, key, i + 1).await;
     }
     // The keys really are spread over the nodes.
     let mut owners = std::collections::HashSet::new();
@@ -75,10 +39,14 @@ async fn cluster_sums_keys_across_slots_and_follows_a_migrated_slot() {
         owners.insert(cluster.owner(key).await.0);
     }
     assert!(owners.len() >= 2, "keys on one node only");
-    let config = cluster_config(&urls);
-    let scaler = Scaler::start(&config).await;
+    let scaler = Scaler::start(&cluster.source_config("redis-cluster")).await;
     let all = keys.join(",");
-    assert_eq!(value(&scaler, "redis-cluster", &all).await.unwrap(), 21.0);
+    assert_eq!(
+        trigger_value(&scaler, "redis-cluster", &list(&all))
+            .await
+            .unwrap(),
+        21.0
+    );
 
     // One refresh sends one LLEN per key, pipelined per slot: count LLENs over a few seconds.
     let before: u64 = futures::future::join_all(cluster.nodes.iter().map(llen_calls))
@@ -105,8 +73,8 @@ async fn cluster_sums_keys_across_slots_and_follows_a_migrated_slot() {
     let target_calls = llen_calls(&cluster.nodes[target]).await;
     cluster.migrate_slot_of("jobs:a", target).await;
     assert_eq!(cluster.owner("jobs:a").await.0, target);
-    push(&urls[0], "jobs:a", 10).await;
-    eventually(&scaler, "redis-cluster", &all, 31.0).await;
+    push(&mut connection, "jobs:a", 10).await;
+    trigger_value_until(&scaler, "redis-cluster", &list(&all), |v| v == 31.0).await;
     assert!(
         llen_calls(&cluster.nodes[target]).await > target_calls,
         "reads went to the new owner"
@@ -116,63 +84,35 @@ async fn cluster_sums_keys_across_slots_and_follows_a_migrated_slot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_node_outage_is_unavailable_then_recovers() {
     let mut cluster = RedisCluster::start().await;
-    let urls = cluster.urls();
-    push(&urls[0], "outage:q", 4).await;
-    let config = cluster_config(&urls);
-    let scaler = Scaler::start(&config).await;
+    push(&mut cluster.connection().await, "outage:q", 4).await;
+    let scaler = Scaler::start(&cluster.source_config("redis-cluster")).await;
+    let queue = list("outage:q");
     assert_eq!(
-        value(&scaler, "redis-cluster", "outage:q").await.unwrap(),
+        trigger_value(&scaler, "redis-cluster", &queue)
+            .await
+            .unwrap(),
         4.0
     );
     let (owner, _) = cluster.owner("outage:q").await;
     cluster.nodes[owner].stop();
-    let deadline = Instant::now() + Duration::from_secs(8);
-    loop {
-        let started = Instant::now();
-        let answer = value(&scaler, "redis-cluster", "outage:q").await;
-        assert!(
-            started.elapsed() <= Duration::from_secs(2),
-            "answered in {:?}",
-            started.elapsed()
-        );
-        match answer {
-            Err(status) => {
-                assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-                assert!(status.message().contains("redis-cluster"), "{status:?}");
-                break;
-            }
-            Ok(_) => {
-                assert!(Instant::now() < deadline, "the outage was never reported");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
+    assert_outage_reported(&scaler, "redis-cluster", &queue, 4.0).await;
     cluster.nodes[owner].resume();
     cluster.wait_until_ok().await;
     // The node restarted empty (no persistence): the list is gone, and the scaler says so.
-    eventually(&scaler, "redis-cluster", "outage:q", 0.0).await;
+    assert_recovers_to(&scaler, "redis-cluster", &queue, 0.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sentinel_failover_is_followed_without_restart() {
+async fn sentinel_failover_is_followed_without_restart_and_an_unknown_master_is_named() {
     let setup = SentinelSetup::start().await;
-    let mut master = setup.master.connection().await;
-    let _: () = redis::AsyncCommands::rpush(&mut master, "tasks", vec!["a", "b", "c"])
-        .await
-        .unwrap();
-    let config = format!(
-        "[sources.redis-ha]\ntype = \"redis-sentinel\"\nurls = [\"{}\"]\nmaster = \"mymaster\"\n",
-        setup.sentinel_url()
-    );
-    let scaler = Scaler::start(&config).await;
-    eventually(&scaler, "redis-ha", "tasks", 3.0).await;
+    push(&mut setup.master.connection().await, "tasks", 3).await;
+    let scaler = Scaler::start(&setup.source_config("redis-ha", "mymaster")).await;
+    let tasks = list("tasks");
+    trigger_value_until(&scaler, "redis-ha", &tasks, |v| v == 3.0).await;
 
     setup.failover().await;
-    let mut promoted = setup.replica.connection().await;
-    let _: () = redis::AsyncCommands::rpush(&mut promoted, "tasks", vec!["d", "e"])
-        .await
-        .unwrap();
-    eventually(&scaler, "redis-ha", "tasks", 5.0).await;
+    push(&mut setup.replica.connection().await, "tasks", 2).await;
+    trigger_value_until(&scaler, "redis-ha", &tasks, |v| v == 5.0).await;
     let before = llen_calls(&setup.replica).await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert!(
@@ -181,17 +121,13 @@ async fn sentinel_failover_is_followed_without_restart() {
     );
 
     // An unknown master name is a clear error.
-    let wrong = Scaler::start(&format!(
-        "[sources.redis-ha]\ntype = \"redis-sentinel\"\nurls = [\"{}\"]\nmaster = \"nosuchmaster\"\n",
-        setup.sentinel_url()
-    ))
-    .await;
-    let status = value(&wrong, "redis-ha", "tasks").await.unwrap_err();
+    let wrong = Scaler::start(&setup.source_config("redis-ha", "nosuchmaster")).await;
+    let status = trigger_value(&wrong, "redis-ha", &tasks).await.unwrap_err();
     assert!(status.message().contains("nosuchmaster"), "{status:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tls_with_a_ca_file_and_a_wrong_ca_is_unavailable() {
+async fn tls_trusts_the_configured_ca_and_a_wrong_ca_is_unavailable() {
     let certs = tempfile::tempdir().unwrap();
     common::make_certificates(certs.path(), "good");
     // A second CA that did not sign the server's certificate.
@@ -241,18 +177,26 @@ async fn tls_with_a_ca_file_and_a_wrong_ca_is_unavailable() {
         other.path().join("other-ca.pem").display()
     ))
     .await;
-    assert_eq!(value(&scaler, "redis-tls", "secure:q").await.unwrap(), 2.0);
+    let queue = list("secure:q");
+    assert_eq!(
+        trigger_value(&scaler, "redis-tls", &queue).await.unwrap(),
+        2.0
+    );
     let started = Instant::now();
-    let status = value(&scaler, "redis-wrong-ca", "secure:q")
+    let status = trigger_value(&scaler, "redis-wrong-ca", &queue)
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert!(status.message().contains("redis-wrong-ca"), "{status:?}");
-    assert!(started.elapsed() <= Duration::from_secs(2));
+    assert!(
+        started.elapsed() <= ANSWER_WITHIN,
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acl_credentials_from_file_and_environment() {
+async fn acl_password_from_a_file_or_the_environment_works_and_errors_never_show_one() {
     let server =
         RedisServer::start_with(&["--user", "default", "on", ">adminpw", "~*", "&*", "+@all"]);
     // The `scaler` user may only read.
@@ -269,64 +213,54 @@ async fn acl_credentials_from_file_and_environment() {
         .query_async(&mut admin)
         .await
         .unwrap();
-    let _: () = redis::AsyncCommands::rpush(&mut admin, "acl:q", vec!["x"; 6])
-        .await
-        .unwrap();
+    push(&mut admin, "acl:q", 6).await;
 
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("password"), "s3cret\n").unwrap();
     let config = format!(
         "[sources.redis-acl]\ntype = \"redis\"\nurl = \"redis://127.0.0.1:{port}/0\"\nusername = \"scaler\"\n\
          password_file = \"{file}\"\n\
-         [sources.redis-noauth]\ntype = \"redis\"\nurl = \"redis://127.0.0.1:{port}/0\"\n",
+         [sources.redis-noauth]\ntype = \"redis\"\nurl = \"redis://127.0.0.1:{port}/0\"\n\
+         [sources.redis-wrong-password]\ntype = \"redis\"\n\
+         url = \"redis://scaler:wr0ng-pw-secret@127.0.0.1:{port}/0\"\n",
         port = server.port,
         file = dir.path().join("password").display()
     );
     let scaler = Scaler::start(&config).await;
-    assert_eq!(value(&scaler, "redis-acl", "acl:q").await.unwrap(), 6.0);
-    let status = value(&scaler, "redis-noauth", "acl:q").await.unwrap_err();
+    let queue = list("acl:q");
+    assert_eq!(
+        trigger_value(&scaler, "redis-acl", &queue).await.unwrap(),
+        6.0
+    );
+    let status = trigger_value(&scaler, "redis-noauth", &queue)
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-    assert!(!status.message().contains("s3cret"));
+    // A rejected password is UNAVAILABLE naming the source, and the password is not in it.
+    let status = trigger_value(&scaler, "redis-wrong-password", &queue)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains("redis-wrong-password"),
+        "{status:?}"
+    );
+    assert!(!status.message().contains("wr0ng-pw-secret"), "{status:?}");
 
     // The same through the binary, with the password in an environment variable.
     let grpc_port = common::free_port();
-    let config_path = dir.path().join("scaler.toml");
-    std::fs::write(
-        &config_path,
-        format!(
+    let mut process = ScalerProcess::spawn(
+        &format!(
             "[server]\ngrpc_listen = \"127.0.0.1:{grpc_port}\"\n\
              [sources.redis-main]\ntype = \"redis\"\nurl = \"redis://127.0.0.1:{}/0\"\n\
              username = \"scaler\"\npassword_env = \"SCALER_REDIS_PASSWORD\"\n",
             server.port
         ),
-    )
-    .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_backlog-scaler"))
-        .args(["serve", "--config"])
-        .arg(&config_path)
-        .envs(HashMap::from([("SCALER_REDIS_PASSWORD", "s3cret")]))
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let _guard = common::ChildGuard(child);
-    common::wait_for_port(grpc_port, "backlog-scaler", Duration::from_secs(10));
-    let mut client = backlog_scaler::proto::external_scaler_client::ExternalScalerClient::connect(
-        format!("http://127.0.0.1:{grpc_port}"),
-    )
-    .await
-    .unwrap();
-    let pairs = [
-        ("source", "redis-main"),
-        ("metric", "redis-list"),
-        ("keys", "acl:q"),
-        ("target", "1"),
-    ];
-    let response = client
-        .get_metrics(GetMetricsRequest {
-            scaled_object_ref: Some(scaled_object(&pairs)),
-            metric_name: String::new(),
-        })
-        .await
-        .unwrap();
-    assert_eq!(response.into_inner().metric_values[0].metric_value, 6);
+        &[("SCALER_REDIS_PASSWORD", "s3cret")],
+    );
+    let address = process.wait_until_listening(grpc_port);
+    assert_eq!(
+        trigger_value(&address, "redis-main", &queue).await.unwrap(),
+        6.0
+    );
 }

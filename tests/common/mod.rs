@@ -1,27 +1,45 @@
-//! The integration-test harness: throwaway real servers and an in-process scaler.
+//! The integration-test harness: throwaway real servers, the scaler in-process or as the built
+//! binary, and the few helpers every test file uses, written once.
 //!
 //! Every server runs on a free loopback port in its own temp dir and is killed on drop, so
 //! tests never touch the machine's shared Redis or PostgreSQL and can run in parallel. A
 //! missing server binary fails the test with the command that installs it.
+//!
+//! Layout:
+//! - this file: the project root, the process guard, free ports, `redis-server`, the
+//!   in-process [`Scaler`], [`push`], certificates;
+//! - [`poll`]: waiting with a deadline ([`poll_until`], [`poll_until_blocking`],
+//!   [`assert_throughout`]);
+//! - [`trigger`]: a trigger's value ([`trigger_value`], [`trigger_value_until`]) and an
+//!   outage as KEDA sees it ([`assert_outage_reported`], [`assert_recovers_to`]);
+//! - [`scaler_process`]: the binary with a config file ([`ScalerProcess`]);
+//! - [`postgres`], [`redis_topology`]: PostgreSQL + PgBouncer, Redis Cluster + Sentinel.
 
-#![allow(dead_code)]
+// Each test file is its own crate and uses a part of the harness.
+#![allow(dead_code, unused_imports)]
 
+pub mod poll;
 pub mod postgres;
 pub mod redis_topology;
+pub mod scaler_process;
+pub mod trigger;
+
+pub use poll::{assert_throughout, poll_until, poll_until_blocking};
+pub use scaler_process::{SCALER_BINARY, ScalerProcess};
+pub use trigger::{
+    ANSWER_WITHIN, Endpoint, SETTLES_WITHIN, assert_outage_reported, assert_recovers_to,
+    scaled_object, trigger_value, trigger_value_until,
+};
 
 use std::{
     collections::HashMap,
     net::{SocketAddr, TcpListener as StdListener, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use backlog_scaler::{
-    config::Config,
-    proto::{ScaledObjectRef, external_scaler_client::ExternalScalerClient},
-    server,
-};
+use backlog_scaler::{config::Config, proto::external_scaler_client::ExternalScalerClient, server};
 use tokio::{sync::oneshot, task::JoinHandle};
 use tonic::transport::Channel;
 
@@ -59,16 +77,21 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The project root (where `Cargo.toml` is). `tests/k8s_manifests.rs` has its own copy that
+/// could use this one.
+pub fn project() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
 /// Waits until something accepts TCP connections on `port`.
 pub fn wait_for_port(port: u16, what: &str, within: Duration) {
-    let deadline = Instant::now() + within;
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not listen on port {port} within {within:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    poll_until_blocking(
+        format!("{what} listens on port {port}"),
+        within,
+        || TcpStream::connect(("127.0.0.1", port)),
+        Result::is_ok,
+    )
+    .expect("polled until it connected");
 }
 
 /// A child process killed (and reaped) on drop.
@@ -122,11 +145,13 @@ impl RedisServer {
     /// Kills the server (an outage); the port stays reserved for [`resume`](Self::resume).
     pub fn stop(&mut self) {
         self.process = None;
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-            assert!(Instant::now() < deadline, "redis-server did not stop");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        poll_until_blocking(
+            format!("redis-server on port {} stops listening", self.port),
+            Duration::from_secs(5),
+            || TcpStream::connect(("127.0.0.1", self.port)),
+            Result::is_err,
+        )
+        .expect_err("polled until it was refused");
     }
 
     /// Starts the server again on the same port.
@@ -234,36 +259,15 @@ impl Drop for Scaler {
     }
 }
 
-/// A ScaledObjectRef as KEDA sends it.
-pub fn scaled_object(pairs: &[(&str, &str)]) -> ScaledObjectRef {
-    ScaledObjectRef {
-        name: "worker".into(),
-        namespace: "default".into(),
-        scaler_metadata: pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-    }
-}
-
-/// GetMetrics of a trigger on `source` with the given metadata (and `target: 1`), as KEDA
-/// asks it: the float value, or the status.
-pub async fn metric_value(
-    scaler: &Scaler,
-    source: &str,
-    pairs: &[(&str, &str)],
-) -> Result<f64, tonic::Status> {
-    let mut all = vec![("source", source), ("target", "1")];
-    all.extend_from_slice(pairs);
-    let response = scaler
-        .client()
+/// Appends `jobs` items (`job-0`, `job-1`, ...) to the list `key`, as a producer would.
+pub async fn push(connection: &mut impl redis::aio::ConnectionLike, key: &str, jobs: usize) {
+    let items: Vec<String> = (0..jobs).map(|i| format!("job-{i}")).collect();
+    let _: () = redis::cmd("RPUSH")
+        .arg(key)
+        .arg(items)
+        .query_async(connection)
         .await
-        .get_metrics(backlog_scaler::proto::GetMetricsRequest {
-            scaled_object_ref: Some(scaled_object(&all)),
-            metric_name: String::new(),
-        })
-        .await?;
-    Ok(response.into_inner().metric_values[0].metric_value_float)
+        .unwrap_or_else(|e| panic!("RPUSH {key} ({jobs} jobs): {e}"));
 }
 
 /// A config with one standalone Redis source named `redis-main`.

@@ -9,10 +9,10 @@ use std::{
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::OnceLock,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use super::{ChildGuard, free_port, require_binary, wait_for_port};
+use super::{ChildGuard, free_port, poll_until, require_binary, wait_for_port};
 
 /// The `postgres` OS user when running as root, else `None` (run as ourselves).
 fn server_user() -> Option<(u32, u32)> {
@@ -197,18 +197,19 @@ impl PostgresServer {
             .expect("spawning postgres");
         self.process = Some(ChildGuard(child));
         wait_for_port(self.port, "postgres", Duration::from_secs(15));
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while tokio_postgres::connect(&self.url("postgres"), tokio_postgres::NoTls)
-            .await
-            .is_err()
-        {
-            assert!(
-                Instant::now() < deadline,
-                "postgres did not accept sessions: {}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        poll_until(
+            format!("postgres on port {} accepts sessions", self.port),
+            Duration::from_secs(15),
+            async || {
+                tokio_postgres::connect(&self.url("postgres"), tokio_postgres::NoTls)
+                    .await
+                    .map(drop)
+                    .map_err(|e| format!("{e}; postgres.log: {}", self.log()))
+            },
+            Result::is_ok,
+        )
+        .await
+        .expect("polled until it connected");
     }
 
     /// Stops the server (fast shutdown: sessions are cut), as an outage.

@@ -3,10 +3,14 @@
 
 use std::{
     process::{Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use super::{ChildGuard, RedisServer, require_binary, wait_for_port};
+use super::{ChildGuard, RedisServer, poll_until, require_binary, wait_for_port};
+
+/// How long a cluster takes to agree on its slots, or a Sentinel to see a replica or fail
+/// over (its down-after is 2 s): seconds, so 20 s only bounds a broken setup.
+const TOPOLOGY_SETTLES_WITHIN: Duration = Duration::from_secs(20);
 
 /// A free port whose cluster bus port (+10000) is valid and free too.
 pub fn free_cluster_port() -> u16 {
@@ -72,22 +76,17 @@ impl RedisCluster {
         cluster
     }
 
+    /// Waits until every node says `cluster_state:ok`.
     pub async fn wait_until_ok(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
         for node in &self.nodes {
-            loop {
-                let info: String = command(&node.url(), &["CLUSTER", "INFO"])
-                    .await
-                    .unwrap_or_default();
-                if info.contains("cluster_state:ok") {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "the cluster did not become ok: {info}"
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            poll_until(
+                format!("node {} reports cluster_state:ok", node.port),
+                TOPOLOGY_SETTLES_WITHIN,
+                async || command::<String>(&node.url(), &["CLUSTER", "INFO"]).await,
+                |info| info.as_ref().is_ok_and(|i| i.contains("cluster_state:ok")),
+            )
+            .await
+            .expect("polled until it answered");
         }
     }
 
@@ -98,19 +97,30 @@ impl RedisCluster {
             .collect()
     }
 
+    /// A cluster connection for arranging test data.
+    pub async fn connection(&self) -> redis::cluster_async::ClusterConnection {
+        redis::cluster::ClusterClient::new(self.urls())
+            .unwrap()
+            .get_async_connection()
+            .await
+            .expect("connecting to the test cluster")
+    }
+
+    /// A scaler config source named `name` of type `redis-cluster` on this cluster.
+    pub fn source_config(&self, name: &str) -> String {
+        let urls: Vec<String> = self.urls().iter().map(|u| format!("\"{u}\"")).collect();
+        format!(
+            "[sources.{name}]\ntype = \"redis-cluster\"\nurls = [{}]\n",
+            urls.join(", ")
+        )
+    }
+
     /// The node that owns `key`'s slot, and its node id.
     pub async fn owner(&self, key: &str) -> (usize, String) {
         let slot: i64 = command(&self.nodes[0].url(), &["CLUSTER", "KEYSLOT", key])
             .await
             .unwrap();
         for (index, node) in self.nodes.iter().enumerate() {
-            let mine: Vec<redis::Value> = command(
-                &node.url(),
-                &["CLUSTER", "GETKEYSINSLOT", &slot.to_string(), "0"],
-            )
-            .await
-            .unwrap_or_default();
-            let _ = mine;
             let nodes: String = command(&node.url(), &["CLUSTER", "NODES"]).await.unwrap();
             let myself = nodes.lines().find(|l| l.contains("myself")).unwrap();
             let id = myself.split(' ').next().unwrap().to_string();
@@ -230,32 +240,42 @@ impl SentinelSetup {
             _sentinel: sentinel,
         };
         // The Sentinel must know the replica (and it must be in sync) before a failover.
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let replicas: Vec<std::collections::HashMap<String, String>> =
-                command(&setup.sentinel_url(), &["SENTINEL", "REPLICAS", "mymaster"])
-                    .await
-                    .unwrap_or_default();
-            let ready = replicas.iter().any(|r| {
-                r.get("master-link-status").map(String::as_str) == Some("ok")
-                    && !r
-                        .get("flags")
-                        .is_some_and(|f| f.contains("down") || f.contains("disconnected"))
-            });
-            if ready {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the Sentinel never saw a healthy replica: {replicas:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        let sentinel_url = setup.sentinel_url();
+        poll_until(
+            "the Sentinel sees a healthy replica",
+            TOPOLOGY_SETTLES_WITHIN,
+            async || {
+                command::<Vec<std::collections::HashMap<String, String>>>(
+                    &sentinel_url,
+                    &["SENTINEL", "REPLICAS", "mymaster"],
+                )
+                .await
+            },
+            |replicas| {
+                replicas.iter().flatten().any(|r| {
+                    r.get("master-link-status").map(String::as_str) == Some("ok")
+                        && !r
+                            .get("flags")
+                            .is_some_and(|f| f.contains("down") || f.contains("disconnected"))
+                })
+            },
+        )
+        .await
+        .expect("polled until it answered");
         setup
     }
 
     pub fn sentinel_url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.sentinel_port)
+    }
+
+    /// A scaler config source named `name` of type `redis-sentinel` asking this Sentinel for
+    /// the master called `master` (`mymaster` is the one it watches).
+    pub fn source_config(&self, name: &str, master: &str) -> String {
+        format!(
+            "[sources.{name}]\ntype = \"redis-sentinel\"\nurls = [\"{}\"]\nmaster = \"{master}\"\n",
+            self.sentinel_url()
+        )
     }
 
     pub async fn master_port(&self) -> u16 {
@@ -273,20 +293,26 @@ impl SentinelSetup {
         let _: () = command(&self.sentinel_url(), &["SENTINEL", "FAILOVER", "mymaster"])
             .await
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.master_port().await != self.replica.port {
-            assert!(Instant::now() < deadline, "the failover did not happen");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        poll_until(
+            format!(
+                "the Sentinel names the replica (port {}) master",
+                self.replica.port
+            ),
+            TOPOLOGY_SETTLES_WITHIN,
+            async || self.master_port().await,
+            |port| *port == self.replica.port,
+        )
+        .await;
         // The promoted replica accepts writes once it has left read-only replication.
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let role: Vec<redis::Value> = command(&self.replica.url(), &["ROLE"]).await.unwrap();
-            if matches!(role.first(), Some(redis::Value::BulkString(b)) if b == b"master") {
-                break;
-            }
-            assert!(Instant::now() < deadline, "the replica was not promoted");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        poll_until(
+            "the replica is promoted",
+            TOPOLOGY_SETTLES_WITHIN,
+            async || command::<Vec<redis::Value>>(&self.replica.url(), &["ROLE"]).await,
+            |role| {
+                matches!(role.as_deref(), Ok([redis::Value::BulkString(b), ..]) if b == b"master")
+            },
+        )
+        .await
+        .expect("polled until it answered");
     }
 }
