@@ -10,6 +10,7 @@ use backlog_scaler::{
     config::Config,
     engine::{Engine, Limits, SourceEntry},
     metadata::{Metadata, Parsed},
+    metrics::Metrics,
     naming,
     sources::{Query, RefreshSettings, Source},
     trigger::{Catalog, parse_trigger},
@@ -53,6 +54,7 @@ fn engine() -> Engine {
             idle_expiry: Duration::from_secs(3600),
             max_live: 100_000,
         },
+        Metrics::new(100_000),
     )
 }
 
@@ -62,7 +64,7 @@ fn catalog() -> Catalog {
         "[sources.redis-main]\ntype = \"redis\"\nurl = \"redis://127.0.0.1:6379\"",
     )
     .unwrap();
-    Catalog::new(&config.sources)
+    Catalog::new(&config.sources, &config.server.limits)
 }
 
 fn metadata() -> HashMap<String, String> {

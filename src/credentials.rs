@@ -162,6 +162,57 @@ impl CaRoots {
     }
 }
 
+/// The rustls server config of `[server.tls]`: TLS 1.2 and 1.3, ALPN `h2` (grpc-go refuses a
+/// server without it) and, with a client CA, mandatory client certificates signed by it (the
+/// CA is advertised in the CertificateRequest, so KEDA's client sends its certificate).
+/// Errors name the file; they never include key material.
+pub fn server_tls(
+    cert: &Path,
+    key: &Path,
+    client_ca: Option<&Path>,
+    alpn: &[&[u8]],
+) -> Result<rustls::ServerConfig, String> {
+    use rustls_pki_types::PrivateKeyDer;
+    let chain = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| format!("cannot read {}: {e}", cert.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{} is not PEM: {e}", cert.display()))?;
+    if chain.is_empty() {
+        return Err(format!("{} holds no PEM certificate", cert.display()));
+    }
+    let private_key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("{} holds no usable PEM private key: {e}", key.display()))?;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(path) => {
+            let roots = CaRoots::load("client_ca", path)
+                .map_err(|e| e.0)?
+                .root_store()
+                .map_err(|e| e.0)?;
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                std::sync::Arc::new(roots),
+                provider,
+            )
+            .build()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_single_cert(chain, private_key).map_err(|e| {
+        format!(
+            "{} and {} do not make a certificate and key pair: {e}",
+            cert.display(),
+            key.display()
+        )
+    })?;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -42,6 +42,7 @@ use tracing::{debug, error, warn};
 
 use crate::{
     Error, Result,
+    metrics::{Metrics, ReadOutcome, SourceStats},
     sources::{Query, RefreshSettings, Source},
 };
 
@@ -75,6 +76,7 @@ struct Inner {
     live: AtomicUsize,
     epoch: Instant,
     ready: watch::Sender<bool>,
+    metrics: Arc<Metrics>,
 }
 
 /// Health of a source as of its latest read or probe.
@@ -104,7 +106,13 @@ struct SourceState {
     measurements: RwLock<HashMap<Query, Arc<Measurement>>>,
     /// A [`Health`].
     health: AtomicU8,
+    /// When the oldest live reading was started, in ms since the engine's epoch; [`NO_READING`]
+    /// with no live measurement. Every refresh renews all readings, so this is the start of the
+    /// latest refresh (or of the first cold read, before any refresh).
+    oldest_reading_ms: AtomicU64,
 }
+
+const NO_READING: u64 = u64::MAX;
 
 impl SourceState {
     fn health(&self) -> Health {
@@ -130,7 +138,7 @@ enum Reading {
 }
 
 impl Engine {
-    pub fn new(sources: Vec<SourceEntry>, limits: Limits) -> Engine {
+    pub fn new(sources: Vec<SourceEntry>, limits: Limits, metrics: Arc<Metrics>) -> Engine {
         let sources = sources
             .into_iter()
             .map(|entry| {
@@ -141,6 +149,7 @@ impl Engine {
                     source: entry.source,
                     measurements: RwLock::new(HashMap::new()),
                     health: AtomicU8::new(Health::Unknown as u8),
+                    oldest_reading_ms: AtomicU64::new(NO_READING),
                 };
                 (name, Arc::new(state))
             })
@@ -152,6 +161,7 @@ impl Engine {
                 live: AtomicUsize::new(0),
                 epoch: Instant::now(),
                 ready: watch::Sender::new(false),
+                metrics,
             }),
         }
     }
@@ -238,6 +248,33 @@ impl Engine {
         self.inner.live.load(Ordering::Relaxed)
     }
 
+    /// Each source's health, live measurements and reading age, for a metrics scrape.
+    pub fn stats(&self) -> Vec<SourceStats> {
+        let now_ms = self.inner.millis_since_epoch(Instant::now());
+        let mut stats: Vec<SourceStats> = self
+            .inner
+            .sources
+            .values()
+            .map(|state| {
+                let measurements = state.measurements.read().map_or(0, |m| m.len());
+                let oldest = state.oldest_reading_ms.load(Ordering::Relaxed);
+                let age_ms = match (measurements, oldest) {
+                    (0, _) | (_, NO_READING) => 0,
+                    _ => now_ms.saturating_sub(oldest),
+                };
+                SourceStats {
+                    name: state.name.to_string(),
+                    up: state.health() == Health::Up,
+                    measurements,
+                    oldest_reading_seconds: age_ms as f64 / 1000.0,
+                    max_staleness_seconds: state.settings.max_staleness.as_secs_f64(),
+                }
+            })
+            .collect();
+        stats.sort_by(|a, b| a.name.cmp(&b.name));
+        stats
+    }
+
     /// True while at least one source answered its latest read or probe.
     pub fn readiness(&self) -> watch::Receiver<bool> {
         self.inner.ready.subscribe()
@@ -280,11 +317,18 @@ impl Engine {
         );
         tokio::spawn(async move {
             let started = Instant::now();
-            let mut outcomes = read_bounded(&state, std::slice::from_ref(&query)).await;
+            let mut outcomes = read_bounded(&inner, &state, std::slice::from_ref(&query)).await;
             let outcome = outcomes
                 .pop()
                 .unwrap_or_else(|| Err(Error::Internal("no result".into())));
             inner.record_health(&state, std::slice::from_ref(&outcome));
+            let started_ms = inner.millis_since_epoch(started);
+            let _ = state.oldest_reading_ms.compare_exchange(
+                NO_READING,
+                started_ms,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
             cold.reading
                 .send_replace(Reading::Read { outcome, started });
         });
@@ -324,41 +368,60 @@ impl Inner {
     }
 }
 
-/// Reads `queries` within the source's budget; a timeout fails every query.
-/// A panic inside the source fails every query with INTERNAL instead of unwinding into the
-/// engine.
-async fn read_bounded(state: &SourceState, queries: &[Query]) -> Vec<Result<f64>> {
+/// Reads `queries` within the source's budget and records the read in the metrics.
+async fn read_bounded(inner: &Inner, state: &SourceState, queries: &[Query]) -> Vec<Result<f64>> {
+    let started = Instant::now();
+    let (outcomes, outcome) = read_or_fail(state, queries).await;
+    inner
+        .metrics
+        .record_read(&state.name, outcome, started.elapsed().as_secs_f64());
+    outcomes
+}
+
+/// A timeout fails every query with UNAVAILABLE; a panic inside the source fails every query
+/// with INTERNAL instead of unwinding into the engine.
+async fn read_or_fail(state: &SourceState, queries: &[Query]) -> (Vec<Result<f64>>, ReadOutcome) {
     let budget = state.settings.timeout;
+    let fail_all = |error: Error| vec![Err(error); queries.len()];
     let read = AssertUnwindSafe(state.source.read_batch(queries)).catch_unwind();
     match tokio::time::timeout(budget, read).await {
-        Ok(Ok(outcomes)) if outcomes.len() == queries.len() => outcomes,
-        Ok(Err(panic)) => {
-            let message = panic_message(panic.as_ref());
-            error!(source = %state.name, %message, "a read panicked; its measurements answer INTERNAL");
-            vec![
-                Err(Error::Internal(format!(
-                    "reading source `{}` panicked: {message}",
-                    state.name
-                )));
-                queries.len()
-            ]
+        Ok(Ok(outcomes)) if outcomes.len() == queries.len() => {
+            // The backend answered unless every query says it could not be reached.
+            let down = outcomes
+                .iter()
+                .all(|o| matches!(o, Err(e) if e.is_unavailable()));
+            let outcome = if down {
+                ReadOutcome::Error
+            } else {
+                ReadOutcome::Ok
+            };
+            (outcomes, outcome)
         }
-        Ok(Ok(outcomes)) => vec![
-            Err(Error::Internal(format!(
+        Ok(Ok(outcomes)) => (
+            fail_all(Error::Internal(format!(
                 "source `{}` answered {} of {} queries",
                 state.name,
                 outcomes.len(),
                 queries.len()
-            )));
-            queries.len()
-        ],
-        Err(_) => vec![
-            Err(Error::unavailable(
-                &*state.name,
-                format!("no answer within {budget:?}")
+            ))),
+            ReadOutcome::Error,
+        ),
+        Ok(Err(panic)) => {
+            let message = panic_message(panic.as_ref());
+            error!(source = %state.name, %message, "a read panicked; its measurements answer INTERNAL");
+            let error = Error::Internal(format!(
+                "reading source `{}` panicked: {message}",
+                state.name
             ));
-            queries.len()
-        ],
+            (fail_all(error), ReadOutcome::Error)
+        }
+        Err(_) => (
+            fail_all(Error::unavailable(
+                &*state.name,
+                format!("no answer within {budget:?}"),
+            )),
+            ReadOutcome::Timeout,
+        ),
     }
 }
 
@@ -412,6 +475,7 @@ async fn refresh_loop(inner: Arc<Inner>, state: Arc<SourceState>, shutdown: Canc
         }
         let due = take_due(&inner, &state, Instant::now());
         if due.is_empty() {
+            state.oldest_reading_ms.store(NO_READING, Ordering::Relaxed);
             let probe = AssertUnwindSafe(state.source.probe()).catch_unwind();
             let up = tokio::time::timeout(state.settings.timeout, probe)
                 .await
@@ -423,9 +487,12 @@ async fn refresh_loop(inner: Arc<Inner>, state: Arc<SourceState>, shutdown: Canc
         let started = Instant::now();
         let outcomes = tokio::select! {
             _ = shutdown.cancelled() => return,
-            outcomes = read_bounded(&state, &queries) => outcomes,
+            outcomes = read_bounded(&inner, &state, &queries) => outcomes,
         };
         inner.record_health(&state, &outcomes);
+        state
+            .oldest_reading_ms
+            .store(inner.millis_since_epoch(started), Ordering::Relaxed);
         for (measurement, outcome) in measurements.iter().zip(outcomes) {
             // A cold read that finished meanwhile is not newer than this one; both are real.
             measurement
@@ -571,6 +638,7 @@ mod tests {
                 source: fake,
             }],
             limits,
+            Metrics::new(limits.max_live),
         )
     }
 

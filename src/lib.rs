@@ -41,6 +41,7 @@ pub mod engine;
 pub mod error;
 pub mod eval;
 pub mod metadata;
+pub mod metrics;
 pub mod naming;
 pub mod proto;
 pub mod server;

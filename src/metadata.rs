@@ -17,11 +17,24 @@ use crate::{Error, Result};
 #[derive(Clone, Copy)]
 pub struct Metadata<'a> {
     map: &'a HashMap<String, String>,
+    max_list_items: usize,
 }
 
 impl<'a> Metadata<'a> {
+    /// A reader with no bound on list lengths (for tests and tools).
     pub fn new(map: &'a HashMap<String, String>) -> Self {
-        Metadata { map }
+        Metadata {
+            map,
+            max_list_items: usize::MAX,
+        }
+    }
+
+    /// A reader whose lists hold at most `max_list_items` items (`server.limits.max_list_items`).
+    pub fn with_list_limit(map: &'a HashMap<String, String>, max_list_items: usize) -> Self {
+        Metadata {
+            map,
+            max_list_items,
+        }
     }
 
     /// Every key present, in no particular order.
@@ -101,6 +114,15 @@ impl<'a> Metadata<'a> {
         };
         let mut items: Vec<String> = Vec::new();
         for item in raw.split(',').map(str::trim) {
+            if items.len() == self.max_list_items {
+                return Err(Error::invalid(
+                    key,
+                    format!(
+                        "lists more than {} items (server.limits.max_list_items); split the trigger",
+                        self.max_list_items
+                    ),
+                ));
+            }
             if item.is_empty() {
                 return Err(Error::invalid(
                     key,
@@ -110,6 +132,7 @@ impl<'a> Metadata<'a> {
                     ),
                 ));
             }
+            // A HashSet would be faster for long lists; lists are bounded by max_list_items.
             if items.iter().any(|seen| seen == item) {
                 return Err(Error::invalid(
                     key,
@@ -225,6 +248,21 @@ mod tests {
         assert_eq!(md.list("k").unwrap().unwrap(), vec!["a", "b", "c"]);
         assert!(md.list("e").unwrap_err().to_string().contains("empty item"));
         assert!(md.list("d").unwrap_err().to_string().contains("twice"));
+    }
+
+    #[test]
+    fn lists_are_bounded() {
+        let m = map(&[("k", "a,b,c")]);
+        assert_eq!(
+            Metadata::with_list_limit(&m, 3)
+                .list("k")
+                .unwrap()
+                .unwrap()
+                .len(),
+            3
+        );
+        let error = Metadata::with_list_limit(&m, 2).list("k").unwrap_err();
+        assert!(error.to_string().contains("max_list_items"), "{error}");
     }
 
     #[test]

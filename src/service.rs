@@ -4,7 +4,16 @@
 //! GetMetrics, IsActive and StreamIsActive answer from the engine, which serves warm
 //! measurements from memory and bounds every cold read.
 
-use std::{panic::AssertUnwindSafe, pin::Pin, sync::Arc};
+use std::{
+    panic::AssertUnwindSafe,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
+
+use prometheus_client::metrics::gauge::Gauge;
 
 use futures::Stream;
 use tokio::{sync::mpsc, time::MissedTickBehavior};
@@ -29,6 +38,39 @@ pub struct ScalerService {
     catalog: Arc<Catalog>,
     engine: Engine,
     shutdown: CancellationToken,
+    streams: StreamLimit,
+}
+
+/// StreamIsActive streams open now, and how many may be.
+#[derive(Clone)]
+struct StreamLimit {
+    open: Arc<AtomicUsize>,
+    max: usize,
+    gauge: Gauge,
+}
+
+/// One open stream; dropping it (when the stream's task ends) gives its place back.
+struct StreamPlace(StreamLimit);
+
+impl StreamLimit {
+    fn take(&self) -> Result<StreamPlace, Status> {
+        if self.open.fetch_add(1, Ordering::Relaxed) >= self.max {
+            self.open.fetch_sub(1, Ordering::Relaxed);
+            return Err(Status::resource_exhausted(format!(
+                "too many StreamIsActive streams: server.limits.max_streams = {} are open",
+                self.max
+            )));
+        }
+        self.gauge.inc();
+        Ok(StreamPlace(self.clone()))
+    }
+}
+
+impl Drop for StreamPlace {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+        self.0.gauge.dec();
+    }
 }
 
 impl ScalerService {
@@ -38,7 +80,19 @@ impl ScalerService {
             catalog: Arc::new(catalog),
             engine,
             shutdown,
+            streams: StreamLimit {
+                open: Arc::default(),
+                max: usize::MAX,
+                gauge: Gauge::default(),
+            },
         }
+    }
+
+    /// At most `max` StreamIsActive streams open at once, counted in `gauge`.
+    pub fn with_stream_limit(mut self, max: usize, gauge: Gauge) -> Self {
+        self.streams.max = max;
+        self.streams.gauge = gauge;
+        self
     }
 
     /// Parses the trigger; a panic in a parser (a bug) answers INTERNAL, never a dropped call.
@@ -116,10 +170,12 @@ impl ExternalScaler for ScalerService {
     ) -> Result<Response<Self::StreamIsActiveStream>, Status> {
         let spec = self.parse(request.get_ref())?;
         let interval = self.engine.refresh_interval(&spec.source)?;
+        let place = self.streams.take()?;
         // Capacity 1: a slow reader gets the latest state, not a backlog of old ones.
         let (sender, receiver) = mpsc::channel(1);
         let service = self.clone();
         tokio::spawn(async move {
+            let _place = place;
             let mut ticker = tokio::time::interval(interval);
             ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
             let mut last_sent: Option<bool> = None;

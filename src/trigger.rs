@@ -9,7 +9,7 @@ use std::{collections::HashMap, sync::Arc};
 
 use crate::{
     Error, Result,
-    config::{NamespaceFence, SourceConfig},
+    config::{NamespaceFence, ServerLimits, SourceConfig},
     metadata::Metadata,
     naming,
     sources::{Query, Source},
@@ -55,10 +55,14 @@ impl TriggerSpec {
     }
 }
 
-/// The configured sources, by name, as trigger parsing sees them.
-#[derive(Clone, Default)]
+/// The configured sources, by name, as trigger parsing sees them, and the bounds on what a
+/// trigger may send.
+#[derive(Clone)]
 pub struct Catalog {
     sources: HashMap<Arc<str>, Entry>,
+    max_entries: usize,
+    max_value_bytes: usize,
+    max_list_items: usize,
 }
 
 #[derive(Clone)]
@@ -69,7 +73,7 @@ struct Entry {
 }
 
 impl Catalog {
-    pub fn new(sources: &[SourceConfig]) -> Self {
+    pub fn new(sources: &[SourceConfig], limits: &ServerLimits) -> Self {
         let sources = sources
             .iter()
             .map(|config| {
@@ -82,7 +86,41 @@ impl Catalog {
                 (name, entry)
             })
             .collect();
-        Catalog { sources }
+        Catalog {
+            sources,
+            max_entries: limits.max_metadata_entries,
+            max_value_bytes: limits.max_metadata_value_bytes,
+            max_list_items: limits.max_list_items,
+        }
+    }
+
+    /// The metadata map's size bounds, checked before anything reads it.
+    fn check_size(&self, metadata: &HashMap<String, String>) -> Result<()> {
+        if metadata.len() > self.max_entries {
+            return Err(Error::invalid(
+                "scalerMetadata",
+                format!(
+                    "has {} entries; at most {} are accepted (server.limits.max_metadata_entries)",
+                    metadata.len(),
+                    self.max_entries
+                ),
+            ));
+        }
+        let too_long = metadata
+            .iter()
+            .filter(|(key, value)| key.len().max(value.len()) > self.max_value_bytes)
+            .map(|(key, _)| key.as_str())
+            .min();
+        match too_long {
+            None => Ok(()),
+            Some(key) => Err(Error::invalid(
+                crate::metadata::shorten(key),
+                format!(
+                    "is longer than {} bytes (server.limits.max_metadata_value_bytes)",
+                    self.max_value_bytes
+                ),
+            )),
+        }
     }
 
     /// Configured source names, sorted, for error messages.
@@ -101,7 +139,8 @@ pub fn parse_trigger(
     namespace: &str,
     catalog: &Catalog,
 ) -> Result<TriggerSpec> {
-    let md = Metadata::new(metadata);
+    catalog.check_size(metadata)?;
+    let md = Metadata::with_list_limit(metadata, catalog.max_list_items);
     let source_name = md.required("source", "the name of a source in the scaler's config")?;
     let entry = catalog.sources.get(source_name).ok_or_else(|| {
         Error::invalid(
@@ -219,7 +258,7 @@ mod tests {
              allowed_namespaces = [\"team-a\", \"batch-*\"]",
         )
         .unwrap();
-        Catalog::new(&config.sources)
+        Catalog::new(&config.sources, &config.server.limits)
     }
 
     fn metadata(pairs: &[(&str, &str)]) -> HashMap<String, String> {
@@ -360,6 +399,31 @@ mod tests {
         );
         assert_eq!(error.code(), tonic::Code::PermissionDenied);
         assert!(parse_trigger(&metadata(BASE), "batch-nightly", &catalog).is_ok());
+    }
+
+    #[test]
+    fn oversized_metadata_is_refused_before_it_is_read() {
+        let catalog = catalog();
+        let parse_with = |key: &str, value: String| {
+            let mut map = metadata(BASE);
+            map.insert(key.to_string(), value);
+            parse_trigger(&map, "team-a", &catalog)
+                .unwrap_err()
+                .to_string()
+        };
+        let error = parse_with("keys", "k".repeat(20_000));
+        assert!(error.contains("max_metadata_value_bytes"), "{error}");
+        assert!(error.len() < 300, "the value is not echoed: {error}");
+        let keys: Vec<String> = (0..101).map(|i| format!("q{i}")).collect();
+        let error = parse_with("keys", keys.join(","));
+        assert!(error.contains("max_list_items"), "{error}");
+        let mut map = metadata(BASE);
+        map.extend((0..100).map(|i| (format!("extra{i}"), "x".to_string())));
+        let error = parse_trigger(&map, "team-a", &catalog).unwrap_err();
+        assert!(
+            error.to_string().contains("max_metadata_entries"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -18,6 +18,7 @@
 // Each test file is its own crate and uses a part of the harness.
 #![allow(dead_code, unused_imports)]
 
+pub mod certs;
 pub mod poll;
 pub mod postgres;
 pub mod redis_topology;

@@ -8,9 +8,13 @@
 //! ([`crate::sources::Backend::configure`]) into the source it serves, so nothing is parsed
 //! twice.
 
-use std::{collections::BTreeMap, fmt, net::SocketAddr, path::Path, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, fmt, path::Path, sync::Arc, time::Duration};
 
 use serde::Deserialize;
+
+mod server;
+
+pub use server::{ServerConfig, ServerLimits, TlsConfig};
 
 pub use crate::error::ConfigError;
 use crate::sources::{BACKENDS, RefreshSettings, Section, Source};
@@ -34,38 +38,6 @@ struct RawConfig {
     measurements: MeasurementsConfig,
     #[serde(default)]
     sources: BTreeMap<String, RawSource>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServerConfig {
-    #[serde(default = "default_grpc_listen")]
-    pub grpc_listen: SocketAddr,
-    /// Reserved for the Prometheus `/metrics` endpoint; parsed and validated, not yet served.
-    #[serde(default)]
-    pub http_listen: Option<SocketAddr>,
-    /// How long in-flight RPCs may take to finish after SIGTERM before the process exits.
-    /// Keep it below the pod's `terminationGracePeriodSeconds` (30 s by default).
-    #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
-    pub shutdown_grace: Duration,
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        ServerConfig {
-            grpc_listen: default_grpc_listen(),
-            http_listen: None,
-            shutdown_grace: default_shutdown_grace(),
-        }
-    }
-}
-
-fn default_grpc_listen() -> SocketAddr {
-    "0.0.0.0:9090".parse().expect("valid literal")
-}
-
-fn default_shutdown_grace() -> Duration {
-    Duration::from_secs(10)
 }
 
 /// Defaults for every source, and the engine's global bounds.
@@ -246,6 +218,7 @@ impl Config {
             .iter()
             .map(|(name, source)| resolve_source(name, source, m))
             .collect::<Result<Vec<_>, _>>()?;
+        raw.server.validate()?;
         Ok(Config {
             server: raw.server,
             measurements: raw.measurements,
@@ -254,7 +227,7 @@ impl Config {
     }
 }
 
-fn positive(key: &str, value: Duration) -> Result<(), ConfigError> {
+pub(crate) fn positive(key: &str, value: Duration) -> Result<(), ConfigError> {
     if value.is_zero() {
         return Err(ConfigError::at(key, "must be longer than 0s"));
     }
@@ -374,7 +347,7 @@ mod tests {
             "#,
         )
         .unwrap();
-        assert_eq!(config.server.grpc_listen, default_grpc_listen());
+        assert_eq!(config.server.grpc_listen, "0.0.0.0:9090".parse().unwrap());
         assert_eq!(config.server.http_listen, None);
         assert_eq!(config.measurements.refresh_interval, Duration::from_secs(1));
         let source = &config.sources[0];
