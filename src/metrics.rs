@@ -110,7 +110,9 @@ pub struct Metrics {
     requests: Family<RpcLabels, Counter>,
     /// `requests` of each (method, code), created on first use and kept.
     request_cells: Vec<[OnceLock<Counter>; CODES]>,
-    durations: Vec<Histogram>,
+    durations: Family<MethodLabel, Histogram>,
+    /// `durations` of each method, created on first use and kept.
+    duration_cells: Vec<OnceLock<Histogram>>,
     reads: Family<ReadLabels, Counter>,
     read_durations: Family<SourceLabel, Histogram>,
     source_up: Family<SourceLabel, Gauge>,
@@ -131,19 +133,15 @@ impl Metrics {
             "gRPC requests answered, by method and status code",
             requests.clone(),
         );
-        let durations_family =
+        let durations =
             Family::<MethodLabel, Histogram>::new_with_constructor(
                 || Histogram::new(rpc_buckets()),
             );
         registry.register(
             "grpc_request_duration_seconds",
             "Time to answer a gRPC request (for streams: to open them), by method",
-            durations_family.clone(),
+            durations.clone(),
         );
-        let durations = METHODS
-            .iter()
-            .map(|method| durations_family.get_or_create_owned(&MethodLabel { method }))
-            .collect();
         let reads = Family::<ReadLabels, Counter>::default();
         registry.register(
             "backend_reads",
@@ -162,6 +160,7 @@ impl Metrics {
         let metrics = Metrics {
             request_cells: METHODS.iter().map(|_| Default::default()).collect(),
             requests,
+            duration_cells: METHODS.iter().map(|_| OnceLock::new()).collect(),
             durations,
             reads,
             read_durations,
@@ -243,7 +242,13 @@ impl Metrics {
             })
         });
         counter.inc();
-        self.durations[index].observe(seconds);
+        self.duration_cells[index]
+            .get_or_init(|| {
+                self.durations.get_or_create_owned(&MethodLabel {
+                    method: METHODS[index],
+                })
+            })
+            .observe(seconds);
     }
 
     /// Records one batch read of a source.
@@ -263,6 +268,14 @@ impl Metrics {
 
     /// The OpenMetrics text of every metric, with the per-source gauges set from `sources`.
     pub fn encode(&self, sources: &[SourceStats]) -> String {
+        self.set_source_gauges(sources);
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+
+    fn set_source_gauges(&self, sources: &[SourceStats]) {
         for stats in sources {
             let label = SourceLabel {
                 source: stats.name.clone(),
@@ -280,11 +293,37 @@ impl Metrics {
                 .get_or_create(&label)
                 .set(stats.max_staleness_seconds);
         }
-        let mut text = String::new();
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
-        text
     }
+}
+
+/// The Prometheus text format (0.0.4) of an OpenMetrics text, for clients that do not ask for
+/// OpenMetrics (curl, `promtool check metrics`): counter families are named with their
+/// `_total` suffix, and the OpenMetrics-only `# UNIT` and `# EOF` lines are dropped. Samples
+/// are the same in both formats.
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    let counters: Vec<&str> = openmetrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len() + 16 * counters.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(&name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        match renamed {
+            Some(line) => out.push_str(&line),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
 }
 
 /// The name tonic gives a code (`Ok`, `InvalidArgument`, …), as a static label value.
@@ -344,6 +383,30 @@ mod tests {
         assert!(
             text.contains(r#"backlog_scaler_build_info{version=""#),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn the_prometheus_text_names_counter_families_with_total() {
+        let metrics = Metrics::new(10);
+        metrics.record_rpc("GetMetrics", Code::Ok, 0.001);
+        let text = to_prometheus_text(&metrics.encode(&[]));
+        assert!(
+            text.contains("# TYPE backlog_scaler_grpc_requests_total counter\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# HELP backlog_scaler_grpc_requests_total gRPC"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE backlog_scaler_streams_open gauge\n"),
+            "{text}"
+        );
+        assert!(!text.contains("# EOF"), "{text}");
+        assert!(
+            !text.contains(r#"method="other""#),
+            "no series before the first use: {text}"
         );
     }
 

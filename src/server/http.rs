@@ -24,6 +24,8 @@ struct HttpState {
 
 /// OpenMetrics text, as Prometheus asks for it.
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The Prometheus text format, for everything else (curl, promtool).
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Serves until `stop`.
 pub async fn serve(
@@ -55,9 +57,23 @@ pub async fn serve(
     }
 }
 
-async fn scrape(State(state): State<HttpState>) -> impl IntoResponse {
+/// OpenMetrics when the scraper accepts it (Prometheus does), else the Prometheus text format.
+async fn scrape(
+    State(state): State<HttpState>,
+    headers: axum::http::HeaderMap,
+) -> impl IntoResponse {
     let text = state.metrics.encode(&state.engine.stats());
-    ([(axum::http::header::CONTENT_TYPE, OPENMETRICS)], text)
+    let wants_openmetrics = headers
+        .get_all(axum::http::header::ACCEPT)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .any(|value| value.contains("application/openmetrics-text"));
+    if wants_openmetrics {
+        ([(axum::http::header::CONTENT_TYPE, OPENMETRICS)], text)
+    } else {
+        let text = crate::metrics::to_prometheus_text(&text);
+        ([(axum::http::header::CONTENT_TYPE, PROMETHEUS_TEXT)], text)
+    }
 }
 
 async fn ready(State(state): State<HttpState>) -> impl IntoResponse {
