@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+pub mod pgbouncer;
 pub mod postgres;
 pub mod redis_topology;
 
