@@ -161,14 +161,15 @@ async fn waiting_clients_and_the_longest_wait_match_show_pools() {
     }
 
     // The longest wait grows with the queue's age; the scaler's value is at most one refresh
-    // (plus a read) behind what SHOW POOLS says right after it.
+    // (1 s, plus a read and the RPC: 0.75 s of slack on a busy machine) behind what SHOW
+    // POOLS says right after it.
     let longest = pgbouncer("max-wait-seconds", &[("database", TINY)]);
     let mut seen = Vec::new();
     while seen.last().is_none_or(|(v, _)| *v < 2.0) {
         let value = metric(&scaler, SOURCE, &longest).await.unwrap();
         let oracle = pools_max_wait(&bouncer).await;
         assert!(
-            value <= oracle + 0.05 && value >= oracle - 1.5,
+            value <= oracle + 0.05 && value >= oracle - 1.75,
             "scaler {value} s, SHOW POOLS {oracle} s"
         );
         seen.push((value, oracle));

@@ -88,7 +88,8 @@ impl Console {
             .map_err(|_| self.unavailable("another read held the console connection too long"))?;
         if connection.client.as_ref().is_none_or(Client::is_closed) {
             connection.client = None;
-            let bound = share(self.timeout, CONNECT_SHARE).min(deadline - Instant::now());
+            let bound = share(self.timeout, CONNECT_SHARE)
+                .min(deadline.saturating_duration_since(Instant::now()));
             let client = match timeout(bound, self.connect()).await {
                 Ok(Ok(client)) => client,
                 Ok(Err(error)) => return Err(self.connect_error(&error)),
@@ -101,6 +102,7 @@ impl Console {
             };
             connection.client = Some(client);
             connection.opened += 1;
+            tracing::info!(source = %self.source, "connected to PgBouncer's admin console");
         }
         Ok(Session {
             console: self,

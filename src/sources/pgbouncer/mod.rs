@@ -181,7 +181,9 @@ impl PgBouncerSource {
                 && first.taken.saturating_duration_since(previous.taken) <= SNAPSHOT_REUSE_LIMIT
         });
         let window = match previous {
-            Some(previous) if first.taken - previous.taken >= MIN_RATE_WINDOW => {
+            Some(previous)
+                if first.taken.saturating_duration_since(previous.taken) >= MIN_RATE_WINDOW =>
+            {
                 (previous, Arc::new(first))
             }
             previous => {
