@@ -33,11 +33,16 @@ use crate::{
     metadata::{Metadata, Parsed},
 };
 
+pub mod pgbouncer;
 pub mod postgres;
 pub mod redis;
 
 /// Every backend, one line each.
-pub const BACKENDS: &[&dyn Backend] = &[&redis::RedisBackend, &postgres::PostgresBackend];
+pub const BACKENDS: &[&dyn Backend] = &[
+    &redis::RedisBackend,
+    &postgres::PostgresBackend,
+    &pgbouncer::PgBouncerBackend,
+];
 
 /// A kind of backend, as the config file names it with `type`.
 pub trait Backend: Sync {

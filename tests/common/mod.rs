@@ -19,6 +19,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod certs;
+pub mod pgbouncer;
 pub mod poll;
 pub mod postgres;
 pub mod redis_topology;

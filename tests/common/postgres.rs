@@ -40,7 +40,7 @@ fn server_user() -> Option<(u32, u32)> {
 }
 
 /// A command for `binary` that runs as the server user.
-fn server_command(binary: &Path) -> Command {
+pub fn server_command(binary: &Path) -> Command {
     match server_user() {
         Some(_) => {
             let mut command = Command::new("setpriv");

@@ -88,8 +88,9 @@ pub fn parse(section: &Section) -> Result<PostgresSettings, ConfigError> {
     })
 }
 
-/// rustls client config: the CA file if given, else the web PKI roots.
-fn tls_config(ca: Option<&CaRoots>) -> Result<rustls::ClientConfig, ConfigError> {
+/// rustls client config: the CA file if given, else the web PKI roots. PgBouncer sources
+/// use it too: their admin console speaks the same protocol.
+pub fn tls_config(ca: Option<&CaRoots>) -> Result<rustls::ClientConfig, ConfigError> {
     let roots = match ca {
         Some(ca) => ca.root_store()?,
         None => rustls::RootCertStore {

@@ -1,0 +1,131 @@
+//! The `[sources.NAME]` section of `type = "pgbouncer"`, parsed once into the admin console's
+//! connection settings and TLS roots.
+
+use std::{path::PathBuf, sync::Arc};
+
+use serde::Deserialize;
+use tokio_postgres::config::SslMode;
+
+use crate::{
+    credentials::{CaRoots, Secret, SecretRef},
+    error::ConfigError,
+    sources::{Section, postgres::config::tls_config},
+};
+
+/// The keys of a PgBouncer section, as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPgBouncer {
+    url: Option<Secret>,
+    url_env: Option<String>,
+    url_file: Option<PathBuf>,
+    tls_ca_file: Option<PathBuf>,
+}
+
+/// A parsed PgBouncer section.
+pub struct PgBouncerSettings {
+    /// Host, port, database (`pgbouncer`), user and password (whose `Debug` tokio-postgres
+    /// redacts).
+    pub connection: tokio_postgres::Config,
+    /// With `sslmode=require` or a CA file: rustls with those roots (else the web PKI's).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+pub fn parse(section: &Section) -> Result<PgBouncerSettings, ConfigError> {
+    let raw: RawPgBouncer = section.deserialize()?;
+    let url = SecretRef {
+        key: section.key("url"),
+        inline: raw.url.as_ref(),
+        env: raw.url_env.as_deref(),
+        file: raw.url_file.as_deref(),
+    }
+    .resolve()?;
+    // The parser's message may quote the URL, which may hold a password.
+    let connection: tokio_postgres::Config = url.expose().parse().map_err(|_| {
+        ConfigError::at(
+            section.key("url"),
+            "is not a valid connection URL for PgBouncer's admin console \
+             (postgres://user:password@host:port/pgbouncer)",
+        )
+    })?;
+    let ca = match &raw.tls_ca_file {
+        Some(path) => Some(CaRoots::load(&section.key("tls_ca_file"), path)?),
+        None => None,
+    };
+    let tls = if connection.get_ssl_mode() == SslMode::Require || ca.is_some() {
+        Some(Arc::new(tls_config(ca.as_ref())?))
+    } else {
+        None
+    };
+    Ok(PgBouncerSettings { connection, tls })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::sources::RefreshSettings;
+
+    fn section(toml: &str) -> Section {
+        Section {
+            name: "bouncer".into(),
+            type_name: "pgbouncer".into(),
+            table: toml::from_str(toml).unwrap(),
+            refresh: RefreshSettings {
+                refresh_interval: Duration::from_secs(1),
+                max_staleness: Duration::from_secs(5),
+                timeout: Duration::from_millis(1500),
+            },
+        }
+    }
+
+    fn error(toml: &str) -> String {
+        match parse(&section(toml)) {
+            Ok(_) => panic!("{toml} was accepted"),
+            Err(error) => error.0,
+        }
+    }
+
+    #[test]
+    fn a_url_to_the_admin_console() {
+        let settings = parse(&section(
+            r#"url = "postgres://stats:s3cret@10.0.0.1:6432/pgbouncer""#,
+        ))
+        .unwrap();
+        assert_eq!(settings.connection.get_dbname(), Some("pgbouncer"));
+        assert_eq!(settings.connection.get_user(), Some("stats"));
+        assert!(settings.tls.is_none());
+        let tls = parse(&section(
+            r#"url = "postgres://stats@h:6432/pgbouncer?sslmode=require""#,
+        ))
+        .unwrap();
+        assert!(tls.tls.is_some());
+    }
+
+    #[test]
+    fn bad_sections_name_the_key_and_never_the_secret() {
+        let unknown = error(
+            r#"url = "postgres://a@h/pgbouncer"
+pool_size = 2"#,
+        );
+        assert!(unknown.contains("unknown field `pool_size`"), "{unknown}");
+        let missing = error("");
+        assert!(missing.contains("`sources.bouncer.url`"), "{missing}");
+        let two = error(
+            r#"url = "postgres://a@h/pgbouncer"
+url_env = "X""#,
+        );
+        assert!(two.contains("set only one"), "{two}");
+        let bad = error(r#"url = "postgres://a:hunter2@h:notaport/pgbouncer""#);
+        assert!(
+            bad.contains("admin console") && !bad.contains("hunter2"),
+            "{bad}"
+        );
+        let ca = error(
+            r#"url = "postgres://a@h/pgbouncer"
+tls_ca_file = "/nonexistent/ca.pem""#,
+        );
+        assert!(ca.contains("tls_ca_file"), "{ca}");
+    }
+}
