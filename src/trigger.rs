@@ -316,6 +316,72 @@ mod tests {
         assert_eq!(spec.metric_name, "redis-list-agent-tasks-pending-a45d3e60");
     }
 
+    /// The names of existing queue triggers, as released: the HPA knows live metrics by these
+    /// names, so a new metadata key with a default (such as `measure`) must not change them.
+    const RELEASED_QUEUE_METRIC_NAMES: &[(&[(&str, &str)], &str)] = &[
+        (
+            &[("metric", "sidekiq"), ("queue", "default")],
+            "sidekiq-queue-default-1e7d9347",
+        ),
+        (
+            &[
+                ("metric", "sidekiq"),
+                ("queue", "default"),
+                ("namespace", "app"),
+            ],
+            "sidekiq-app-queue-default-5cf2cb8a",
+        ),
+        (
+            &[("metric", "rq"), ("queue", "high")],
+            "rq-rq-queue-high-34785ad4",
+        ),
+        (
+            &[("metric", "bullmq"), ("queue", "mail")],
+            "bullmq-bull-mail-0acfb47f",
+        ),
+        (
+            &[
+                ("metric", "bullmq"),
+                ("queue", "mail"),
+                ("prefix", "{jobs}"),
+                ("includeActive", "true"),
+                ("countWhenPaused", "true"),
+            ],
+            "bullmq-jobs-mail-ad0934cc",
+        ),
+        (
+            &[
+                ("metric", "redis-stream"),
+                ("stream", "events"),
+                ("group", "workers"),
+            ],
+            "redis-stream-events-85c819ba",
+        ),
+        (
+            &[
+                ("metric", "redis-stream"),
+                ("stream", "events"),
+                ("group", "workers"),
+                ("mode", "pending"),
+            ],
+            "redis-stream-events-a82876d2",
+        ),
+        (
+            &[("metric", "celery"), ("queue", "celery")],
+            "celery-celery-a4948e46",
+        ),
+    ];
+
+    #[test]
+    fn released_queue_metric_names_are_stable() {
+        for (pairs, name) in RELEASED_QUEUE_METRIC_NAMES {
+            let mut all = vec![("source", "redis-main"), ("target", "5")];
+            all.extend_from_slice(pairs);
+            let spec = parse(&all).unwrap();
+            assert_eq!(spec.metric_name, *name, "{pairs:?}");
+        }
+    }
+
     #[test]
     fn fractional_target_rounds_up_for_old_keda() {
         let spec = parse(&with(&[("target", "2.5")])).unwrap();
