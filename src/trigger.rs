@@ -379,7 +379,34 @@ mod tests {
             all.extend_from_slice(pairs);
             let spec = parse(&all).unwrap();
             assert_eq!(spec.metric_name, *name, "{pairs:?}");
+            // `measure: backlog` is the default spelled out: the same measurement.
+            all.push(("measure", "backlog"));
+            let spelled_out = parse(&all).unwrap();
+            assert_eq!(spelled_out.metric_name, *name, "{all:?}");
+            assert_eq!(spelled_out.query, spec.query);
         }
+    }
+
+    #[test]
+    fn latency_triggers_are_named_apart_from_backlogs() {
+        let backlog = [
+            ("source", "redis-main"),
+            ("target", "5"),
+            ("metric", "sidekiq"),
+            ("queue", "default"),
+        ];
+        let mut latency = backlog.to_vec();
+        latency.push(("measure", "latency"));
+        let spec = parse(&latency).unwrap();
+        assert!(
+            spec.metric_name
+                .starts_with("sidekiq-queue-default-latency-"),
+            "{}",
+            spec.metric_name
+        );
+        assert_ne!(spec.metric_name, parse(&backlog).unwrap().metric_name);
+        // Pinned from its first release on, like the backlog names above.
+        assert_eq!(spec.metric_name, "sidekiq-queue-default-latency-e70cbd3d");
     }
 
     #[test]
