@@ -5,7 +5,7 @@
 //! | library | the job taken next | its enqueue time |
 //! | --- | --- | --- |
 //! | Sidekiq | `LINDEX queue:<name> -1` (clients LPUSH, fetchers BRPOP) | `enqueued_at` in the job's JSON: float seconds (Sidekiq ≤ 7) or integer milliseconds (Sidekiq 8) |
-//! | RQ | `LINDEX rq:queue:<name> 0` (RPUSH, LPOP / LMOVE) | `enqueued_at` of the hash `rq:job:<id>`, UTC as `%Y-%m-%dT%H:%M:%S.%fZ` |
+//! | RQ | the first id of `rq:queue:<name>` whose job still exists (RPUSH, LPOP / LMOVE) | `enqueued_at` of the hash `rq:job:<id>`, UTC as `%Y-%m-%dT%H:%M:%S.%fZ` |
 //! | BullMQ | `LINDEX …:wait -1`, `…:paused -1` (LPUSH, RPOPLPUSH); `ZRANGE …:prioritized 0 0` (ZPOPMIN) | `timestamp` (ms) of the hash `<prefix>:<queue>:<id>` |
 //! | BullMQ, delayed | `ZRANGE …:delayed 0 0 WITHSCORES`, if due | its due time: the score is due_ms · 0x1000 + a counter |
 //! | stream | the group's oldest pending entry (XPENDING summary), else the first entry after its `last-delivered-id` | the entry id's milliseconds |
@@ -58,6 +58,12 @@ type Replies<'a> = [(&'a RedisRead, &'a Value)];
 /// RQ's job hashes: `rq:job:<id>` (`Job.redis_job_namespace_prefix`).
 const RQ_JOB_PREFIX: &str = "rq:job:";
 
+/// How many ids at the head of an RQ queue are read. A job enqueued with `ttl` that waited
+/// longer loses its hash but keeps its id in the queue until a worker pops and skips it, so
+/// the head can be dead exactly when jobs wait long. Four ids cost four HGETs per trigger and
+/// refresh and see past a few expired ones; a queue whose first four all expired reads 0.
+const RQ_LOOKAHEAD: i64 = 4;
+
 impl WaitingQueue {
     /// The readable part of the metric name: the queue's key and what is measured.
     pub fn subject(&self) -> String {
@@ -73,7 +79,7 @@ impl WaitingQueue {
     pub fn reads(&self) -> Vec<RedisRead> {
         match self {
             WaitingQueue::Sidekiq { key } => vec![RedisRead::Lindex(key.clone(), -1)],
-            WaitingQueue::Rq { key } => vec![RedisRead::Lindex(key.clone(), 0)],
+            WaitingQueue::Rq { key } => vec![RedisRead::Lrange(key.clone(), 0, RQ_LOOKAHEAD - 1)],
             WaitingQueue::Bullmq { queue_key, .. } => {
                 let key = |suffix: &str| format!("{queue_key}:{suffix}");
                 vec![
@@ -96,9 +102,11 @@ impl WaitingQueue {
     /// nothing: [`combine`](Self::combine) reports them.
     pub fn follow_up_reads(&self, replies: &Replies<'_>) -> Vec<RedisRead> {
         match (self, replies) {
-            (WaitingQueue::Rq { .. }, [(_, head)]) => text(head)
-                .map(|id| vec![rq_job_read(&id)])
-                .unwrap_or_default(),
+            (WaitingQueue::Rq { .. }, [(_, Value::Array(ids))]) => ids
+                .iter()
+                .filter_map(text)
+                .map(|id| rq_job_read(&id))
+                .collect(),
             (
                 WaitingQueue::Bullmq {
                     queue_key,
@@ -156,16 +164,28 @@ impl WaitingQueue {
                 None => None,
                 Some(job) => logged(source, key, sidekiq_enqueued_ms(&job)),
             },
+            // The first job that exists is the one RQ dequeues next: it skips the others.
             (WaitingQueue::Rq { key }, [(read, head)]) => {
-                match bulk(source, read, head)?.map(job_id) {
-                    None => None,
-                    Some(None) => logged(source, key, None),
-                    Some(Some(id)) => {
-                        let read = rq_job_read(&id);
-                        let time = bulk(source, &read, follow_up(follow_ups, &read)?)?;
-                        logged(source, read.key(), time.as_deref().and_then(rq_enqueued_ms))
+                let Value::Array(ids) = head else {
+                    return Err(reply_error(source, read.key(), read.expected_type(), head));
+                };
+                let mut next = None;
+                for id in ids {
+                    let Some(id) = text(id) else { continue };
+                    let read = rq_job_read(&id);
+                    let time = bulk(source, &read, follow_up(follow_ups, &read)?)?;
+                    next = logged(source, read.key(), time.as_deref().and_then(rq_enqueued_ms));
+                    if next.is_some() {
+                        break;
                     }
                 }
+                if next.is_none() && !ids.is_empty() {
+                    debug!(
+                        source,
+                        key, "no readable job among the first ids of the queue"
+                    );
+                }
+                next
             }
             (
                 WaitingQueue::Bullmq {
@@ -591,28 +611,36 @@ mod tests {
     }
 
     #[test]
-    fn rq_latency_reads_the_first_job_then_its_hash() {
+    fn rq_latency_is_the_age_of_the_first_job_that_exists() {
         let query = latency(&[("metric", "rq"), ("queue", "high")]);
         assert_eq!(
             query.reads(0),
-            vec![RedisRead::Lindex("rq:queue:high".into(), 0)]
+            vec![RedisRead::Lrange("rq:queue:high".into(), 0, 3)]
         );
-        let hash = RedisRead::Hget("rq:job:job-0".into(), "enqueued_at");
-        let (value, follow_ups) = measure(
-            &query,
-            &[bulk("job-0")],
-            &[(hash.clone(), bulk("2023-11-14T22:13:08.000000Z"))],
-        );
-        assert_eq!(follow_ups, vec![hash.clone()]);
+        let hash = |id: &str| RedisRead::Hget(format!("rq:job:{id}"), "enqueued_at");
+        let ids = Value::Array(vec![bulk("a"), bulk("b"), bulk("c")]);
+        let store = [
+            (hash("a"), bulk("2023-11-14T22:13:08.000000Z")),
+            (hash("b"), bulk("2023-11-14T22:13:18.000000Z")),
+            (hash("c"), bulk("2023-11-14T22:13:00.000000Z")),
+        ];
+        let (value, follow_ups) = measure(&query, std::slice::from_ref(&ids), &store);
+        assert_eq!(follow_ups, vec![hash("a"), hash("b"), hash("c")]);
+        // The first job, the one RQ dequeues next (not the oldest of the three).
         assert_eq!(value.unwrap(), 12.0);
-        // The job hash expired or lacks the field: skipped.
-        let (value, _) = measure(&query, &[bulk("job-0")], &[]);
-        assert_eq!(value.unwrap(), 0.0);
-        let (value, _) = measure(&query, &[bulk("job-0")], &[(hash, bulk("soon"))]);
+        // Its hash expired (`ttl`) or its time is unreadable: RQ skips it, so does latency.
+        let (value, _) = measure(&query, std::slice::from_ref(&ids), &store[1..]);
+        assert_eq!(value.unwrap(), 2.0);
+        let garbled = [(hash("a"), bulk("soon")), store[1].clone()];
+        let (value, _) = measure(&query, std::slice::from_ref(&ids), &garbled);
+        assert_eq!(value.unwrap(), 2.0);
+        let (value, _) = measure(&query, std::slice::from_ref(&ids), &[]);
         assert_eq!(value.unwrap(), 0.0);
         // An empty queue asks for nothing more.
-        let (value, follow_ups) = measure(&query, &[Value::Nil], &[]);
+        let (value, follow_ups) = measure(&query, &[Value::Array(vec![])], &[]);
         assert_eq!((value.unwrap(), follow_ups), (0.0, vec![]));
+        let (value, _) = measure(&query, &[wrongtype()], &[]);
+        assert!(value.unwrap_err().to_string().contains("`rq:queue:high`"));
     }
 
     fn bullmq_job(id: &str, timestamp: &str) -> (RedisRead, Value) {

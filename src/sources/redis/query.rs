@@ -97,6 +97,8 @@ pub enum RedisRead {
     Hexists(String, &'static str),
     /// LINDEX key index: the element a queue's consumer takes next (a job, or a job id).
     Lindex(String, i64),
+    /// LRANGE key start stop: the first few elements of a list.
+    Lrange(String, i64, i64),
     /// ZRANGE key 0 0 WITHSCORES: the member with the lowest score.
     ZrangeFirst(String),
     Hget(String, &'static str),
@@ -118,6 +120,7 @@ impl RedisRead {
             | RedisRead::XinfoStream(key)
             | RedisRead::Hexists(key, _)
             | RedisRead::Lindex(key, _)
+            | RedisRead::Lrange(key, ..)
             | RedisRead::ZrangeFirst(key)
             | RedisRead::Hget(key, _)
             | RedisRead::XpendingSummary(key, _)
@@ -128,7 +131,7 @@ impl RedisRead {
     /// The type of value the key must hold, for messages.
     pub fn expected_type(&self) -> &'static str {
         match self {
-            RedisRead::Llen(_) | RedisRead::Lindex(..) => "a list",
+            RedisRead::Llen(_) | RedisRead::Lindex(..) | RedisRead::Lrange(..) => "a list",
             RedisRead::Zcard(_) | RedisRead::ZcountUpTo(..) | RedisRead::ZrangeFirst(_) => {
                 "a sorted set"
             }
@@ -175,6 +178,10 @@ impl RedisRead {
             RedisRead::Lindex(key, index) => {
                 cmd = redis::cmd("LINDEX");
                 cmd.arg(key).arg(*index);
+            }
+            RedisRead::Lrange(key, start, stop) => {
+                cmd = redis::cmd("LRANGE");
+                cmd.arg(key).arg(*start).arg(*stop);
             }
             RedisRead::ZrangeFirst(key) => {
                 cmd = redis::cmd("ZRANGE");
