@@ -464,3 +464,85 @@ async fn latency_reads_are_shared_across_triggers_and_refreshes() {
     );
     assert!((llen - lrange).abs() <= 1.0, "{llen} LLEN, {lrange} LRANGE");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latency_follow_up_reads_find_their_keys_across_cluster_nodes() {
+    // RQ's job hashes, the queue list and the stream land on different slots and nodes: the
+    // second round of reads goes to other nodes than the first.
+    let cluster = common::redis_topology::RedisCluster::start().await;
+    let mut connection = cluster.connection().await;
+    let now = SystemTime::now();
+    let ago = |seconds: u64| now - Duration::from_secs(seconds);
+    let ms = |time: SystemTime| time.duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+
+    let job = format!(
+        r#"{{"class":"W","args":[],"enqueued_at":{}}}"#,
+        ago(30).duration_since(UNIX_EPOCH).unwrap().as_secs_f64()
+    );
+    let _: () = connection.lpush("queue:default", job).await.unwrap();
+    // An expired job first (no hash), then one 20 s old.
+    let _: () = connection
+        .rpush("rq:queue:high", &["gone", "a"])
+        .await
+        .unwrap();
+    let enqueued_at = humantime::format_rfc3339_micros(ago(20)).to_string();
+    let _: () = connection
+        .hset("rq:job:a", "enqueued_at", enqueued_at)
+        .await
+        .unwrap();
+    // A BullMQ job waiting 40 s, and a delayed one due 10 s ago.
+    let _: () = connection.lpush("{q}:mail:wait", "1").await.unwrap();
+    let _: () = connection
+        .hset("{q}:mail:1", "timestamp", ms(ago(40)))
+        .await
+        .unwrap();
+    let _: () = connection
+        .zadd("{q}:mail:delayed", "d", ms(ago(10)) * 0x1000)
+        .await
+        .unwrap();
+    // A stream entry added 60 s ago that the group has not been handed yet.
+    let _: String = connection
+        .xadd("events", format!("{}-0", ms(ago(60))), &[("n", 1)])
+        .await
+        .unwrap();
+    let _: () = redis::cmd("XGROUP")
+        .arg(&["CREATE", "events", "workers", "0"])
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+
+    let config = format!(
+        "[measurements]\nrefresh_interval = \"{}ms\"\n{}",
+        REFRESH.as_millis(),
+        cluster.source_config("redis-cluster")
+    );
+    let scaler = Scaler::start(&config).await;
+    let triggers: [(&[(&str, &str)], f64); 4] = [
+        (&[("metric", "sidekiq"), ("queue", "default")], 30.0),
+        (&[("metric", "rq"), ("queue", "high")], 20.0),
+        (
+            &[("metric", "bullmq"), ("queue", "mail"), ("prefix", "{q}")],
+            40.0,
+        ),
+        (
+            &[
+                ("metric", "redis-stream"),
+                ("stream", "events"),
+                ("group", "workers"),
+            ],
+            60.0,
+        ),
+    ];
+    for (pairs, age) in triggers {
+        let mut all = vec![("measure", "latency")];
+        all.extend_from_slice(pairs);
+        let value = trigger_value(&scaler, "redis-cluster", &all)
+            .await
+            .unwrap_or_else(|status| panic!("{all:?}: {status:?}"));
+        let expected = age + now.elapsed().unwrap().as_secs_f64();
+        assert!(
+            (value - expected).abs() <= TOLERANCE,
+            "{all:?}: {value} s on the cluster, {expected} s expected"
+        );
+    }
+}
