@@ -316,6 +316,99 @@ mod tests {
         assert_eq!(spec.metric_name, "redis-list-agent-tasks-pending-a45d3e60");
     }
 
+    /// The names of existing queue triggers, as released: the HPA knows live metrics by these
+    /// names, so a new metadata key with a default (such as `measure`) must not change them.
+    const RELEASED_QUEUE_METRIC_NAMES: &[(&[(&str, &str)], &str)] = &[
+        (
+            &[("metric", "sidekiq"), ("queue", "default")],
+            "sidekiq-queue-default-1e7d9347",
+        ),
+        (
+            &[
+                ("metric", "sidekiq"),
+                ("queue", "default"),
+                ("namespace", "app"),
+            ],
+            "sidekiq-app-queue-default-5cf2cb8a",
+        ),
+        (
+            &[("metric", "rq"), ("queue", "high")],
+            "rq-rq-queue-high-34785ad4",
+        ),
+        (
+            &[("metric", "bullmq"), ("queue", "mail")],
+            "bullmq-bull-mail-0acfb47f",
+        ),
+        (
+            &[
+                ("metric", "bullmq"),
+                ("queue", "mail"),
+                ("prefix", "{jobs}"),
+                ("includeActive", "true"),
+                ("countWhenPaused", "true"),
+            ],
+            "bullmq-jobs-mail-ad0934cc",
+        ),
+        (
+            &[
+                ("metric", "redis-stream"),
+                ("stream", "events"),
+                ("group", "workers"),
+            ],
+            "redis-stream-events-85c819ba",
+        ),
+        (
+            &[
+                ("metric", "redis-stream"),
+                ("stream", "events"),
+                ("group", "workers"),
+                ("mode", "pending"),
+            ],
+            "redis-stream-events-a82876d2",
+        ),
+        (
+            &[("metric", "celery"), ("queue", "celery")],
+            "celery-celery-a4948e46",
+        ),
+    ];
+
+    #[test]
+    fn released_queue_metric_names_are_stable() {
+        for (pairs, name) in RELEASED_QUEUE_METRIC_NAMES {
+            let mut all = vec![("source", "redis-main"), ("target", "5")];
+            all.extend_from_slice(pairs);
+            let spec = parse(&all).unwrap();
+            assert_eq!(spec.metric_name, *name, "{pairs:?}");
+            // `measure: backlog` is the default spelled out: the same measurement.
+            all.push(("measure", "backlog"));
+            let spelled_out = parse(&all).unwrap();
+            assert_eq!(spelled_out.metric_name, *name, "{all:?}");
+            assert_eq!(spelled_out.query, spec.query);
+        }
+    }
+
+    #[test]
+    fn latency_triggers_are_named_apart_from_backlogs() {
+        let backlog = [
+            ("source", "redis-main"),
+            ("target", "5"),
+            ("metric", "sidekiq"),
+            ("queue", "default"),
+        ];
+        let mut latency = backlog.to_vec();
+        latency.push(("measure", "latency"));
+        let spec = parse(&latency).unwrap();
+        assert!(
+            spec.metric_name
+                .starts_with("sidekiq-queue-default-latency-"),
+            "{}",
+            spec.metric_name
+        );
+        assert_ne!(spec.metric_name, parse(&backlog).unwrap().metric_name);
+        // Pinned from its first release on, like the backlog names above.
+        assert_eq!(spec.metric_name, "sidekiq-queue-default-latency-e70cbd3d");
+    }
+
     #[test]
     fn fractional_target_rounds_up_for_old_keda() {
         let spec = parse(&with(&[("target", "2.5")])).unwrap();

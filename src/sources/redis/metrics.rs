@@ -6,7 +6,10 @@ use crate::{
     metadata::{Metadata, MetricDef},
 };
 
-use super::query::{CELERY_SEPARATOR, QueueLibrary, RedisQuery, ScoreUnit, StreamMode};
+use super::{
+    latency::WaitingQueue,
+    query::{CELERY_SEPARATOR, QueueLibrary, RedisQuery, ScoreUnit, StreamMode},
+};
 
 /// kombu's default priority steps (`priority_steps` transport option).
 const CELERY_PRIORITY_STEPS: &[u8] = &[0, 3, 6, 9];
@@ -15,7 +18,7 @@ const CELERY_PRIORITY_STEPS: &[u8] = &[0, 3, 6, 9];
 pub const METRICS: &[MetricDef<RedisQuery>] = &[
     MetricDef {
         name: "redis-list",
-        keys: &["keys"],
+        keys: &["keys", "measure"],
         parse: list,
     },
     MetricDef {
@@ -25,33 +28,82 @@ pub const METRICS: &[MetricDef<RedisQuery>] = &[
     },
     MetricDef {
         name: "redis-stream",
-        keys: &["stream", "group", "mode"],
+        keys: &["stream", "group", "mode", "measure"],
         parse: stream,
     },
     MetricDef {
         name: "bullmq",
-        keys: &["queue", "prefix", "includeActive", "countWhenPaused"],
+        keys: &[
+            "queue",
+            "prefix",
+            "includeActive",
+            "countWhenPaused",
+            "measure",
+        ],
         parse: bullmq,
     },
     MetricDef {
         name: "celery",
-        keys: &["queue", "prioritySteps", "separator", "keyPrefix"],
+        keys: &[
+            "queue",
+            "prioritySteps",
+            "separator",
+            "keyPrefix",
+            "measure",
+        ],
         parse: celery,
     },
     MetricDef {
         name: "sidekiq",
-        keys: &["queue", "namespace"],
+        keys: &["queue", "namespace", "measure"],
         parse: sidekiq,
     },
     MetricDef {
         name: "rq",
-        keys: &["queue"],
+        keys: &["queue", "measure"],
         parse: rq,
     },
 ];
 
+/// What a queue trigger measures (`measure`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Measure {
+    /// The work waiting, counted as the library counts it.
+    Backlog,
+    /// Seconds since the oldest waiting job was enqueued.
+    Latency,
+}
+
+const MEASURES: &[(&str, Measure)] =
+    &[("backlog", Measure::Backlog), ("latency", Measure::Latency)];
+
+fn measure(md: &Metadata<'_>) -> Result<Measure> {
+    md.choice("measure", MEASURES, Some(Measure::Backlog))
+}
+
+/// For the queues whose items carry no enqueue time: only `backlog`, and `latency` is told
+/// why not.
+fn backlog_only(md: &Metadata<'_>, why: &str) -> Result<()> {
+    match md.optional("measure") {
+        Some("latency") => Err(Error::invalid(
+            "measure",
+            format!("`latency` is not available here: {why}"),
+        )),
+        _ => md.choice("measure", &[("backlog", ())], Some(())),
+    }
+}
+
+/// The way out for the queues of [`backlog_only`].
+const LATENCY_ALTERNATIVES: &str = "waiting time can be measured where producers record the \
+     enqueue time: on a stream (`redis-stream` with a `group`, whose entry ids carry the \
+     time) or with a queue library that stamps its jobs (`sidekiq`, `rq`, `bullmq`)";
+
 fn list(md: &Metadata<'_>, _: &()) -> Result<RedisQuery> {
     let keys = md.required_list("keys", "comma-separated Redis list keys, summed")?;
+    backlog_only(
+        md,
+        &format!("plain list items carry no enqueue time; {LATENCY_ALTERNATIVES}"),
+    )?;
     Ok(RedisQuery::List { keys })
 }
 
@@ -91,6 +143,24 @@ const STREAM_MODES: &[(&str, StreamMode)] = &[
 fn stream(md: &Metadata<'_>, _: &()) -> Result<RedisQuery> {
     let stream = md.required("stream", "the stream key")?.to_string();
     let group = md.optional("group").map(str::to_string);
+    if measure(md)? == Measure::Latency {
+        let group = group.ok_or_else(|| {
+            Error::invalid(
+                "group",
+                "is required with `measure: latency`: the consumer group whose oldest \
+                 unfinished entry is measured",
+            )
+        })?;
+        if md.optional("mode").is_some() {
+            return Err(Error::invalid(
+                "mode",
+                "chooses what `measure: backlog` counts; leave it out with `measure: latency`",
+            ));
+        }
+        return Ok(RedisQuery::Latency {
+            queue: WaitingQueue::Stream { stream, group },
+        });
+    }
     // Without a group only the length can be read; with one, the backlog is the default.
     let default = if group.is_some() {
         StreamMode::Backlog
@@ -117,11 +187,27 @@ fn stream(md: &Metadata<'_>, _: &()) -> Result<RedisQuery> {
 fn bullmq(md: &Metadata<'_>, _: &()) -> Result<RedisQuery> {
     let queue = md.required("queue", "the BullMQ queue name")?;
     let prefix = md.optional("prefix").unwrap_or("bull");
-    Ok(RedisQuery::Bullmq {
-        queue_key: format!("{prefix}:{queue}"),
-        include_active: md.flag("includeActive", false)?,
-        count_when_paused: md.flag("countWhenPaused", false)?,
-    })
+    let queue_key = format!("{prefix}:{queue}");
+    let include_active = md.flag("includeActive", false)?;
+    let count_when_paused = md.flag("countWhenPaused", false)?;
+    match measure(md)? {
+        Measure::Backlog => Ok(RedisQuery::Bullmq {
+            queue_key,
+            include_active,
+            count_when_paused,
+        }),
+        Measure::Latency if include_active => Err(Error::invalid(
+            "includeActive",
+            "counts jobs being processed, which wait for nothing: it does not apply to \
+             `measure: latency`",
+        )),
+        Measure::Latency => Ok(RedisQuery::Latency {
+            queue: WaitingQueue::Bullmq {
+                queue_key,
+                count_when_paused,
+            },
+        }),
+    }
 }
 
 fn celery(md: &Metadata<'_>, _: &()) -> Result<RedisQuery> {
@@ -149,6 +235,13 @@ fn celery(md: &Metadata<'_>, _: &()) -> Result<RedisQuery> {
         })?,
     };
     let prefix = md.optional("keyPrefix").unwrap_or("");
+    backlog_only(
+        md,
+        &format!(
+            "kombu's Redis transport stores messages without an enqueue time; \
+             {LATENCY_ALTERNATIVES}"
+        ),
+    )?;
     Ok(RedisQuery::Celery {
         keys: celery_keys(prefix, queue, &separator, &steps),
     })
@@ -160,17 +253,28 @@ fn sidekiq(md: &Metadata<'_>, _: &()) -> Result<RedisQuery> {
         Some(namespace) => format!("{namespace}:queue:{queue}"),
         None => format!("queue:{queue}"),
     };
-    Ok(RedisQuery::QueueList {
-        library: QueueLibrary::Sidekiq,
-        key,
+    Ok(match measure(md)? {
+        Measure::Backlog => RedisQuery::QueueList {
+            library: QueueLibrary::Sidekiq,
+            key,
+        },
+        Measure::Latency => RedisQuery::Latency {
+            queue: WaitingQueue::Sidekiq { key },
+        },
     })
 }
 
 fn rq(md: &Metadata<'_>, _: &()) -> Result<RedisQuery> {
     let queue = md.required("queue", "the RQ queue name")?;
-    Ok(RedisQuery::QueueList {
-        library: QueueLibrary::Rq,
-        key: format!("rq:queue:{queue}"),
+    let key = format!("rq:queue:{queue}");
+    Ok(match measure(md)? {
+        Measure::Backlog => RedisQuery::QueueList {
+            library: QueueLibrary::Rq,
+            key,
+        },
+        Measure::Latency => RedisQuery::Latency {
+            queue: WaitingQueue::Rq { key },
+        },
     })
 }
 

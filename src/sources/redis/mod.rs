@@ -1,11 +1,14 @@
-//! Redis sources: queue backlogs read with one pipelined round trip per node per refresh.
+//! Redis sources: queue backlogs read with one pipelined round trip per node per refresh, and
+//! queue latencies with at most two.
 //!
 //! [`config`] parses the source's config section into clients, [`metrics`] declares the
-//! metrics and their metadata keys, [`query`] owns what is read and how replies add up; this
-//! module owns the connections and
+//! metrics and their metadata keys, [`query`] owns what is read and how replies add up
+//! ([`latency`] for `measure: latency`); this module owns the connections and
 //! the batching: the reads of every query of a refresh are de-duplicated (a thousand
 //! ScaledObjects over ten queues cost ten LLENs) and sent as one pipeline — on Redis Cluster
-//! one per hash slot ([`cluster`]), on Sentinel to the current master ([`sentinel`]).
+//! one per hash slot ([`cluster`]), on Sentinel to the current master ([`sentinel`]). Reads
+//! that need a reply of that pipeline (a latency's job hash, after the job id) go out,
+//! de-duplicated the same way, as one second pipeline; a refresh of backlogs only has none.
 //! Every call is bounded by connection and response timeouts derived from the source's
 //! `timeout`, with at most one retry.
 
@@ -28,6 +31,7 @@ use crate::{
 
 pub mod cluster;
 pub mod config;
+pub mod latency;
 pub mod metrics;
 pub mod query;
 pub mod sentinel;
@@ -196,29 +200,62 @@ impl RedisSource {
                     .map_or_else(|_| Vec::new(), |q| q.reads(now_ms))
             })
             .collect();
+        let first = match self.round(&plans).await {
+            Ok(round) => round,
+            Err(error) => return vec![Err(error); queries.len()],
+        };
+        let follow_up_plans: Vec<Vec<RedisRead>> = typed
+            .iter()
+            .zip(&plans)
+            .map(|(query, plan)| match query {
+                Ok(query) => query.follow_up_reads(&first.replies(plan)),
+                Err(_) => Vec::new(),
+            })
+            .collect();
+        // Only the queries that asked for follow-ups depend on the second round.
+        let second = self.round(&follow_up_plans).await;
+        typed
+            .into_iter()
+            .zip(plans.iter().zip(&follow_up_plans))
+            .map(|(query, (plan, follow_up_plan))| {
+                let follow_up_replies = match &second {
+                    Ok(second) => second.replies(follow_up_plan),
+                    Err(error) if !follow_up_plan.is_empty() => return Err(error.clone()),
+                    Err(_) => Vec::new(),
+                };
+                query?.combine(&self.name, now_ms, &first.replies(plan), &follow_up_replies)
+            })
+            .collect()
+    }
+
+    /// Sends the reads of every plan, de-duplicated, as one pipeline per node (none when
+    /// there is nothing to read).
+    async fn round(&self, plans: &[Vec<RedisRead>]) -> Result<Round> {
         // A thousand triggers over ten queues cost ten reads.
         let mut unique: Vec<RedisRead> = Vec::new();
-        let mut index: HashMap<&RedisRead, usize> = HashMap::new();
+        let mut index: HashMap<RedisRead, usize> = HashMap::new();
         for read in plans.iter().flatten() {
-            index.entry(read).or_insert_with(|| {
+            index.entry(read.clone()).or_insert_with(|| {
                 unique.push(read.clone());
                 unique.len() - 1
             });
         }
-        let replies = match self.pipeline(&unique).await {
-            Ok(replies) => replies,
-            Err(error) => return vec![Err(error); queries.len()],
-        };
-        typed
-            .into_iter()
-            .zip(&plans)
-            .map(|(query, plan)| {
-                let mine: Vec<(&RedisRead, &Value)> = plan
-                    .iter()
-                    .map(|read| (read, &replies[index[read]]))
-                    .collect();
-                query?.combine(&self.name, &mine)
-            })
+        let replies = self.pipeline(&unique).await?;
+        Ok(Round { index, replies })
+    }
+}
+
+/// The de-duplicated reads of one round trip and their replies.
+struct Round {
+    index: HashMap<RedisRead, usize>,
+    replies: Vec<Value>,
+}
+
+impl Round {
+    /// The replies to `plan`, each beside its read. Every read of `plan` was sent.
+    fn replies<'a>(&'a self, plan: &'a [RedisRead]) -> Vec<(&'a RedisRead, &'a Value)> {
+        plan.iter()
+            .map(|read| (read, &self.replies[self.index[read]]))
             .collect()
     }
 }

@@ -1,19 +1,26 @@
-//! Redis trigger metrics: their metadata keys, the commands that read them, and how the
-//! replies add up to one backlog value — counted the way each queue library counts it.
+//! Redis trigger metrics: the commands that read them, and how the replies add up to one
+//! value — a backlog counted the way each queue library counts it, or (with
+//! `measure: latency`, in [`super::latency`]) how long the oldest waiting job has waited.
 //!
 //! A query never talks to Redis itself. It lists the [`RedisRead`]s it needs; the source
 //! de-duplicates the reads of every query of a refresh, sends them in one pipeline per node,
-//! and hands each query its replies to [`RedisQuery::combine`]. Every read is read-only:
-//! no queue library's own scripts are run (some of them write).
+//! and hands each query its replies. A query may then ask for follow-up reads that depend on
+//! those replies (a job id, then its hash): they go out, de-duplicated too, as a second
+//! pipeline of the same refresh, and [`RedisQuery::combine`] gets both. Every read is
+//! read-only: no queue library's own scripts are run (some of them write).
 
 use redis::Value;
 use serde::Serialize;
 use tracing::debug;
 
+use super::latency::WaitingQueue;
 use crate::{Error, Result, sources::QueryKind};
 
 /// kombu's default separator between a Celery queue name and its priority step.
 pub const CELERY_SEPARATOR: &str = "\x06\x16";
+
+/// BullMQ scores delayed jobs as due_ms · 0x1000 + a 12-bit counter (`getDelayedScore`).
+pub const BULLMQ_DELAY_FACTOR: i64 = 0x1000;
 
 /// One Redis measurement, as the trigger asked for it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
@@ -42,6 +49,11 @@ pub enum RedisQuery {
     Celery { keys: Vec<String> },
     /// `sidekiq` and `rq`: one list per queue.
     QueueList { library: QueueLibrary, key: String },
+    /// `measure: latency` of `sidekiq`, `rq`, `bullmq` and `redis-stream`: seconds since the
+    /// oldest job that waits to be taken was enqueued. A variant of its own, so the backlog
+    /// variants above serialize (and their metric names hash) exactly as before the key
+    /// existed.
+    Latency { queue: WaitingQueue },
 }
 
 /// Unit of zset scores compared with "now".
@@ -83,6 +95,17 @@ pub enum RedisRead {
     XinfoGroups(String),
     XinfoStream(String),
     Hexists(String, &'static str),
+    /// LINDEX key index: the element a queue's consumer takes next (a job, or a job id).
+    Lindex(String, i64),
+    /// LRANGE key start stop: the first few elements of a list.
+    Lrange(String, i64, i64),
+    /// ZRANGE key 0 0 WITHSCORES: the member with the lowest score.
+    ZrangeFirst(String),
+    Hget(String, &'static str),
+    /// XPENDING key group, the summary form: count, smallest and greatest id, consumers.
+    XpendingSummary(String, String),
+    /// XRANGE key start + COUNT 1: the first entry at or after `start`.
+    XrangeFirst(String, String),
 }
 
 impl RedisRead {
@@ -95,19 +118,29 @@ impl RedisRead {
             | RedisRead::Xlen(key)
             | RedisRead::XinfoGroups(key)
             | RedisRead::XinfoStream(key)
-            | RedisRead::Hexists(key, _) => key,
+            | RedisRead::Hexists(key, _)
+            | RedisRead::Lindex(key, _)
+            | RedisRead::Lrange(key, ..)
+            | RedisRead::ZrangeFirst(key)
+            | RedisRead::Hget(key, _)
+            | RedisRead::XpendingSummary(key, _)
+            | RedisRead::XrangeFirst(key, _) => key,
         }
     }
 
     /// The type of value the key must hold, for messages.
     pub fn expected_type(&self) -> &'static str {
         match self {
-            RedisRead::Llen(_) => "a list",
-            RedisRead::Zcard(_) | RedisRead::ZcountUpTo(..) => "a sorted set",
-            RedisRead::Xlen(_) | RedisRead::XinfoGroups(_) | RedisRead::XinfoStream(_) => {
-                "a stream"
+            RedisRead::Llen(_) | RedisRead::Lindex(..) | RedisRead::Lrange(..) => "a list",
+            RedisRead::Zcard(_) | RedisRead::ZcountUpTo(..) | RedisRead::ZrangeFirst(_) => {
+                "a sorted set"
             }
-            RedisRead::Hexists(..) => "a hash",
+            RedisRead::Xlen(_)
+            | RedisRead::XinfoGroups(_)
+            | RedisRead::XinfoStream(_)
+            | RedisRead::XpendingSummary(..)
+            | RedisRead::XrangeFirst(..) => "a stream",
+            RedisRead::Hexists(..) | RedisRead::Hget(..) => "a hash",
         }
     }
 
@@ -142,6 +175,30 @@ impl RedisRead {
                 cmd = redis::cmd("HEXISTS");
                 cmd.arg(key).arg(*field);
             }
+            RedisRead::Lindex(key, index) => {
+                cmd = redis::cmd("LINDEX");
+                cmd.arg(key).arg(*index);
+            }
+            RedisRead::Lrange(key, start, stop) => {
+                cmd = redis::cmd("LRANGE");
+                cmd.arg(key).arg(*start).arg(*stop);
+            }
+            RedisRead::ZrangeFirst(key) => {
+                cmd = redis::cmd("ZRANGE");
+                cmd.arg(key).arg(0).arg(0).arg("WITHSCORES");
+            }
+            RedisRead::Hget(key, field) => {
+                cmd = redis::cmd("HGET");
+                cmd.arg(key).arg(*field);
+            }
+            RedisRead::XpendingSummary(key, group) => {
+                cmd = redis::cmd("XPENDING");
+                cmd.arg(key).arg(group);
+            }
+            RedisRead::XrangeFirst(key, start) => {
+                cmd = redis::cmd("XRANGE");
+                cmd.arg(key).arg(start).arg("+").arg("COUNT").arg(1);
+            }
         }
         cmd
     }
@@ -158,6 +215,7 @@ impl QueryKind for RedisQuery {
             RedisQuery::Stream { stream, .. } => stream.clone(),
             RedisQuery::Bullmq { queue_key, .. } => queue_key.clone(),
             RedisQuery::QueueList { key, .. } => key.clone(),
+            RedisQuery::Latency { queue } => queue.subject(),
         }
     }
 }
@@ -192,8 +250,10 @@ impl RedisQuery {
                 ..
             } => {
                 let key = |suffix: &str| format!("{queue_key}:{suffix}");
-                // BullMQ scores delayed jobs as timestamp_ms * 0x1000 + a 12-bit counter.
-                let due = now_ms.saturating_mul(0x1000).saturating_add(0xfff);
+                // Every score of a delayed job due by now_ms (the counter is below the factor).
+                let due = now_ms
+                    .saturating_mul(BULLMQ_DELAY_FACTOR)
+                    .saturating_add(BULLMQ_DELAY_FACTOR - 1);
                 let mut reads = vec![
                     RedisRead::Hexists(key("meta"), "paused"),
                     RedisRead::Llen(key("wait")),
@@ -207,13 +267,33 @@ impl RedisQuery {
                 reads
             }
             RedisQuery::QueueList { key, .. } => vec![RedisRead::Llen(key.clone())],
+            RedisQuery::Latency { queue } => queue.reads(),
         }
     }
 
-    /// Adds up the replies of [`reads`](Self::reads), each beside the read it answers, into
-    /// the backlog value.
-    pub fn combine(&self, source: &str, replies: &[(&RedisRead, &Value)]) -> Result<f64> {
+    /// The reads that depend on the replies to [`reads`](Self::reads) (e.g. the hash of the
+    /// job a list holds next), sent as the refresh's second pipeline; none for a backlog.
+    pub fn follow_up_reads(&self, replies: &[(&RedisRead, &Value)]) -> Vec<RedisRead> {
         match self {
+            RedisQuery::Latency { queue } => queue.follow_up_reads(replies),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Turns the replies of [`reads`](Self::reads) and of
+    /// [`follow_up_reads`](Self::follow_up_reads), each beside the read it answers, into the
+    /// query's value at `now_ms` (Unix milliseconds, the time the refresh planned its reads).
+    pub fn combine(
+        &self,
+        source: &str,
+        now_ms: i64,
+        replies: &[(&RedisRead, &Value)],
+        follow_up_replies: &[(&RedisRead, &Value)],
+    ) -> Result<f64> {
+        match self {
+            RedisQuery::Latency { queue } => {
+                queue.combine(source, now_ms, replies, follow_up_replies)
+            }
             RedisQuery::List { .. }
             | RedisQuery::Celery { .. }
             | RedisQuery::QueueList { .. }
@@ -275,23 +355,9 @@ fn stream_group(
     groups_reply: &Value,
     stream_reply: &Value,
 ) -> Result<f64> {
-    let groups = match groups_reply {
-        Value::Array(groups) => groups,
-        // A stream that does not exist has no backlog, like a missing list.
-        Value::ServerError(error) if error.details().is_some_and(|d| d.contains("no such key")) => {
-            return Ok(0.0);
-        }
-        other => return Err(reply_error(source, stream, "a stream", other)),
-    };
-    let Some(info) = groups
-        .iter()
-        .map(fields)
-        .find(|info| field_text(info, "name").as_deref() == Some(group))
-    else {
-        return Err(Error::rejected(
-            source,
-            format!("stream `{stream}` has no consumer group `{group}`"),
-        ));
+    // A stream that does not exist has no backlog, like a missing list.
+    let Some(info) = find_group(source, stream, group, groups_reply)? else {
+        return Ok(0.0);
     };
     let pending = field_int(&info, "pending").unwrap_or(0);
     if mode == StreamMode::Pending {
@@ -323,6 +389,38 @@ fn stream_group(
     } as f64)
 }
 
+/// The fields of `group` in an XINFO GROUPS reply; `None` when the stream does not exist, an
+/// error when the group does not.
+pub(super) fn find_group(
+    source: &str,
+    stream: &str,
+    group: &str,
+    groups_reply: &Value,
+) -> Result<Option<Vec<(String, Value)>>> {
+    let groups = match groups_reply {
+        Value::Array(groups) => groups,
+        Value::ServerError(error) if error.details().is_some_and(|d| d.contains("no such key")) => {
+            return Ok(None);
+        }
+        other => return Err(reply_error(source, stream, "a stream", other)),
+    };
+    match group_entry(groups, group) {
+        Some(info) => Ok(Some(info)),
+        None => Err(Error::rejected(
+            source,
+            format!("stream `{stream}` has no consumer group `{group}`"),
+        )),
+    }
+}
+
+/// The fields of `group` among the entries of an XINFO GROUPS reply.
+pub(super) fn group_entry(groups: &[Value], group: &str) -> Option<Vec<(String, Value)>> {
+    groups
+        .iter()
+        .map(fields)
+        .find(|info| field_text(info, "name").as_deref() == Some(group))
+}
+
 fn fields(value: &Value) -> Vec<(String, Value)> {
     match value {
         Value::Map(pairs) => pairs
@@ -340,7 +438,7 @@ fn fields(value: &Value) -> Vec<(String, Value)> {
     }
 }
 
-fn text(value: &Value) -> Option<String> {
+pub(super) fn text(value: &Value) -> Option<String> {
     match value {
         Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
         Value::SimpleString(s) => Some(s.clone()),
@@ -348,7 +446,7 @@ fn text(value: &Value) -> Option<String> {
     }
 }
 
-fn field_text(info: &[(String, Value)], name: &str) -> Option<String> {
+pub(super) fn field_text(info: &[(String, Value)], name: &str) -> Option<String> {
     info.iter()
         .find(|(k, _)| k == name)
         .and_then(|(_, v)| text(v))
@@ -364,7 +462,7 @@ fn field_int(info: &[(String, Value)], name: &str) -> Option<i64> {
 }
 
 /// An integer reply; a WRONGTYPE error names the key and the type it should have.
-fn integer(source: &str, key: &str, expected: &str, reply: &Value) -> Result<i64> {
+pub(super) fn integer(source: &str, key: &str, expected: &str, reply: &Value) -> Result<i64> {
     match reply {
         Value::Int(n) => Ok(*n),
         other => Err(reply_error(source, key, expected, other)),
@@ -387,7 +485,7 @@ pub fn server_error_makes_source_unavailable(code: &str) -> Option<&'static str>
     }
 }
 
-fn reply_error(source: &str, key: &str, expected: &str, reply: &Value) -> Error {
+pub(super) fn reply_error(source: &str, key: &str, expected: &str, reply: &Value) -> Error {
     match reply {
         Value::ServerError(error)
             if server_error_makes_source_unavailable(error.code()).is_some() =>
@@ -439,7 +537,8 @@ mod tests {
         let reads = query.reads(0);
         assert_eq!(reads.len(), replies.len(), "one reply per read");
         let pairs: Vec<(&RedisRead, &Value)> = reads.iter().zip(replies).collect();
-        query.combine("s", &pairs)
+        assert!(query.follow_up_reads(&pairs).is_empty(), "a backlog");
+        query.combine("s", 0, &pairs, &[])
     }
 
     #[test]
