@@ -23,9 +23,10 @@ use crate::{
     Error, Result,
     error::ConfigError,
     metadata::{Metadata, Parsed, metric_names, parse_metric},
-    sources::{Backend, Query, Section, Source, typed},
+    sources::{AUTHENTICATION_FAILED, Backend, CheckReport, Query, Section, Source, typed},
 };
 
+pub mod check;
 pub mod cluster;
 pub mod config;
 pub mod metrics;
@@ -252,6 +253,10 @@ impl Source for RedisSource {
                 .map(drop)
         })
     }
+
+    fn check(&self) -> BoxFuture<'_, Result<CheckReport>> {
+        Box::pin(check::check(self))
+    }
 }
 
 fn one_pipeline(reads: &[RedisRead]) -> redis::Pipeline {
@@ -267,6 +272,11 @@ fn one_pipeline(reads: &[RedisRead]) -> redis::Pipeline {
 fn describe(error: &redis::RedisError) -> String {
     if error.is_timeout() {
         "timed out".to_string()
+    } else if error.kind() == redis::ErrorKind::AuthenticationFailed
+        || matches!(error.code(), Some("WRONGPASS" | "NOAUTH"))
+    {
+        let code = error.code().unwrap_or("AUTH");
+        format!("{AUTHENTICATION_FAILED}: check the source's username and password ({code})")
     } else if error.is_connection_refusal() {
         "connection refused".to_string()
     } else if error.is_io_error() || error.is_connection_dropped() {
