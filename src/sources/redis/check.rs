@@ -1,5 +1,5 @@
-//! `backlog-scaler check` for a Redis source: a read through the same path as real reads
-//! (which decides reachable and authenticated), then what the server says about itself:
+//! `backlog-scaler check` for a Redis source: a read through the same path as real reads,
+//! replies included (which decides reachable and authenticated), then what the server says about itself:
 //! `INFO server` (version and mode), `ROLE`, and per topology `CLUSTER INFO`'s cluster_state
 //! or the master the Sentinels resolve.
 //!
@@ -14,7 +14,7 @@ use redis::{
     cluster_routing::{RoutingInfo, SingleNodeRoutingInfo},
 };
 
-use super::{Connections, RedisRead, RedisSource, describe};
+use super::{Connections, RedisQuery, RedisRead, RedisSource, describe};
 use crate::{
     Result,
     sources::{CheckReport, Finding},
@@ -22,9 +22,15 @@ use crate::{
 
 /// The findings of one Redis source.
 pub async fn check(source: &RedisSource) -> Result<CheckReport> {
-    source
-        .pipeline(&[RedisRead::Llen("backlog-scaler:probe".into())])
-        .await?;
+    // A redis-list read of a key nobody uses, answered the way a trigger's read is: a server
+    // that takes the connection but answers NOAUTH fails here too.
+    let probe = RedisQuery::List {
+        keys: vec!["backlog-scaler:probe".into()],
+    };
+    let reads = probe.reads(0);
+    let replies = source.pipeline(&reads).await?;
+    let answered: Vec<(&RedisRead, &Value)> = reads.iter().zip(&replies).collect();
+    probe.combine(&source.name, &answered)?;
     let mut findings = Vec::new();
     let info = match &source.connections {
         Connections::Standalone { client, connection } => {
