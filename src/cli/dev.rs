@@ -491,7 +491,8 @@ impl Environment {
             .arg("--dir")
             .arg(&redis_dir)
             .arg("--logfile")
-            .arg(redis_dir.join("redis.log"));
+            .arg(redis_dir.join("redis.log"))
+            .stderr(Stdio::null());
         let mut redis = Daemon::spawn(
             "redis-server",
             command,
@@ -502,28 +503,21 @@ impl Environment {
 
         let pg_dir = workdir.subdir("postgres", user.ids)?;
         let data = pg_dir.join("data");
-        let mut command = tokio::process::Command::new(&initdb);
+        // initdb runs the server in bootstrap mode as its child: as a group, both are
+        // stopped if dev is (its Drop kills the group).
+        let initdb_log = pg_dir.join("initdb.log");
+        let mut command = Command::new(&initdb);
         command
             .arg("-D")
             .arg(&data)
             .args(["-U", "postgres", "-A", "trust", "-E", "UTF8"])
-            .args(["--no-sync", "--no-instructions"])
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
+            .args(["--no-sync", "--no-instructions"]);
         if let Some((uid, gid)) = user.ids {
             command.uid(uid).gid(gid);
         }
-        command.process_group(0);
-        let output = tokio::time::timeout(START_TIMEOUT, command.output())
-            .await
-            .map_err(|_| format!("initdb did not finish within {START_TIMEOUT:?}"))?
-            .map_err(|e| format!("cannot run {}: {e}", initdb.display()))?;
-        if !output.status.success() {
-            return Err(format!(
-                "initdb failed: {}",
-                tail(&String::from_utf8_lossy(&output.stderr))
-            ));
-        }
+        command.stderr(log_file(&initdb_log)?);
+        let mut initdb = Daemon::spawn("initdb", command, libc::SIGKILL, initdb_log)?;
+        initdb.wait_for_exit().await?;
         let postgres_port = free_port();
         let log = pg_dir.join("postgres.log");
         let mut command = Command::new(&postgres);
@@ -545,9 +539,7 @@ impl Environment {
         if let Some((uid, gid)) = user.ids {
             command.uid(uid).gid(gid);
         }
-        let stderr = std::fs::File::create(&log)
-            .map_err(|e| format!("cannot create {}: {e}", log.display()))?;
-        command.stderr(stderr);
+        command.stderr(log_file(&log)?);
         // Fast shutdown: sessions are cut, the postmaster waits for its backends, then exits.
         let mut postgres = Daemon::spawn("postgres", command, libc::SIGINT, log)?;
         postgres.wait_for_port(postgres_port).await?;
@@ -804,6 +796,34 @@ impl Daemon {
         self.child.id()
     }
 
+    /// Waits until a one-shot command (initdb) exits, and fails with its log unless it
+    /// succeeded.
+    async fn wait_for_exit(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) if status.success() => return Ok(()),
+                Ok(Some(status)) => {
+                    return Err(format!(
+                        "{} failed ({status}): {}",
+                        self.name,
+                        tail(&std::fs::read_to_string(&self.log).unwrap_or_default())
+                    ));
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Ok(None) => {
+                    return Err(format!(
+                        "{} did not finish within {START_TIMEOUT:?}",
+                        self.name
+                    ));
+                }
+                Err(error) => return Err(format!("waiting for {}: {error}", self.name)),
+            }
+        }
+    }
+
     /// Waits until the server accepts TCP connections on `port`, or fails with its log.
     async fn wait_for_port(&mut self, port: u16) -> Result<(), String> {
         let deadline = Instant::now() + START_TIMEOUT;
@@ -838,8 +858,11 @@ impl Drop for Daemon {
             return;
         }
         let pid = self.child.id() as libc::pid_t;
-        // SAFETY: kill has no memory effects; `pid` is our child, not yet reaped.
-        unsafe { libc::kill(pid, self.stop_signal) };
+        // The whole group: initdb's bootstrap server goes with initdb. (PostgreSQL's backends
+        // lead sessions of their own; the postmaster stops them.)
+        // SAFETY: kill has no memory effects; `pid` is our child, not yet reaped, and leads
+        // its process group.
+        unsafe { libc::kill(-pid, self.stop_signal) };
         let deadline = std::time::Instant::now() + STOP_TIMEOUT;
         while std::time::Instant::now() < deadline {
             if matches!(self.child.try_wait(), Ok(Some(_))) {
@@ -855,6 +878,11 @@ impl Drop for Daemon {
         unsafe { libc::kill(-pid, libc::SIGKILL) };
         let _ = self.child.wait();
     }
+}
+
+/// A log file for a server's stderr.
+fn log_file(path: &Path) -> Result<std::fs::File, String> {
+    std::fs::File::create(path).map_err(|e| format!("cannot create {}: {e}", path.display()))
 }
 
 /// The last lines of a log, on one line.
