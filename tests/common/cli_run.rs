@@ -53,8 +53,9 @@ pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     path
 }
 
-/// Processes whose working directory or command line is inside `dir` (PostgreSQL's backends
-/// work in their data directory; redis-server names its directory on its command line).
+/// Processes whose working directory, command line or environment names `dir` (PostgreSQL's
+/// backends work in their data directory; redis-server names its directory on its command
+/// line; initdb's bootstrap server gets it in PGDATA).
 pub fn processes_in(dir: &Path) -> Vec<String> {
     let dir = dir.to_string_lossy().into_owned();
     let mut found = Vec::new();
@@ -69,7 +70,11 @@ pub fn processes_in(dir: &Path) -> Vec<String> {
         let cmdline = std::fs::read(entry.path().join("cmdline"))
             .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
             .unwrap_or_default();
-        if cwd.starts_with(&dir) || cmdline.contains(&dir) {
+        // initdb's bootstrap server finds its data directory in PGDATA.
+        let environ = std::fs::read(entry.path().join("environ"))
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        if cwd.starts_with(&dir) || cmdline.contains(&dir) || environ.contains(&dir) {
             found.push(format!("pid {name}: cwd {cwd}, cmdline {cmdline}"));
         }
     }
