@@ -285,3 +285,29 @@ fn sigterm_while_starting_leaves_nothing_behind() {
     assert!(left.is_empty(), "processes left: {left:#?}");
     assert!(!dir.exists(), "{} was not removed", dir.display());
 }
+
+#[test]
+fn dev_sh_runs_the_release_build_of_dev_with_its_arguments() {
+    // A stand-in `cargo` first on PATH records how scripts/dev.sh runs it (the servers are
+    // installed here, so the script installs nothing).
+    let bin = tempfile::tempdir().unwrap();
+    let fake = bin.path().join("cargo");
+    std::fs::write(&fake, "#!/bin/sh\necho \"cargo $*\"\n").unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let output = Command::new(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/dev.sh"))
+        .args(["--duration", "10s"])
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(
+        stdout.trim_end(),
+        "cargo run --release --locked -- dev --duration 10s"
+    );
+}
