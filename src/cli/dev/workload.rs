@@ -231,18 +231,23 @@ async fn sleeper(url: String, seed: u64) {
 }
 
 /// Statements at 20 a second for ten seconds, then 4 a second; Dagster runs queued every 3 s
-/// and started every 2 s (at most 12 waiting).
+/// (0-3 at a time, at most 12 waiting) and one started every 2 s.
 async fn statements(url: String) {
     let client = session(&url).await;
     let mut dice = Dice::new(20);
     let mut serial = 0u64;
-    for beat in 0u64.. {
-        let busy = (beat / 200) % 2 == 0;
+    let started = tokio::time::Instant::now();
+    let mut queue_at = started;
+    let mut start_at = started + Duration::from_secs(1);
+    loop {
+        let busy = (started.elapsed().as_secs() / 10).is_multiple_of(2);
         tokio::time::sleep(Duration::from_millis(if busy { 50 } else { 250 })).await;
         let _ = client
             .query("SELECT count(*) FROM runs WHERE status = $1", &[&"QUEUED"])
             .await;
-        if beat % 60 == 0 {
+        let now = tokio::time::Instant::now();
+        if now >= queue_at {
+            queue_at = now + Duration::from_secs(3);
             for _ in 0..dice.roll(4) {
                 serial += 1;
                 let run_id = format!("dev-{serial}");
@@ -256,7 +261,8 @@ async fn statements(url: String) {
                     .await;
             }
         }
-        if beat % 40 == 20 {
+        if now >= start_at {
+            start_at = now + Duration::from_secs(2);
             let _ = client
                 .execute(
                     "UPDATE runs SET status = 'STARTED' WHERE run_id = (
