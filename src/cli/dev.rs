@@ -7,7 +7,7 @@
 //!    `pg-main` like `k8s/base` does, so `check` and `eval` of `k8s/examples` work against
 //!    them too.
 //! 2. The scaler is served in-process with [`server::run`] on 127.0.0.1:9090 (a free port
-//!    when 9090 is busy), and [`workload`] puts synthetic work in the backends.
+//!    when 9090 is busy), and the `workload` submodule puts synthetic work in the backends.
 //! 3. Every second each sample trigger is read through a real gRPC client (GetMetricSpec once,
 //!    then GetMetrics and IsActive) and turned into replicas with KEDA's math
 //!    ([`desired_replicas`], min 0, max 10). On a terminal the table is redrawn in place;
