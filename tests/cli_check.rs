@@ -293,3 +293,77 @@ async fn a_bad_config_is_exit_2_with_one_line_and_probes_nothing() {
     let missing = run(&["check", "--config", "/nonexistent/scaler.toml"]).await;
     assert_eq!(missing.code, Some(2), "{missing:#?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_state_sentinel_master_and_replica_role_are_reported() {
+    let cluster = common::redis_topology::RedisCluster::start().await;
+    let sentinel = common::redis_topology::SentinelSetup::start().await;
+    let urls: Vec<String> = cluster.urls().iter().map(|u| format!("\"{u}\"")).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(
+        dir.path(),
+        "scaler.toml",
+        &format!(
+            r#"
+            [sources.cluster]
+            type = "redis-cluster"
+            urls = [{urls}]
+
+            [sources.sentinel]
+            type = "redis-sentinel"
+            urls = ["{sentinel_url}"]
+            master = "mymaster"
+
+            [sources.replica]
+            type = "redis"
+            url = "{replica}"
+
+            [sources.cluster-node-as-plain]
+            type = "redis"
+            url = "{node}"
+            "#,
+            urls = urls.join(", "),
+            sentinel_url = sentinel.sentinel_url(),
+            replica = sentinel.replica.url(),
+            node = cluster.nodes[0].url(),
+        ),
+    );
+    let ran = run(&["check", "--config", config.to_str().unwrap()]).await;
+    // The cluster node configured as a plain server fails; the others pass.
+    assert_eq!(ran.code, Some(1), "{ran:#?}");
+    let line = |name: &str| -> String {
+        ran.stdout
+            .lines()
+            .find(|l| l.contains(&format!(" {name} (")))
+            .unwrap_or_else(|| panic!("no line for {name}: {ran:#?}"))
+            .to_string()
+    };
+    let cluster_line = line("cluster");
+    assert!(cluster_line.starts_with("ok  "), "{cluster_line}");
+    assert!(
+        cluster_line.contains("cluster_state: ok (3 masters serving slots"),
+        "{cluster_line}"
+    );
+    let master_port = sentinel.master_port().await;
+    let sentinel_line = line("sentinel");
+    assert!(sentinel_line.starts_with("ok  "), "{sentinel_line}");
+    assert!(
+        sentinel_line.contains(&format!(
+            "master: the Sentinels resolve `mymaster` to 127.0.0.1:{master_port}"
+        )),
+        "{sentinel_line}"
+    );
+    assert!(sentinel_line.contains("role: master"), "{sentinel_line}");
+    let replica_line = line("replica");
+    assert!(replica_line.starts_with("ok  "), "{replica_line}");
+    assert!(
+        replica_line.contains(&format!("role: replica of 127.0.0.1:{master_port}")),
+        "{replica_line}"
+    );
+    let plain = line("cluster-node-as-plain");
+    assert!(plain.starts_with("FAIL"), "{plain}");
+    assert!(
+        plain.contains("FAIL redis_mode: cluster: this node is part of a Redis Cluster"),
+        "{plain}"
+    );
+}

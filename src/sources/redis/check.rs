@@ -1,12 +1,13 @@
 //! `backlog-scaler check` for a Redis source: a read through the same path as real reads,
-//! replies included (which decides reachable and authenticated), then what the server says about itself:
-//! `INFO server` (version and mode), `ROLE`, and per topology `CLUSTER INFO`'s cluster_state
-//! or the master the Sentinels resolve.
+//! replies included (which decides reachable and authenticated), and what the server says
+//! about itself: `INFO server` (version and mode), `ROLE`, and per topology `CLUSTER INFO`'s
+//! cluster_state or the master the Sentinels resolve.
 //!
 //! Failing findings are those under which no metric reads the right data: a cluster whose
-//! state is not `ok`, a `type = "redis"` source pointing at a Cluster node or a Sentinel.
-//! A replica is reported (values may lag the master) but passes. `INFO` or `ROLE` refused by
-//! an ACL is reported too: metrics need only the read commands.
+//! state is not `ok`, a `type = "redis"` source pointing at a Cluster node or a Sentinel
+//! (checked before the read, whose MOVED would only say "resharding"). A replica is reported
+//! (values may lag the master) but passes. `INFO` or `ROLE` refused by an ACL is reported
+//! too: metrics need only the read commands.
 
 use redis::{
     Cmd, Value,
@@ -22,25 +23,22 @@ use crate::{
 
 /// The findings of one Redis source.
 pub async fn check(source: &RedisSource) -> Result<CheckReport> {
-    // A redis-list read of a key nobody uses, answered the way a trigger's read is: a server
-    // that takes the connection but answers NOAUTH fails here too.
-    let probe = RedisQuery::List {
-        keys: vec!["backlog-scaler:probe".into()],
-    };
-    let reads = probe.reads(0);
-    let replies = source.pipeline(&reads).await?;
-    let answered: Vec<(&RedisRead, &Value)> = reads.iter().zip(&replies).collect();
-    probe.combine(&source.name, &answered)?;
     let mut findings = Vec::new();
     let info = match &source.connections {
         Connections::Standalone { client, connection } => {
             let mut connection = source.standalone(client, connection).await?;
             let info = query::<String>(&mut connection, info_server()).await;
-            findings.push(mode(&info, "standalone"));
+            let mode = mode(&info, "standalone");
+            // A Cluster node answers MOVED for most keys: say what is wrong instead.
+            if mode.ok {
+                probe(source).await?;
+            }
+            findings.push(mode);
             findings.push(role(query(&mut connection, redis::cmd("ROLE")).await));
             info
         }
         Connections::Cluster { client, connection } => {
+            probe(source).await?;
             let mut connection = source.cluster(client, connection).await?;
             let primary = RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary);
             let info = connection
@@ -57,6 +55,7 @@ pub async fn check(source: &RedisSource) -> Result<CheckReport> {
             info
         }
         Connections::Sentinel(sentinel) => {
+            probe(source).await?;
             let (host, port) = sentinel.master_address().await?;
             findings.push(Finding::new(
                 "master",
@@ -84,6 +83,18 @@ pub async fn check(source: &RedisSource) -> Result<CheckReport> {
         ));
     }
     Ok(CheckReport { version, findings })
+}
+
+/// A redis-list read of a key nobody uses, answered the way a trigger's read is: a server
+/// that takes the connection but answers NOAUTH fails here too.
+async fn probe(source: &RedisSource) -> Result<()> {
+    let probe = RedisQuery::List {
+        keys: vec!["backlog-scaler:probe".into()],
+    };
+    let reads = probe.reads(0);
+    let replies = source.pipeline(&reads).await?;
+    let answered: Vec<(&RedisRead, &Value)> = reads.iter().zip(&replies).collect();
+    probe.combine(&source.name, &answered).map(drop)
 }
 
 fn info_server() -> Cmd {
