@@ -477,9 +477,11 @@ async fn refresh_loop(inner: Arc<Inner>, state: Arc<SourceState>, shutdown: Canc
         if due.is_empty() {
             state.oldest_reading_ms.store(NO_READING, Ordering::Relaxed);
             let probe = AssertUnwindSafe(state.source.probe()).catch_unwind();
+            // Up when the backend answered, even with a rejection; down when it could not be
+            // reached, refused the credentials, timed out or the probe panicked.
             let up = tokio::time::timeout(state.settings.timeout, probe)
                 .await
-                .is_ok_and(|probe| matches!(probe, Ok(Ok(()))));
+                .is_ok_and(|probe| matches!(probe, Ok(Ok(())) | Ok(Err(Error::Rejected { .. }))));
             inner.set_health(&state, up);
             continue;
         }

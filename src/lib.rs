@@ -6,6 +6,10 @@
 //! A request travels top to bottom through these modules; each depends only on the ones
 //! below it (checked by `tests/module_graph.rs`):
 //!
+//! - [`cli`]: the commands besides `serve`, for people and scripts: `check` (probe every
+//!   source), `eval` (dry-run ScaledObjects against live backends) and `dev` (throwaway
+//!   backends, the scaler in-process and a live table). It sits at the top beside
+//!   [`server`] and may use every module below.
 //! - [`server`]: binds the gRPC listener, registers health and reflection, and owns the one
 //!   shutdown path (`run(config, listener, shutdown)`).
 //! - [`service`]: the `externalscaler.ExternalScaler` RPCs. Thin: parse, ask the engine,
@@ -35,6 +39,7 @@
 //! its batched reads) and a [`sources::QueryKind`] (its measurement key); then one line in
 //! [`sources::BACKENDS`]. Nothing else changes. `sources/redis/` is the fullest example.
 
+pub mod cli;
 pub mod config;
 pub mod credentials;
 pub mod engine;

@@ -176,3 +176,16 @@ fn leaves_and_backends_depend_only_downward() {
         );
     }
 }
+
+#[test]
+fn only_the_binary_uses_the_commands() {
+    // `cli` sits at the top beside `server`: it may use every module, none may use it.
+    let graph = graph();
+    assert!(graph.contains_key("cli"), "read no `cli` module: {graph:?}");
+    let users: Vec<&String> = graph
+        .iter()
+        .filter(|(_, uses)| uses.contains("cli"))
+        .map(|(module, _)| module)
+        .collect();
+    assert!(users.is_empty(), "{users:?} use `cli`");
+}

@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use common::{
     Scaler,
-    poll::poll_until,
-    trigger::trigger_value as metric,
     pgbouncer::{ADMIN_USER, APP_USER, AdminPgBouncer, STATS_USER, TINY},
+    poll::poll_until,
     postgres::PostgresServer,
+    trigger::trigger_value as metric,
 };
 use tonic::Code;
 

@@ -133,10 +133,32 @@ pub struct CheckReport {
 pub struct Finding {
     /// What was checked, e.g. `pg_stat_statements`, `role`, `cluster_state`.
     pub what: String,
-    /// False when a metric that needs it would fail.
+    /// False when no metric of the source can work as found (the check fails). A missing
+    /// optional feature (an extension, a privilege, tables only some metrics read) is `ok`,
+    /// with a `detail` naming the metrics that will fail and the fix.
     pub ok: bool,
     /// What was found, or what to do about it.
     pub detail: String,
+}
+
+impl Finding {
+    pub fn new(what: &str, ok: bool, detail: impl Into<String>) -> Finding {
+        Finding {
+            what: what.to_string(),
+            ok,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// How every source's error reason begins when the backend answered but refused the
+/// credentials, so `backlog-scaler check` can tell "reachable, not authenticated" from
+/// "unreachable".
+pub const AUTHENTICATION_FAILED: &str = "authentication failed";
+
+/// True when `error` says the backend refused the source's credentials.
+pub fn refused_credentials(error: &crate::Error) -> bool {
+    matches!(error, crate::Error::Unavailable { reason, .. } if reason.starts_with(AUTHENTICATION_FAILED))
 }
 
 /// What a backend's typed query must be to serve as the engine's cache key.

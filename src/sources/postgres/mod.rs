@@ -29,10 +29,11 @@ use crate::{
     Error, Result,
     error::ConfigError,
     metadata::{Metadata, Parsed, metric_names, parse_metric},
-    sources::{Backend, Query, Section, Source, typed},
+    sources::{AUTHENTICATION_FAILED, Backend, CheckReport, Query, Section, Source, typed},
 };
 
 pub mod activity;
+pub mod check;
 pub mod config;
 pub mod metrics;
 pub mod query;
@@ -484,9 +485,9 @@ impl PostgresSource {
         match (code, kind) {
             ("57014", _) => unavailable("the read hit statement_timeout".into()),
             ("55P03", _) => unavailable("the read hit lock_timeout".into()),
-            ("28P01" | "28000", _) => {
-                unavailable("authentication failed: check the source's user and password".into())
-            }
+            ("28P01" | "28000", _) => unavailable(format!(
+                "{AUTHENTICATION_FAILED}: check the source's user and password"
+            )),
             (c, _) if c.starts_with("08") || c.starts_with("57P") || c == "53300" => unavailable(
                 format!("the server refused the session ({code}: {message})"),
             ),
@@ -590,5 +591,9 @@ impl Source for PostgresSource {
             tx.query("SELECT 1", &[]).await?;
             tx.commit().await
         })
+    }
+
+    fn check(&self) -> BoxFuture<'_, Result<CheckReport>> {
+        Box::pin(check::check(self))
     }
 }

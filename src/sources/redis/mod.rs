@@ -26,9 +26,10 @@ use crate::{
     Error, Result,
     error::ConfigError,
     metadata::{Metadata, Parsed, metric_names, parse_metric},
-    sources::{Backend, Query, Section, Source, typed},
+    sources::{AUTHENTICATION_FAILED, Backend, CheckReport, Query, Section, Source, typed},
 };
 
+pub mod check;
 pub mod cluster;
 pub mod config;
 pub mod latency;
@@ -282,12 +283,13 @@ impl Source for RedisSource {
     }
 
     fn probe(&self) -> BoxFuture<'_, Result<()>> {
-        // A read of one key through the same path as real reads: a missing key answers 0.
-        Box::pin(async move {
-            self.pipeline(&[RedisRead::Llen("backlog-scaler:probe".into())])
-                .await
-                .map(drop)
-        })
+        // A read of one key through the same path as real reads (a missing key answers 0),
+        // judged as a trigger's reply is: NOAUTH is a source that does not answer.
+        Box::pin(check::probe(self))
+    }
+
+    fn check(&self) -> BoxFuture<'_, Result<CheckReport>> {
+        Box::pin(check::check(self))
     }
 }
 
@@ -304,6 +306,11 @@ fn one_pipeline(reads: &[RedisRead]) -> redis::Pipeline {
 fn describe(error: &redis::RedisError) -> String {
     if error.is_timeout() {
         "timed out".to_string()
+    } else if error.kind() == redis::ErrorKind::AuthenticationFailed
+        || matches!(error.code(), Some("WRONGPASS" | "NOAUTH"))
+    {
+        let code = error.code().unwrap_or("AUTH");
+        format!("{AUTHENTICATION_FAILED}: check the source's username and password ({code})")
     } else if error.is_connection_refusal() {
         "connection refused".to_string()
     } else if error.is_io_error() || error.is_connection_dropped() {

@@ -52,8 +52,13 @@ impl SentinelBackend {
             .set_response_timeout(Some(self.timeout / 2))
     }
 
+    /// The master name the Sentinels are asked about.
+    pub fn master_name(&self) -> &str {
+        &self.master_name
+    }
+
     /// Asks the Sentinels in order for the master's address; the first that answers wins.
-    async fn master_address(&self) -> Result<(String, u16)> {
+    pub async fn master_address(&self) -> Result<(String, u16)> {
         let mut connections = self.sentinel_connections.lock().await;
         let mut last_error = String::from("no Sentinel configured");
         for (index, sentinel) in self.sentinels.iter().enumerate() {

@@ -1,0 +1,542 @@
+//! `backlog-scaler eval`, the built binary against throwaway servers: replica counts worked
+//! out by hand from known list lengths (bounds, activation, a scalingModifiers formula over
+//! two triggers, the HPA's tolerance with `--current-replicas`), invalid metadata answered
+//! with the server's own message, and every file in k8s/examples evaluated against sources
+//! configured as k8s/base configures them.
+
+#[path = "common/cli_run.rs"]
+mod cli_run;
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use backlog_scaler::proto::GetMetricsRequest;
+use cli_run::{Run, run, write};
+use common::{RedisServer, Scaler, free_port, postgres::PostgresServer, redis_config};
+use redis::AsyncCommands;
+
+/// A ScaledObject with the given spec lines (indented for `spec:`).
+fn scaled_object(name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: keda.sh/v1alpha1\nkind: ScaledObject\nmetadata:\n  name: {name}\n  \
+         namespace: workers\nspec:\n  scaleTargetRef:\n    name: {name}\n{spec}"
+    )
+}
+
+/// A redis-list trigger on `keys` with `target` and optional extra metadata lines.
+fn list_trigger(name: Option<&str>, keys: &str, target: &str, extra: &str) -> String {
+    let name = name
+        .map(|n| format!("\n      name: {n}"))
+        .unwrap_or_default();
+    format!(
+        "    - type: external{name}\n      metadata:\n        scalerAddress: scaler:9090\n        \
+         source: redis-main\n        metric: redis-list\n        keys: \"{keys}\"\n        \
+         target: \"{target}\"\n{extra}"
+    )
+}
+
+async fn push(redis: &RedisServer, key: &str, count: usize) {
+    let mut connection = redis.connection().await;
+    let items: Vec<String> = (0..count).map(|i| format!("job-{i}")).collect();
+    let _: () = connection.rpush(key, items).await.unwrap();
+}
+
+async fn eval(config: &Path, file: &Path, extra: &[&str]) -> Run {
+    let mut args = vec![
+        "eval".to_string(),
+        "--config".into(),
+        config.display().to_string(),
+        "--scaledobject".into(),
+        file.display().to_string(),
+        "--output".into(),
+        "json".into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    run(&args).await
+}
+
+/// The replicas of the only ScaledObject of a JSON report.
+fn replicas(ran: &Run) -> Option<u64> {
+    let report = ran.json();
+    let objects = report["scaled_objects"].as_array().unwrap();
+    assert_eq!(objects.len(), 1, "{report}");
+    objects[0]["replicas"].as_u64()
+}
+
+struct Setup {
+    redis: RedisServer,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+}
+
+async fn setup() -> Setup {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(dir.path(), "scaler.toml", &redis_config(&redis.url()));
+    Setup { redis, dir, config }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_counts_match_the_hand_computed_ones() {
+    let s = setup().await;
+    push(&s.redis, "eval:a", 25).await;
+    push(&s.redis, "eval:b", 12).await;
+    push(&s.redis, "eval:big", 500).await;
+    push(&s.redis, "eval:few", 3).await;
+    push(&s.redis, "eval:six", 6).await;
+    push(&s.redis, "eval:21", 21).await;
+
+    // (case, spec, expected replicas, extra arguments)
+    type Case<'a> = (&'a str, String, u64, &'a [&'a str]);
+    let cases: Vec<Case> = vec![
+        (
+            // ceil(25 / 10) = 3
+            "average value",
+            format!(
+                "  maxReplicaCount: 20\n  triggers:\n{}",
+                list_trigger(None, "eval:a", "10", "")
+            ),
+            3,
+            &[],
+        ),
+        (
+            // ceil((25 + 12) / 10) = 4: the triggers' keys are summed
+            "two keys",
+            format!(
+                "  triggers:\n{}",
+                list_trigger(None, "eval:a,eval:b", "10", "")
+            ),
+            4,
+            &[],
+        ),
+        (
+            // ceil(500 / 10) = 50, lowered to maxReplicaCount 20
+            "max clamp",
+            format!(
+                "  maxReplicaCount: 20\n  triggers:\n{}",
+                list_trigger(None, "eval:big", "10", "")
+            ),
+            20,
+            &[],
+        ),
+        (
+            // ceil(25 / 10) = 3, raised to minReplicaCount 4
+            "min clamp",
+            format!(
+                "  minReplicaCount: 4\n  maxReplicaCount: 20\n  triggers:\n{}",
+                list_trigger(None, "eval:a", "10", "")
+            ),
+            4,
+            &[],
+        ),
+        (
+            // 3 <= activationTarget 5: not active, minReplicaCount 0: scale to zero
+            "below activation",
+            format!(
+                "  triggers:\n{}",
+                list_trigger(None, "eval:few", "10", "        activationTarget: \"5\"\n")
+            ),
+            0,
+            &[],
+        ),
+        (
+            // 6 > activationTarget 5: active, ceil(6 / 10) = 1
+            "above activation",
+            format!(
+                "  triggers:\n{}",
+                list_trigger(None, "eval:six", "10", "        activationTarget: \"5\"\n")
+            ),
+            1,
+            &[],
+        ),
+        (
+            // composite a + b = 25 + 12 = 37 against target 5: ceil(37 / 5) = 8; the
+            // triggers' own targets (1) no longer count
+            "scalingModifiers over two triggers",
+            format!(
+                "  advanced:\n    scalingModifiers:\n      formula: \"a + b\"\n      target: \"5\"\n  \
+                 triggers:\n{}{}",
+                list_trigger(Some("a"), "eval:a", "1", ""),
+                list_trigger(Some("b"), "eval:b", "1", "")
+            ),
+            8,
+            &[],
+        ),
+        (
+            // ceil(21 / 10) = 3 without current replicas...
+            "no tolerance without current replicas",
+            format!("  triggers:\n{}", list_trigger(None, "eval:21", "10", "")),
+            3,
+            &[],
+        ),
+        (
+            // ...but at 2 replicas the usage ratio 21 / (10 × 2) = 1.05 is within 10 %: keeps 2
+            "tolerance keeps the current replicas",
+            format!("  triggers:\n{}", list_trigger(None, "eval:21", "10", "")),
+            2,
+            &["--current-replicas", "2"],
+        ),
+        (
+            // at 1 replica the ratio 2.1 is outside it: 3
+            "tolerance does not hold a far ratio",
+            format!("  triggers:\n{}", list_trigger(None, "eval:21", "10", "")),
+            3,
+            &["--current-replicas", "1"],
+        ),
+    ];
+    for (case, spec, expected, extra) in cases {
+        let file = write(s.dir.path(), "so.yaml", &scaled_object("worker", &spec));
+        let ran = eval(&s.config, &file, extra).await;
+        assert_eq!(ran.code, Some(0), "{case}: {ran:#?}");
+        assert_eq!(replicas(&ran), Some(expected), "{case}: {}", ran.stdout);
+    }
+
+    // The text output carries the same numbers, per trigger and with the explanation.
+    let file = write(
+        s.dir.path(),
+        "so.yaml",
+        &scaled_object(
+            "worker",
+            &format!(
+                "  maxReplicaCount: 20\n  triggers:\n{}",
+                list_trigger(None, "eval:a", "10", "        activationTarget: \"2\"\n")
+            ),
+        ),
+    );
+    let text = run(&[
+        "eval",
+        "--config",
+        s.config.to_str().unwrap(),
+        "--scaledobject",
+        file.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(text.code, Some(0), "{text:#?}");
+    assert!(
+        text.stdout.starts_with("ScaledObject workers/worker ("),
+        "{}",
+        text.stdout
+    );
+    let trigger_line = text
+        .stdout
+        .lines()
+        .find(|l| {
+            l.trim_start()
+                .starts_with("trigger triggers[0] (external): metric ")
+        })
+        .unwrap_or_else(|| panic!("{}", text.stdout));
+    assert!(
+        trigger_line.ends_with("value 25, target 10, activationTarget 2, active"),
+        "{trigger_line}"
+    );
+    assert!(
+        trigger_line.contains("redis-list-eval-a-"),
+        "{trigger_line}"
+    );
+    assert!(text.stdout.contains("  replicas: 3\n"), "{}", text.stdout);
+    assert!(
+        text.stdout.contains("ceil(25 / 10) = 3"),
+        "the explanation: {}",
+        text.stdout
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_metadata_shows_the_message_the_server_sends() {
+    let s = setup().await;
+    let scaler = Scaler::start(&redis_config(&s.redis.url())).await;
+    let cases: &[&[(&str, &str)]] = &[
+        &[("metric", "redis-list"), ("keys", "a"), ("target", "0")],
+        &[
+            ("metric", "redis-list"),
+            ("keys", "a"),
+            ("target", "2"),
+            ("activationTreshold", "1"),
+        ],
+        &[("metric", "pg-activity"), ("target", "2")],
+        &[("metric", "redis-list"), ("keys", "a,,b"), ("target", "2")],
+    ];
+    for pairs in cases {
+        let mut all = vec![("source", "redis-main")];
+        all.extend_from_slice(pairs);
+        let status = scaler
+            .client()
+            .await
+            .get_metrics(GetMetricsRequest {
+                scaled_object_ref: Some(common::scaled_object(&all)),
+                metric_name: String::new(),
+            })
+            .await
+            .expect_err("the server rejects it");
+        let metadata: String = all
+            .iter()
+            .map(|(k, v)| format!("        {k}: \"{v}\"\n"))
+            .collect();
+        let file = write(
+            s.dir.path(),
+            "so.yaml",
+            &scaled_object(
+                "worker",
+                &format!("  triggers:\n    - type: external\n      metadata:\n{metadata}"),
+            ),
+        );
+        let ran = eval(&s.config, &file, &[]).await;
+        assert_eq!(ran.code, Some(1), "{pairs:?}: {ran:#?}");
+        let report = ran.json();
+        let trigger = &report["scaled_objects"][0]["triggers"][0];
+        assert_eq!(trigger["error"], status.message(), "{pairs:?}: {report}");
+        assert_eq!(trigger["code"], "InvalidArgument", "{pairs:?}: {report}");
+        assert!(report["scaled_objects"][0]["replicas"].is_null());
+        // And in text, the same message.
+        let text = run(&[
+            "eval",
+            "--config",
+            s.config.to_str().unwrap(),
+            "--scaledobject",
+            file.to_str().unwrap(),
+        ])
+        .await;
+        assert!(text.stdout.contains(status.message()), "{text:#?}");
+        assert!(text.stdout.contains("  replicas: none\n"), "{text:#?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_document_is_evaluated_and_what_cannot_be_is_said() {
+    let s = setup().await;
+    push(&s.redis, "eval:docs", 30).await;
+    let file = write(
+        s.dir.path(),
+        "many.yaml",
+        &format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: worker\n---\n{}\n---\n{}\n---\n{}",
+            scaled_object(
+                "first",
+                &format!("  triggers:\n{}", list_trigger(None, "eval:docs", "10", ""))
+            ),
+            scaled_object(
+                "second",
+                &format!("  triggers:\n{}", list_trigger(None, "eval:docs", "7", ""))
+            ),
+            scaled_object(
+                "with-cpu",
+                &format!(
+                    "  triggers:\n{}    - type: cpu\n      metricType: Utilization\n      \
+                     metadata:\n        value: \"60\"\n",
+                    list_trigger(None, "eval:docs", "10", "")
+                )
+            ),
+        ),
+    );
+    let ran = eval(&s.config, &file, &[]).await;
+    // with-cpu has no count: exit 1, but the others are there.
+    assert_eq!(ran.code, Some(1), "{ran:#?}");
+    let report = ran.json();
+    let objects = report["scaled_objects"].as_array().unwrap();
+    let names: Vec<&str> = objects
+        .iter()
+        .map(|o| o["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["first", "second", "with-cpu"]);
+    assert_eq!(objects[0]["replicas"], 3); // ceil(30 / 10)
+    assert_eq!(objects[1]["replicas"], 5); // ceil(30 / 7)
+    assert_eq!(objects[0]["document"], "document 2");
+    assert!(objects[2]["replicas"].is_null());
+    let cpu = &objects[2]["triggers"][1];
+    assert_eq!(cpu["code"], "NotEvaluated", "{report}");
+    assert!(cpu["error"].as_str().unwrap().contains("`cpu`"), "{report}");
+    assert_eq!(objects[2]["triggers"][0]["value"], 30.0, "{report}");
+    assert_eq!(
+        report["skipped"][0]["reason"], "kind Deployment (apps/v1)",
+        "{report}"
+    );
+
+    // Two files in one run, text output: both objects, in order.
+    let single = write(
+        s.dir.path(),
+        "single.yaml",
+        &scaled_object(
+            "third",
+            &format!("  triggers:\n{}", list_trigger(None, "eval:docs", "30", "")),
+        ),
+    );
+    let both = run(&[
+        "eval",
+        "--config",
+        s.config.to_str().unwrap(),
+        "--scaledobject",
+        single.to_str().unwrap(),
+        single.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(both.code, Some(0), "{both:#?}");
+    assert_eq!(both.stdout.matches("ScaledObject workers/third").count(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_down_backend_is_exit_1_and_bad_input_is_exit_2() {
+    let s = setup().await;
+    let down = write(
+        s.dir.path(),
+        "down.toml",
+        &redis_config(&format!("redis://127.0.0.1:{}/0", free_port())),
+    );
+    let so = scaled_object(
+        "worker",
+        &format!(
+            "  fallback:\n    failureThreshold: 3\n    replicas: 6\n  triggers:\n{}",
+            list_trigger(None, "eval:a", "10", "")
+        ),
+    );
+    let file = write(s.dir.path(), "so.yaml", &so);
+    let ran = eval(&down, &file, &[]).await;
+    assert_eq!(ran.code, Some(1), "{ran:#?}");
+    let report = ran.json();
+    let object = &report["scaled_objects"][0];
+    assert_eq!(object["triggers"][0]["code"], "Unavailable", "{report}");
+    assert!(
+        object["triggers"][0]["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("source `redis-main` is unavailable"),
+        "{report}"
+    );
+    assert!(
+        object["explanation"]
+            .as_str()
+            .unwrap()
+            .contains("KEDA would ask for 6 replicas"),
+        "{report}"
+    );
+
+    let cases = [
+        ("bad.yaml", "kind: ScaledObject\n  : [unclosed"),
+        (
+            "none.yaml",
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: x\n",
+        ),
+        (
+            "invalid.yaml",
+            "apiVersion: keda.sh/v1alpha1\nkind: ScaledObject\nmetadata:\n  name: x\nspec:\n  \
+             minReplicaCount: 5\n  maxReplicaCount: 2\n  triggers:\n    - type: external\n      \
+             metadata: {}\n",
+        ),
+    ];
+    for (name, text) in cases {
+        let file = write(s.dir.path(), name, text);
+        let ran = eval(&s.config, &file, &[]).await;
+        assert_eq!(ran.code, Some(2), "{name}: {ran:#?}");
+        assert_eq!(ran.stdout, "", "{name}: {ran:#?}");
+        assert_eq!(ran.stderr.trim_end().lines().count(), 1, "{name}: {ran:#?}");
+        assert!(ran.stderr.contains(name), "{name}: {ran:#?}");
+    }
+    let missing = eval(&s.config, Path::new("/nonexistent/so.yaml"), &[]).await;
+    assert_eq!(missing.code, Some(2), "{missing:#?}");
+    let bad_config = write(s.dir.path(), "bad.toml", "[sources]\n");
+    let ran = eval(&bad_config, &file, &[]).await;
+    assert_eq!(ran.code, Some(2), "{ran:#?}");
+    assert!(
+        ran.stderr.starts_with("backlog-scaler: invalid config"),
+        "{ran:#?}"
+    );
+}
+
+/// k8s/base's config.toml, taken from its ConfigMap, with each `url_file` (a mounted Secret)
+/// replaced by the URL of a throwaway server.
+fn base_config(redis_url: &str, pg_url: &str) -> String {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let configmap: serde_json::Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(root.join("k8s/base/configmap.yaml")).unwrap(),
+    )
+    .unwrap();
+    let config = configmap["data"]["config.toml"].as_str().unwrap();
+    let mut replaced = 0;
+    let lines: Vec<String> = config
+        .lines()
+        .map(|line| match line.trim() {
+            l if l.starts_with("url_file") && l.contains("redis") => {
+                replaced += 1;
+                format!("url = \"{redis_url}\"")
+            }
+            l if l.starts_with("url_file") && l.contains("pg") => {
+                replaced += 1;
+                format!("url = \"{pg_url}\"")
+            }
+            _ => line.to_string(),
+        })
+        .collect();
+    assert_eq!(replaced, 2, "k8s/base's sources changed: {config}");
+    lines.join("\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_example_gets_a_replica_count_against_k8s_base_sources() {
+    let redis = RedisServer::start();
+    let postgres = PostgresServer::start().await;
+    // Dagster's run storage, as dagster-runs and the base config's named query read it.
+    postgres
+        .execute(
+            "postgres",
+            "CREATE TABLE runs (run_id text, pipeline_name text, status text);
+             CREATE TABLE run_tags (run_id text, key text, value text);
+             INSERT INTO runs VALUES ('1', 'etl', 'QUEUED'), ('2', 'etl', 'QUEUED'),
+                                     ('3', 'etl', 'STARTED');",
+        )
+        .await;
+    push(&redis, "agent:tasks:pending", 15).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(
+        dir.path(),
+        "config.toml",
+        &base_config(&redis.url(), &postgres.url("postgres")),
+    );
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut examples: Vec<PathBuf> = std::fs::read_dir(root.join("k8s/examples"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    examples.sort();
+    assert!(examples.len() >= 10, "{examples:?}");
+
+    let mut args = vec![
+        "eval".to_string(),
+        "--config".into(),
+        config.display().to_string(),
+        "--output".into(),
+        "json".into(),
+        "--scaledobject".into(),
+    ];
+    args.extend(examples.iter().map(|p| p.display().to_string()));
+    let ran = run(&args).await;
+    assert_eq!(ran.code, Some(0), "{ran:#?}");
+    let report = ran.json();
+    let objects = report["scaled_objects"].as_array().unwrap();
+    assert!(objects.len() >= examples.len(), "{report}");
+    for example in &examples {
+        let file = example.display().to_string();
+        let mine: Vec<&serde_json::Value> = objects.iter().filter(|o| o["file"] == file).collect();
+        assert!(!mine.is_empty(), "no ScaledObject from {file}: {report}");
+        for object in mine {
+            assert!(object["replicas"].is_u64(), "{file}: {object}");
+            for trigger in object["triggers"].as_array().unwrap() {
+                assert!(trigger["value"].is_f64(), "{file}: {trigger}");
+                assert!(trigger["metric_name"].is_string(), "{file}: {trigger}");
+            }
+        }
+    }
+    let by_name = |name: &str| {
+        objects
+            .iter()
+            .find(|o| o["name"] == name)
+            .unwrap_or_else(|| panic!("no {name}: {report}"))
+    };
+    // redis-list.yaml: 15 pending, target 10, max 20: ceil(1.5) = 2.
+    assert_eq!(by_name("agent-worker")["replicas"], 2);
+    // dagster-runs.yaml: 2 queued etl runs, target 4: 1.
+    assert_eq!(by_name("dagster-run-worker")["triggers"][0]["value"], 2.0);
+    assert_eq!(by_name("dagster-run-worker")["replicas"], 1);
+    // pg-query.yaml: the base config's dagster_backlog query counts the same 2.
+    assert_eq!(by_name("backlog-worker")["triggers"][0]["value"], 2.0);
+}
