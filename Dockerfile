@@ -24,7 +24,7 @@ COPY --from=build /backlog-scaler /backlog-scaler
 # distroless's user `nonroot`, by number: the kubelet can check runAsNonRoot only against a
 # numeric user, and k8s/base/deployment.yaml runs as 65532 too.
 USER 65532:65532
-# 9090: gRPC (ExternalScaler, health, reflection); 8080: server.http_listen, reserved for
-# Prometheus /metrics.
+# 9090: gRPC (ExternalScaler, health, reflection); 8080: server.http_listen (Prometheus
+# /metrics, /healthz, /readyz).
 EXPOSE 9090 8080
 ENTRYPOINT ["/backlog-scaler", "serve", "--config", "/etc/backlog-scaler/config.toml"]

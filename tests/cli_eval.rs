@@ -12,7 +12,10 @@ use std::path::{Path, PathBuf};
 
 use backlog_scaler::proto::GetMetricsRequest;
 use cli_run::{Run, run, write};
-use common::{RedisServer, Scaler, free_port, postgres::PostgresServer, redis_config};
+use common::{
+    RedisServer, Scaler, free_port, pgbouncer::AdminPgBouncer, postgres::PostgresServer,
+    redis_config,
+};
 use redis::AsyncCommands;
 
 /// A ScaledObject with the given spec lines (indented for `spec:`).
@@ -443,7 +446,7 @@ async fn a_down_backend_is_exit_1_and_bad_input_is_exit_2() {
 
 /// k8s/base's config.toml, taken from its ConfigMap, with each `url_file` (a mounted Secret)
 /// replaced by the URL of a throwaway server.
-fn base_config(redis_url: &str, pg_url: &str) -> String {
+fn base_config(redis_url: &str, pg_url: &str, pgbouncer_url: &str) -> String {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let configmap: serde_json::Value = serde_yaml_ng::from_str(
         &std::fs::read_to_string(root.join("k8s/base/configmap.yaml")).unwrap(),
@@ -458,6 +461,10 @@ fn base_config(redis_url: &str, pg_url: &str) -> String {
                 replaced += 1;
                 format!("url = \"{redis_url}\"")
             }
+            l if l.starts_with("url_file") && l.contains("pgbouncer") => {
+                replaced += 1;
+                format!("url = \"{pgbouncer_url}\"")
+            }
             l if l.starts_with("url_file") && l.contains("pg") => {
                 replaced += 1;
                 format!("url = \"{pg_url}\"")
@@ -465,7 +472,7 @@ fn base_config(redis_url: &str, pg_url: &str) -> String {
             _ => line.to_string(),
         })
         .collect();
-    assert_eq!(replaced, 2, "k8s/base's sources changed: {config}");
+    assert_eq!(replaced, 3, "k8s/base's sources changed: {config}");
     lines.join("\n")
 }
 
@@ -484,11 +491,16 @@ async fn every_example_gets_a_replica_count_against_k8s_base_sources() {
         )
         .await;
     push(&redis, "agent:tasks:pending", 15).await;
+    let bouncer = AdminPgBouncer::start(&postgres);
     let dir = tempfile::tempdir().unwrap();
     let config = write(
         dir.path(),
         "config.toml",
-        &base_config(&redis.url(), &postgres.url("postgres")),
+        &base_config(
+            &redis.url(),
+            &postgres.url("postgres"),
+            &bouncer.console_url(),
+        ),
     );
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let mut examples: Vec<PathBuf> = std::fs::read_dir(root.join("k8s/examples"))

@@ -628,7 +628,7 @@ dagster_backlog = "SELECT count(*) FROM runs WHERE status IN ('QUEUED','NOT_STAR
              redis-server: 127.0.0.1:{redis} (pid {redis_pid})\n\
              postgres:     127.0.0.1:{pg} (pid {pg_pid})\n\
              gRPC:         {grpc}{grpc_note}\n\
-             http_listen:  127.0.0.1:{http_port}{http_note} (reserved for /metrics)\n\
+             http_listen:  127.0.0.1:{http_port}{http_note} (/metrics, /healthz, /readyz)\n\
              config:       {config}\n\
              next:         backlog-scaler check --config {config}\n\
              \x20             backlog-scaler eval --config {config} --scaledobject k8s/examples/redis-list.yaml",
