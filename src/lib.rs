@@ -10,8 +10,9 @@
 //!   source), `eval` (dry-run ScaledObjects against live backends) and `dev` (throwaway
 //!   backends, the scaler in-process and a live table). It sits at the top beside
 //!   [`server`] and may use every module below.
-//! - [`server`]: binds the gRPC listener, registers health and reflection, and owns the one
-//!   shutdown path (`run(config, listener, shutdown)`).
+//! - [`server`]: the listeners (gRPC, the http port with `/metrics`, a plaintext health
+//!   port), TLS with certificate rotation, the bounds on connections and RPCs, health and
+//!   reflection, and the one shutdown path (`run(config, listener, shutdown)`).
 //! - [`service`]: the `externalscaler.ExternalScaler` RPCs. Thin: parse, ask the engine,
 //!   shape the answer.
 //! - [`trigger`]: turns KEDA's `scalerMetadata` map into a typed [`trigger::TriggerSpec`]
@@ -24,11 +25,13 @@
 //!   every source shares and hands the rest of each `[sources.NAME]` table to its backend.
 //! - [`sources`]: the [`sources::Backend`] and [`sources::Source`] traits, the opaque
 //!   [`sources::Query`], and one folder per backend ([`sources::redis`],
-//!   [`sources::postgres`]), each owning its config section, its metrics and its reads.
+//!   [`sources::postgres`], [`sources::pgbouncer`]), each owning its config section, its
+//!   metrics and its reads.
 //! - [`eval`]: `backlog-scaler eval`'s pure logic: ScaledObjects, scalingModifiers formulas,
 //!   KEDA's and the HPA's replica math. It uses no other module.
 //! - Leaves, used by the modules above and using none of them: [`metadata`] (typed reads of
-//!   `scalerMetadata`, metric tables), [`credentials`] (secrets and CA roots), [`naming`]
+//!   `scalerMetadata`, metric tables), [`credentials`] (secrets, CA roots, the server's TLS
+//!   config), [`metrics`] (the Prometheus registry and what is recorded in it), [`naming`]
 //!   (deterministic DNS-1123 metric names), [`error`] (the one error enum and its one mapping
 //!   to `tonic::Status`), [`proto`] (generated from `proto/externalscaler.proto`).
 //!

@@ -106,6 +106,9 @@ fn rpc_buckets() -> impl Iterator<Item = f64> {
 /// Every metric of the process. Cloning the `Arc` is how components share it.
 #[derive(Debug)]
 pub struct Metrics {
+    /// False without an http port: nothing would ever read the RPC series, so they are not
+    /// recorded (the gauges and backend reads cost nothing on the request path).
+    record_rpcs: bool,
     registry: Registry,
     requests: Family<RpcLabels, Counter>,
     /// `requests` of each (method, code), created on first use and kept.
@@ -125,7 +128,17 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Metrics that record everything.
     pub fn new(max_live: usize) -> Arc<Metrics> {
+        Self::build(max_live, true)
+    }
+
+    /// Metrics that skip the per-RPC series (no `server.http_listen`: no scrape would see them).
+    pub fn without_rpc_series(max_live: usize) -> Arc<Metrics> {
+        Self::build(max_live, false)
+    }
+
+    fn build(max_live: usize, record_rpcs: bool) -> Arc<Metrics> {
         let mut registry = Registry::with_prefix("backlog_scaler");
         let requests = Family::<RpcLabels, Counter>::default();
         registry.register(
@@ -158,6 +171,7 @@ impl Metrics {
             read_durations.clone(),
         );
         let metrics = Metrics {
+            record_rpcs,
             request_cells: METHODS.iter().map(|_| Default::default()).collect(),
             requests,
             duration_cells: METHODS.iter().map(|_| OnceLock::new()).collect(),
@@ -230,6 +244,9 @@ impl Metrics {
 
     /// Records one answered RPC. `method` is the last segment of the request path.
     pub fn record_rpc(&self, method: &str, code: Code, seconds: f64) {
+        if !self.record_rpcs {
+            return;
+        }
         let index = METHODS
             .iter()
             .position(|m| *m == method)

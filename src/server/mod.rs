@@ -113,7 +113,11 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let limits = &config.server.limits;
-    let metrics = Metrics::new(config.measurements.max_live);
+    let max_live = config.measurements.max_live;
+    let metrics = match config.server.http_listen {
+        Some(_) => Metrics::new(max_live),
+        None => Metrics::without_rpc_series(max_live),
+    };
     let engine = build_engine(&config, metrics.clone());
     let stop = CancellationToken::new();
     let refreshers = engine.start(stop.clone());

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The cost of the metrics layer on the warm path: warm GetMetrics req/s of a scaler that
+# records its RPC series (server.http_listen set) ÷ the same scaler without (unset), in
+# alternating rounds of the same load within one run, against a throwaway redis-server on
+# loopback. Bounded: rounds × 2 × seconds. Usage: benches/metrics_overhead.sh [rounds=5] [seconds=8]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=${1:-5}
+SECONDS_PER_ROUND=${2:-8}
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 200); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
+
+echo "== machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(lscpu | sed -n 's/Model name: *//p'), $(date -u +%FT%TZ)"
+cargo build --release --locked --quiet
+cargo bench --locked --no-run --bench loadgen --quiet 2>/dev/null
+redis_port=$(free_port)
+redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" >/dev/null &
+pids+=($!); wait_port "$redis_port"
+for q in $(seq 0 9); do redis-cli -p "$redis_port" RPUSH "bench:queue:$q" 1 2 3 >/dev/null; done
+
+start_scaler() { # NAME, extra [server] lines
+  local port; port=$(free_port)
+  printf '[server]\ngrpc_listen = "127.0.0.1:%s"\n%s\n[sources.redis-main]\ntype = "redis"\nurl = "redis://127.0.0.1:%s/0"\n' \
+    "$port" "$2" "$redis_port" > "$work/$1.toml"
+  target/release/backlog-scaler serve --config "$work/$1.toml" 2>"$work/$1.log" &
+  pids+=($!); wait_port "$port"; echo "$port"
+}
+with_port=$(start_scaler with "http_listen = \"127.0.0.1:$(free_port)\"")
+without_port=$(start_scaler without "")
+rps() { # PORT -> req/s of a warm GetMetrics load
+  cargo bench --locked --quiet --bench loadgen -- --target "127.0.0.1:$1" --call get-metrics \
+    --connections 4 --concurrency 64 --scaled-objects 1000 --queues 10 \
+    --duration "$SECONDS_PER_ROUND" | awk '/Requests\/sec:/ {print $2}'
+}
+ratios=()
+for round in $(seq "$ROUNDS"); do
+  with=$(rps "$with_port"); without=$(rps "$without_port")
+  ratio=$(python3 -c "print(f'{$with/$without:.3f}')")
+  ratios+=("$ratio")
+  echo "round $round: with metrics $with req/s, without $without req/s, ratio $ratio"
+done
+python3 - "${ratios[@]}" <<'PY'
+import statistics, sys
+r = sorted(float(x) for x in sys.argv[1:])
+print(f"== metrics on / off, warm GetMetrics req/s: median {statistics.median(r):.3f}, range {r[0]:.3f}-{r[-1]:.3f} over {len(r)} rounds (goal: >= 0.95)")
+PY
