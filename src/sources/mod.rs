@@ -29,8 +29,9 @@ use serde::Serialize;
 
 use crate::{
     Result,
+    credentials::{Secret, SecretRef},
     error::ConfigError,
-    metadata::{Metadata, Parsed},
+    metadata::{Metadata, MetricDef, Parsed, parse_metric},
 };
 
 pub mod pgbouncer;
@@ -69,6 +70,22 @@ impl Section {
     /// The dotted config key of one of the section's fields, for error messages.
     pub fn key(&self, field: &str) -> String {
         format!("sources.{}.{field}", self.name)
+    }
+
+    /// The secret of `field`, given inline, as `FIELD_env` or as `FIELD_file`.
+    pub fn secret<'a>(
+        &self,
+        field: &str,
+        inline: Option<&'a Secret>,
+        env: Option<&'a str>,
+        file: Option<&'a std::path::Path>,
+    ) -> SecretRef<'a> {
+        SecretRef {
+            key: self.key(field),
+            inline,
+            env,
+            file,
+        }
     }
 
     /// Deserializes the backend's keys into its own `#[serde(deny_unknown_fields)]` struct.
@@ -261,6 +278,21 @@ impl<T: Serialize> Serialize for Tagged<'_, T> {
         map.serialize_entry(self.0, self.1)?;
         map.end()
     }
+}
+
+/// [`Source::parse`] of a backend whose metrics are `table`: the metric's keys parsed into the
+/// backend's query, made opaque.
+pub fn parse_query<Q: QueryKind, C: ?Sized>(
+    table: &[MetricDef<Q, C>],
+    metric: &str,
+    md: &Metadata<'_>,
+    context: &C,
+) -> Result<Parsed<Query>> {
+    let parsed = parse_metric(table, metric, md, context)?;
+    Ok(Parsed {
+        query: Query::new(parsed.query),
+        keys: parsed.keys,
+    })
 }
 
 /// The typed query of a batch, for a source that was handed a query of another source.

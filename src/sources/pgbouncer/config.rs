@@ -7,7 +7,7 @@ use serde::Deserialize;
 use tokio_postgres::config::SslMode;
 
 use crate::{
-    credentials::{CaRoots, Secret, SecretRef},
+    credentials::{CaRoots, Secret},
     error::ConfigError,
     sources::{Section, postgres::config::tls_config},
 };
@@ -33,13 +33,14 @@ pub struct PgBouncerSettings {
 
 pub fn parse(section: &Section) -> Result<PgBouncerSettings, ConfigError> {
     let raw: RawPgBouncer = section.deserialize()?;
-    let url = SecretRef {
-        key: section.key("url"),
-        inline: raw.url.as_ref(),
-        env: raw.url_env.as_deref(),
-        file: raw.url_file.as_deref(),
-    }
-    .resolve()?;
+    let url = section
+        .secret(
+            "url",
+            raw.url.as_ref(),
+            raw.url_env.as_deref(),
+            raw.url_file.as_deref(),
+        )
+        .resolve()?;
     // The parser's message may quote the URL, which may hold a password.
     let connection: tokio_postgres::Config = url.expose().parse().map_err(|_| {
         ConfigError::at(

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use crate::{
     Error, Result,
     error::ConfigError,
-    metadata::{Metadata, Parsed, metric_names, parse_metric},
+    metadata::{Metadata, Parsed, metric_names},
     sources::{Backend, Query, Section, Source, typed},
 };
 
@@ -224,11 +224,7 @@ impl Source for PgBouncerSource {
     }
 
     fn parse(&self, metric: &str, md: &Metadata<'_>) -> Result<Parsed<Query>> {
-        let parsed = parse_metric(metrics::METRICS, metric, md, &())?;
-        Ok(Parsed {
-            query: Query::new(parsed.query),
-            keys: parsed.keys,
-        })
+        super::parse_query(metrics::METRICS, metric, md, &())
     }
 
     fn read_batch<'a>(&'a self, queries: &'a [Query]) -> BoxFuture<'a, Vec<Result<f64>>> {

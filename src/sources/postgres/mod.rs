@@ -28,7 +28,7 @@ use tokio_postgres::{
 use crate::{
     Error, Result,
     error::ConfigError,
-    metadata::{Metadata, Parsed, metric_names, parse_metric},
+    metadata::{Metadata, Parsed, metric_names},
     sources::{AUTHENTICATION_FAILED, Backend, CheckReport, Query, Section, Source, typed},
 };
 
@@ -574,11 +574,7 @@ impl Source for PostgresSource {
     }
 
     fn parse(&self, metric: &str, md: &Metadata<'_>) -> Result<Parsed<Query>> {
-        let parsed = parse_metric(metrics::METRICS, metric, md, &self.queries)?;
-        Ok(Parsed {
-            query: Query::new(parsed.query),
-            keys: parsed.keys,
-        })
+        super::parse_query(metrics::METRICS, metric, md, &self.queries)
     }
 
     fn read_batch<'a>(&'a self, queries: &'a [Query]) -> BoxFuture<'a, Vec<Result<f64>>> {

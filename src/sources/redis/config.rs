@@ -7,7 +7,7 @@ use redis::{ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo};
 use serde::Deserialize;
 
 use crate::{
-    credentials::{CaRoots, Secret, SecretRef},
+    credentials::{CaRoots, Secret},
     error::ConfigError,
     sources::Section,
 };
@@ -136,13 +136,14 @@ pub fn parse(section: &Section) -> Result<RedisSettings, ConfigError> {
 }
 
 fn single_url(section: &Section, raw: &RawRedis) -> Result<Secret, ConfigError> {
-    SecretRef {
-        key: section.key("url"),
-        inline: raw.url.as_ref(),
-        env: raw.url_env.as_deref(),
-        file: raw.url_file.as_deref(),
-    }
-    .resolve()
+    section
+        .secret(
+            "url",
+            raw.url.as_ref(),
+            raw.url_env.as_deref(),
+            raw.url_file.as_deref(),
+        )
+        .resolve()
 }
 
 fn seed_urls(section: &Section, raw: &RawRedis) -> Result<Vec<Secret>, ConfigError> {
@@ -166,13 +167,14 @@ fn node_settings(
     raw: &RawRedis,
     urls: &[Secret],
 ) -> Result<NodeSettings, ConfigError> {
-    let password = SecretRef {
-        key: section.key("password"),
-        inline: None,
-        env: raw.password_env.as_deref(),
-        file: raw.password_file.as_deref(),
-    }
-    .resolve_optional()?;
+    let password = section
+        .secret(
+            "password",
+            None,
+            raw.password_env.as_deref(),
+            raw.password_file.as_deref(),
+        )
+        .resolve_optional()?;
     let ca = match &raw.tls_ca_file {
         Some(path) => Some(CaRoots::load(&section.key("tls_ca_file"), path)?),
         None => None,
