@@ -3,15 +3,23 @@
 //! A *measurement* is one `(source, query)` pair; it is the unit of backend work, whatever the
 //! number of ScaledObjects, triggers, KEDA replicas or requests that ask for it.
 //!
-//! - The first request for a measurement registers it and starts one *cold read*; concurrent
-//!   requests for it wait on the same read (they share a `watch` channel), bounded by the
-//!   source's `timeout`.
+//! - The first request for a measurement registers it and queues it for a *cold read*. Cold
+//!   reads are batched per source: when no cold batch started within the last
+//!   [`COLD_BATCH_WINDOW`], the first requester reads at once, in its own task (the common
+//!   case, one new ScaledObject, pays no hand-over); otherwise the queued measurements are read
+//!   together when the window ends, or by the refresher if its tick comes first. A KEDA
+//!   restart that asks for 10,000 new measurements within a second costs about ten batches,
+//!   not 10,000 round trips. Concurrent requests for a measurement wait for the same read,
+//!   bounded by the source's `timeout`. A requester that is cancelled while it reads hands the
+//!   read to a task, so the others still get their answer.
 //! - One refresher task per source reads all live measurements of that source every
 //!   `refresh_interval` in a single [`Source::read_batch`] call, so backends see work
 //!   proportional to distinct measurements, never to requests.
 //! - A request answers from the latest reading: its value if the read succeeded less than
 //!   `max_staleness` ago, its error if the latest read failed (never an older value that
 //!   could no longer be confirmed), and UNAVAILABLE if the refresher has fallen behind.
+//! - Readings are stored inline in one table per source: no channel, task or lock object of
+//!   its own per measurement.
 //! - A measurement that nobody asked for during `idle_expiry` is dropped; at most `max_live`
 //!   measurements are live (RESOURCE_EXHAUSTED past that).
 //! - Readiness is true while at least one source answered its latest read or probe.
@@ -25,7 +33,7 @@ use std::{
     collections::HashMap,
     panic::AssertUnwindSafe,
     sync::{
-        Arc, RwLock,
+        Arc, Mutex, RwLock,
         atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
@@ -47,8 +55,15 @@ use crate::{
 };
 
 /// Extra wait, beyond the source's read budget, for a request waiting on a cold read: the
-/// read task itself is bounded by the budget, so this only covers scheduling delay.
+/// read itself is bounded by the budget, so this only covers scheduling delay.
 const COLD_WAIT_SLACK: Duration = Duration::from_millis(200);
+
+/// Cold reads that arrive within this window after a cold batch of their source started
+/// share the next batch. 100 ms bounds a restart storm to about ten cold batches per second
+/// and source (the goal is at most 20 for 10,000 new measurements within a second) and adds
+/// at most 100 ms to a measurement's first answer during such a storm, far inside the HPA's
+/// 3 s deadline; a cold read with no other in the window is never delayed.
+pub const COLD_BATCH_WINDOW: Duration = Duration::from_millis(100);
 
 /// The engine's global bounds (from `[measurements]`).
 #[derive(Debug, Clone, Copy)]
@@ -103,7 +118,10 @@ struct SourceState {
     name: Arc<str>,
     settings: RefreshSettings,
     source: Arc<dyn Source>,
-    measurements: RwLock<HashMap<Query, Arc<Measurement>>>,
+    measurements: RwLock<HashMap<Query, Measurement>>,
+    cold: Mutex<ColdQueue>,
+    /// Counts the batches that stored readings; requests waiting for a cold read watch it.
+    stored: watch::Sender<u64>,
     /// A [`Health`].
     health: AtomicU8,
     /// When the oldest live reading was started, in ms since the engine's epoch; [`NO_READING`]
@@ -118,10 +136,48 @@ impl SourceState {
     fn health(&self) -> Health {
         Health::from_u8(self.health.load(Ordering::Relaxed))
     }
+
+    /// The reading of a live measurement, marking it as asked for at `now_ms`.
+    fn reading(&self, query: &Query, now_ms: u64) -> Option<Reading> {
+        let measurements = self.measurements.read().expect("lock poisoned");
+        let measurement = measurements.get(query)?;
+        measurement.last_asked_ms.store(now_ms, Ordering::Relaxed);
+        Some(measurement.reading.lock().expect("lock poisoned").clone())
+    }
+
+    /// Stores the outcomes of one batch (in the order of `queries`) and wakes the requests
+    /// waiting for a cold read. Measurements that expired meanwhile are skipped.
+    fn store(&self, queries: &[Query], outcomes: Vec<Result<f64>>, started_ms: u64) {
+        {
+            let measurements = self.measurements.read().expect("lock poisoned");
+            for (query, outcome) in queries.iter().zip(outcomes) {
+                if let Some(measurement) = measurements.get(query) {
+                    *measurement.reading.lock().expect("lock poisoned") = Reading::Read {
+                        outcome: outcome.map_err(Box::new),
+                        started_ms,
+                    };
+                }
+            }
+        }
+        self.stored
+            .send_modify(|batches| *batches = batches.wrapping_add(1));
+    }
 }
 
+/// The measurements waiting for their cold read, per source.
+#[derive(Default)]
+struct ColdQueue {
+    /// Registered measurements that no batch has taken yet.
+    queued: Vec<Query>,
+    /// When the latest cold batch started.
+    last_start: Option<Instant>,
+    /// A task will read `queued` when the window of the latest batch ends.
+    scheduled: bool,
+}
+
+/// One live measurement: 16 bytes of key (shared with the triggers that name it) and this.
 struct Measurement {
-    reading: watch::Sender<Reading>,
+    reading: Mutex<Reading>,
     /// Milliseconds since the engine's epoch at which a request last asked for it.
     last_asked_ms: AtomicU64,
 }
@@ -130,10 +186,11 @@ struct Measurement {
 enum Reading {
     /// The cold read has not finished yet.
     Pending,
-    /// The latest read: its outcome and when it started (the age of the data).
+    /// The latest read: its outcome and when it started, in ms since the engine's epoch (the
+    /// age of the data). The error is boxed: a reading is small while the source answers.
     Read {
-        outcome: Result<f64>,
-        started: Instant,
+        outcome: Result<f64, Box<Error>>,
+        started_ms: u64,
     },
 }
 
@@ -148,6 +205,8 @@ impl Engine {
                     settings: entry.settings,
                     source: entry.source,
                     measurements: RwLock::new(HashMap::new()),
+                    cold: Mutex::default(),
+                    stored: watch::Sender::new(0),
                     health: AtomicU8::new(Health::Unknown as u8),
                     oldest_reading_ms: AtomicU64::new(NO_READING),
                 };
@@ -193,47 +252,20 @@ impl Engine {
     /// read when cold. Bounded by the source's read budget.
     pub async fn measure(&self, source: &str, query: &Query) -> Result<f64> {
         let state = self.state(source)?;
-        let measurement = self.measurement(state, query)?;
-        let now = Instant::now();
-        measurement
-            .last_asked_ms
-            .store(self.inner.millis_since_epoch(now), Ordering::Relaxed);
-
-        let reading = {
-            let current = measurement.reading.borrow();
-            match &*current {
-                Reading::Pending => None,
-                read => Some(read.clone()),
-            }
-        };
-        let reading = match reading {
+        let reading = match state.reading(query, self.inner.now_ms()) {
+            Some(Reading::Pending) => self.wait_for_read(state, query).await?,
             Some(reading) => reading,
             None => {
-                let mut updates = measurement.reading.subscribe();
-                let wait = state.settings.timeout + COLD_WAIT_SLACK;
-                match tokio::time::timeout(
-                    wait,
-                    updates.wait_for(|r| !matches!(r, Reading::Pending)),
-                )
-                .await
-                {
-                    Ok(Ok(reading)) => reading.clone(),
-                    Ok(Err(_)) => {
-                        return Err(Error::Internal("measurement dropped while read".into()));
-                    }
-                    Err(_) => {
-                        return Err(Error::unavailable(
-                            &*state.name,
-                            format!("no answer within {wait:?}"),
-                        ));
-                    }
+                if self.register(state, query)? {
+                    self.start_cold_read(state, query).await;
                 }
+                self.wait_for_read(state, query).await?
             }
         };
         answer(
             &state.name,
-            &reading,
-            Instant::now(),
+            reading,
+            self.inner.now_ms(),
             state.settings.max_staleness,
         )
     }
@@ -250,7 +282,7 @@ impl Engine {
 
     /// Each source's health, live measurements and reading age, for a metrics scrape.
     pub fn stats(&self) -> Vec<SourceStats> {
-        let now_ms = self.inner.millis_since_epoch(Instant::now());
+        let now_ms = self.inner.now_ms();
         let mut stats: Vec<SourceStats> = self
             .inner
             .sources
@@ -287,58 +319,153 @@ impl Engine {
             .ok_or_else(|| Error::Internal(format!("source `{source}` is not configured")))
     }
 
-    /// Finds the measurement, or registers it and starts its cold read.
-    fn measurement(&self, state: &Arc<SourceState>, query: &Query) -> Result<Arc<Measurement>> {
-        if let Some(found) = state.measurements.read().expect("lock poisoned").get(query) {
-            return Ok(found.clone());
-        }
+    /// Registers a new measurement, pending its cold read. False when another request
+    /// registered it first.
+    fn register(&self, state: &SourceState, query: &Query) -> Result<bool> {
         let mut measurements = state.measurements.write().expect("lock poisoned");
-        if let Some(found) = measurements.get(query) {
-            return Ok(found.clone());
+        if measurements.contains_key(query) {
+            return Ok(false);
         }
         let limit = self.inner.limits.max_live;
         if self.inner.live.fetch_add(1, Ordering::Relaxed) >= limit {
             self.inner.live.fetch_sub(1, Ordering::Relaxed);
             return Err(Error::TooManyMeasurements { limit });
         }
-        let measurement = Arc::new(Measurement {
-            reading: watch::Sender::new(Reading::Pending),
-            last_asked_ms: AtomicU64::new(self.inner.millis_since_epoch(Instant::now())),
-        });
-        measurements.insert(query.clone(), measurement.clone());
-        drop(measurements);
+        let measurement = Measurement {
+            reading: Mutex::new(Reading::Pending),
+            last_asked_ms: AtomicU64::new(self.inner.now_ms()),
+        };
+        measurements.insert(query.clone(), measurement);
         debug!(source = %state.name, ?query, "new measurement");
+        Ok(true)
+    }
 
-        let (inner, state, query, cold) = (
-            self.inner.clone(),
-            state.clone(),
-            query.clone(),
-            measurement.clone(),
-        );
-        tokio::spawn(async move {
-            let started = Instant::now();
-            let mut outcomes = read_bounded(&inner, &state, std::slice::from_ref(&query)).await;
-            let outcome = outcomes
-                .pop()
-                .unwrap_or_else(|| Err(Error::Internal("no result".into())));
-            inner.record_health(&state, std::slice::from_ref(&outcome));
-            let started_ms = inner.millis_since_epoch(started);
-            let _ = state.oldest_reading_ms.compare_exchange(
-                NO_READING,
-                started_ms,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            );
-            cold.reading
-                .send_replace(Reading::Read { outcome, started });
-        });
-        Ok(measurement)
+    /// Queues a new measurement for its cold read, and reads the queue at once when no cold
+    /// batch of the source started within the window; otherwise the batch at the window's end
+    /// (or the refresher) reads it.
+    async fn start_cold_read(&self, state: &Arc<SourceState>, query: &Query) {
+        let now = Instant::now();
+        let queries = {
+            let mut cold = state.cold.lock().expect("lock poisoned");
+            cold.queued.push(query.clone());
+            if cold.scheduled {
+                return;
+            }
+            match cold.last_start {
+                Some(last) if now < last + COLD_BATCH_WINDOW => {
+                    cold.scheduled = true;
+                    let (inner, state) = (self.inner.clone(), state.clone());
+                    tokio::spawn(scheduled_cold_read(inner, state, last + COLD_BATCH_WINDOW));
+                    return;
+                }
+                _ => {
+                    cold.last_start = Some(now);
+                    std::mem::take(&mut cold.queued)
+                }
+            }
+        };
+        ColdRead {
+            inner: self.inner.clone(),
+            state: state.clone(),
+            queries,
+            finished: false,
+        }
+        .run()
+        .await;
+    }
+
+    /// Waits until the measurement's cold read has stored a reading, within the window, the
+    /// source's budget and a little slack.
+    async fn wait_for_read(&self, state: &SourceState, query: &Query) -> Result<Reading> {
+        // Subscribed before looking, so a store between the look and the wait is not missed.
+        let mut stored = state.stored.subscribe();
+        let wait = COLD_BATCH_WINDOW + state.settings.timeout + COLD_WAIT_SLACK;
+        let deadline = Instant::now() + wait;
+        loop {
+            match state.reading(query, self.inner.now_ms()) {
+                Some(Reading::Pending) => {}
+                Some(reading) => return Ok(reading),
+                None => return Err(Error::Internal("measurement dropped while read".into())),
+            }
+            match tokio::time::timeout_at(deadline, stored.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(Error::Internal("the engine was dropped".into())),
+                Err(_) => {
+                    return Err(Error::unavailable(
+                        &*state.name,
+                        format!("no answer within {wait:?}"),
+                    ));
+                }
+            }
+        }
     }
 }
 
+/// A cold batch read by the request that started it. If that request is cancelled (KEDA
+/// gave up on it) before the read finished, the read is handed to a task, so the requests
+/// waiting for the same batch still get their answer.
+struct ColdRead {
+    inner: Arc<Inner>,
+    state: Arc<SourceState>,
+    queries: Vec<Query>,
+    finished: bool,
+}
+
+impl ColdRead {
+    async fn run(mut self) {
+        read_cold(&self.inner, &self.state, &self.queries).await;
+        self.finished = true;
+    }
+}
+
+impl Drop for ColdRead {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let (inner, state) = (self.inner.clone(), self.state.clone());
+        let queries = std::mem::take(&mut self.queries);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { read_cold(&inner, &state, &queries).await });
+        }
+    }
+}
+
+/// The batch of cold reads queued during a window, read when it ends (unless the refresher
+/// took them first).
+async fn scheduled_cold_read(inner: Arc<Inner>, state: Arc<SourceState>, at: Instant) {
+    tokio::time::sleep_until(at).await;
+    let queries = {
+        let mut cold = state.cold.lock().expect("lock poisoned");
+        cold.scheduled = false;
+        if cold.queued.is_empty() {
+            return;
+        }
+        cold.last_start = Some(Instant::now());
+        std::mem::take(&mut cold.queued)
+    };
+    read_cold(&inner, &state, &queries).await;
+}
+
+/// Reads a batch of new measurements and stores their first readings.
+async fn read_cold(inner: &Inner, state: &SourceState, queries: &[Query]) {
+    let started_ms = inner.now_ms();
+    let outcomes = read_bounded(inner, state, queries).await;
+    inner.record_health(state, &outcomes);
+    let _ = state.oldest_reading_ms.compare_exchange(
+        NO_READING,
+        started_ms,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    state.store(queries, outcomes, started_ms);
+}
+
 impl Inner {
-    fn millis_since_epoch(&self, at: Instant) -> u64 {
-        at.saturating_duration_since(self.epoch).as_millis() as u64
+    fn now_ms(&self) -> u64 {
+        Instant::now()
+            .saturating_duration_since(self.epoch)
+            .as_millis() as u64
     }
 
     /// A source is up when any outcome shows the backend answered (a rejected query still
@@ -434,8 +561,8 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "a panic without a message".to_string())
 }
 
-/// The answer a request gets from a reading.
-fn answer(source: &str, reading: &Reading, now: Instant, max_staleness: Duration) -> Result<f64> {
+/// The answer a request gets from a reading at `now_ms`.
+fn answer(source: &str, reading: Reading, now_ms: u64, max_staleness: Duration) -> Result<f64> {
     match reading {
         Reading::Pending => Err(Error::unavailable(
             source,
@@ -444,12 +571,12 @@ fn answer(source: &str, reading: &Reading, now: Instant, max_staleness: Duration
         Reading::Read {
             outcome: Err(error),
             ..
-        } => Err(error.clone()),
+        } => Err(*error),
         Reading::Read {
             outcome: Ok(value),
-            started,
+            started_ms,
         } => {
-            let age = now.saturating_duration_since(*started);
+            let age = Duration::from_millis(now_ms.saturating_sub(started_ms));
             if age > max_staleness {
                 Err(Error::unavailable(
                     source,
@@ -459,7 +586,7 @@ fn answer(source: &str, reading: &Reading, now: Instant, max_staleness: Duration
                     ),
                 ))
             } else {
-                Ok(*value)
+                Ok(value)
             }
         }
     }
@@ -473,41 +600,39 @@ async fn refresh_loop(inner: Arc<Inner>, state: Arc<SourceState>, shutdown: Canc
             _ = shutdown.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        let due = take_due(&inner, &state, Instant::now());
-        if due.is_empty() {
+        let queries = take_due(&inner, &state, inner.now_ms());
+        if queries.is_empty() {
             state.oldest_reading_ms.store(NO_READING, Ordering::Relaxed);
-            let probe = AssertUnwindSafe(state.source.probe()).catch_unwind();
-            // Up when the backend answered, even with a rejection; down when it could not be
-            // reached, refused the credentials, timed out or the probe panicked.
-            let up = tokio::time::timeout(state.settings.timeout, probe)
-                .await
-                .is_ok_and(|probe| matches!(probe, Ok(Ok(())) | Ok(Err(Error::Rejected { .. }))));
-            inner.set_health(&state, up);
+            probe(&inner, &state).await;
             continue;
         }
-        let (queries, measurements): (Vec<Query>, Vec<Arc<Measurement>>) = due.into_iter().unzip();
-        let started = Instant::now();
+        let started_ms = inner.now_ms();
         let outcomes = tokio::select! {
             _ = shutdown.cancelled() => return,
             outcomes = read_bounded(&inner, &state, &queries) => outcomes,
         };
         inner.record_health(&state, &outcomes);
-        state
-            .oldest_reading_ms
-            .store(inner.millis_since_epoch(started), Ordering::Relaxed);
-        for (measurement, outcome) in measurements.iter().zip(outcomes) {
-            // A cold read that finished meanwhile is not newer than this one; both are real.
-            measurement
-                .reading
-                .send_replace(Reading::Read { outcome, started });
-        }
+        state.oldest_reading_ms.store(started_ms, Ordering::Relaxed);
+        state.store(&queries, outcomes, started_ms);
     }
 }
 
-/// Drops measurements idle for longer than `idle_expiry` and returns the rest that have
-/// finished their cold read.
-fn take_due(inner: &Inner, state: &SourceState, now: Instant) -> Vec<(Query, Arc<Measurement>)> {
-    let now_ms = inner.millis_since_epoch(now);
+/// Checks a source with no live measurement. Up when the backend answered, even with a
+/// rejection; down when it could not be reached, refused the credentials, timed out or the
+/// probe panicked.
+async fn probe(inner: &Inner, state: &SourceState) {
+    let probe = AssertUnwindSafe(state.source.probe()).catch_unwind();
+    let up = tokio::time::timeout(state.settings.timeout, probe)
+        .await
+        .is_ok_and(|probe| matches!(probe, Ok(Ok(())) | Ok(Err(Error::Rejected { .. }))));
+    inner.set_health(state, up);
+}
+
+/// Drops measurements idle for longer than `idle_expiry` and returns the rest that one
+/// refresh reads: those with a reading, and the queued cold reads, which join this batch
+/// instead of waiting for the end of their window. Measurements whose cold read is under way
+/// are left to it.
+fn take_due(inner: &Inner, state: &SourceState, now_ms: u64) -> Vec<Query> {
     let expiry_ms = inner.limits.idle_expiry.as_millis() as u64;
     let mut measurements = state.measurements.write().expect("lock poisoned");
     let before = measurements.len();
@@ -518,11 +643,15 @@ fn take_due(inner: &Inner, state: &SourceState, now: Instant) -> Vec<(Query, Arc
         inner.live.fetch_sub(expired, Ordering::Relaxed);
         debug!(source = %state.name, expired, "idle measurements dropped");
     }
-    measurements
+    let mut due: Vec<Query> = measurements
         .iter()
-        .filter(|(_, m)| !matches!(*m.reading.borrow(), Reading::Pending))
-        .map(|(q, m)| (q.clone(), m.clone()))
-        .collect()
+        .filter(|(_, m)| !matches!(*m.reading.lock().expect("lock poisoned"), Reading::Pending))
+        .map(|(query, _)| query.clone())
+        .collect();
+    drop(measurements);
+    let queued = std::mem::take(&mut state.cold.lock().expect("lock poisoned").queued);
+    due.extend(queued);
+    due
 }
 
 #[cfg(test)]
@@ -752,7 +881,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_cancelled_cold_request_does_not_cancel_the_read_others_share() {
+    async fn a_cancelled_cold_request_hands_its_read_to_a_task_for_the_others() {
         let fake = Arc::new(FakeSource::default());
         fake.set_value(9.0);
         fake.set_delay(Duration::from_millis(200));
@@ -762,14 +891,105 @@ mod tests {
             async move { engine.measure("fake", &query("a")).await }
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
-        // KEDA gave up on the first request (its deadline passed) while the read was running.
+        // KEDA gave up on the first request (its deadline passed) while it was reading.
         first.abort();
         assert!(first.await.unwrap_err().is_cancelled());
+        let started = Instant::now();
         assert_eq!(engine.measure("fake", &query("a")).await, Ok(9.0));
         assert_eq!(
             fake.batches.load(Ordering::SeqCst),
-            1,
-            "the second request joined the read the first one started"
+            2,
+            "the cancelled read was started again in a task, and the second request waited \
+             for it instead of starting a third"
+        );
+        assert_eq!(started.elapsed(), Duration::from_millis(200));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_isolated_cold_read_is_read_at_once_by_its_requester() {
+        let fake = Arc::new(FakeSource::default());
+        fake.set_value(3.0);
+        fake.set_delay(Duration::from_millis(5));
+        let engine = engine_with(fake.clone(), settings(), limits());
+        for key in ["a", "b"] {
+            let started = Instant::now();
+            assert_eq!(engine.measure("fake", &query(key)).await, Ok(3.0));
+            assert_eq!(
+                started.elapsed(),
+                Duration::from_millis(5),
+                "{key}: only the read's own time"
+            );
+            tokio::time::sleep(COLD_BATCH_WINDOW).await;
+        }
+        assert_eq!(fake.batches.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_restart_storm_of_new_measurements_is_read_in_a_few_batches() {
+        let fake = Arc::new(FakeSource::default());
+        fake.set_value(1.0);
+        fake.set_delay(Duration::from_millis(2));
+        let limits = Limits {
+            idle_expiry: Duration::from_secs(60),
+            max_live: 20_000,
+        };
+        let engine = engine_with(fake.clone(), settings(), limits);
+        // No refresher: every read counted here is a cold one.
+
+        // 10,000 never-seen measurements asked for within one second, 100 every 10 ms.
+        let started = Instant::now();
+        let mut requests = Vec::new();
+        for wave in 0..100 {
+            for i in 0..100 {
+                let engine = engine.clone();
+                let q = query(&format!("queue-{wave}-{i}"));
+                requests.push(tokio::spawn(async move {
+                    let answer = engine.measure("fake", &q).await;
+                    (answer, Instant::now())
+                }));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let last_request = Instant::now();
+        for request in requests {
+            let (answer, answered) = request.await.unwrap();
+            assert_eq!(answer, Ok(1.0));
+            assert!(answered - last_request <= Duration::from_secs(1));
+        }
+        let batches = fake.batches.load(Ordering::SeqCst);
+        assert!(
+            batches <= 20,
+            "{batches} batches for 10,000 cold reads within {:?}",
+            last_request - started
+        );
+        assert_eq!(
+            fake.queries_read.load(Ordering::SeqCst),
+            10_000,
+            "each read once"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cold_reads_queued_when_the_refresher_ticks_join_its_batch() {
+        let fake = Arc::new(FakeSource::default());
+        fake.set_value(2.0);
+        let engine = engine_with(fake.clone(), settings(), limits());
+        engine.start(CancellationToken::new());
+        assert_eq!(engine.measure("fake", &query("warm")).await, Ok(2.0));
+        // Just before the refresher's tick at 1 s: one cold read at once, then one queued
+        // for the window's end, which the tick reaches first.
+        tokio::time::sleep(Duration::from_millis(950)).await;
+        let batches = fake.batches.load(Ordering::SeqCst);
+        let (new_1, new_2) = (query("new-1"), query("new-2"));
+        let (first, second) = tokio::join!(
+            engine.measure("fake", &new_1),
+            engine.measure("fake", &new_2)
+        );
+        assert_eq!((first, second), (Ok(2.0), Ok(2.0)));
+        assert_eq!(
+            fake.batches.load(Ordering::SeqCst) - batches,
+            2,
+            "new-1 read at once, new-2 with the refresh of `warm` and `new-1`"
         );
     }
 
@@ -822,7 +1042,7 @@ mod tests {
         let started = Instant::now();
         let error = engine.measure("fake", &query("a")).await.unwrap_err();
         assert!(error.is_unavailable(), "{error:?}");
-        assert!(started.elapsed() <= settings().timeout + COLD_WAIT_SLACK);
+        assert!(started.elapsed() <= settings().timeout + COLD_BATCH_WINDOW + COLD_WAIT_SLACK);
     }
 
     #[tokio::test(start_paused = true)]
@@ -874,6 +1094,8 @@ mod tests {
         fake.set_value(4.0);
         let engine = engine_with(fake.clone(), settings(), limits());
         engine.start(CancellationToken::new());
+        assert_eq!(engine.measure("fake", &query("good")).await, Ok(4.0));
+        tokio::time::sleep(COLD_BATCH_WINDOW).await;
         fake.panic_on("bad");
         // The cold read panics: the request gets INTERNAL at once, not a wait for the budget.
         let started = Instant::now();

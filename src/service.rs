@@ -29,13 +29,18 @@ use crate::{
         GetMetricSpecResponse, GetMetricsRequest, GetMetricsResponse, IsActiveResponse, MetricSpec,
         MetricValue, ScaledObjectRef, external_scaler_server::ExternalScaler,
     },
-    trigger::{Catalog, TriggerSpec, parse_trigger},
+    trigger::{Catalog, TriggerCache, TriggerSpec},
 };
+
+/// Parsed triggers remembered by default: four per live measurement at the default
+/// `measurements.max_live`, since several ScaledObjects often share a measurement.
+const DEFAULT_TRIGGER_CACHE: usize = 200_000;
 
 /// The ExternalScaler implementation. Cloning is shallow.
 #[derive(Clone)]
 pub struct ScalerService {
     catalog: Arc<Catalog>,
+    triggers: Arc<TriggerCache>,
     engine: Engine,
     shutdown: CancellationToken,
     streams: StreamLimit,
@@ -78,6 +83,7 @@ impl ScalerService {
     pub fn new(catalog: Catalog, engine: Engine, shutdown: CancellationToken) -> Self {
         ScalerService {
             catalog: Arc::new(catalog),
+            triggers: Arc::new(TriggerCache::new(DEFAULT_TRIGGER_CACHE)),
             engine,
             shutdown,
             streams: StreamLimit {
@@ -95,10 +101,17 @@ impl ScalerService {
         self
     }
 
-    /// Parses the trigger; a panic in a parser (a bug) answers INTERNAL, never a dropped call.
-    fn parse(&self, scaled_object: &ScaledObjectRef) -> Result<TriggerSpec, Status> {
+    /// Remembers at most `capacity` parsed triggers.
+    pub fn with_trigger_cache(mut self, capacity: usize) -> Self {
+        self.triggers = Arc::new(TriggerCache::new(capacity));
+        self
+    }
+
+    /// Parses the trigger, or finds it parsed; a panic in a parser (a bug) answers INTERNAL,
+    /// never a dropped call.
+    fn parse(&self, scaled_object: &ScaledObjectRef) -> Result<Arc<TriggerSpec>, Status> {
         let parsed = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            parse_trigger(
+            self.triggers.parse(
                 &scaled_object.scaler_metadata,
                 &scaled_object.namespace,
                 &self.catalog,
@@ -237,7 +250,7 @@ impl ExternalScaler for ScalerService {
         let value = self.measure(&spec).await?;
         Ok(Response::new(GetMetricsResponse {
             metric_values: vec![MetricValue {
-                metric_name: spec.metric_name,
+                metric_name: spec.metric_name.clone(),
                 // For KEDA < 2.17, which reads only the integer: round up, so a fractional
                 // backlog never reads as less work than there is.
                 metric_value: value.ceil() as i64,

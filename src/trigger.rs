@@ -5,6 +5,8 @@
 //! names the offending key and says what is accepted; unknown keys are errors too, so a typo
 //! such as `activationTreshold` is caught instead of silently ignored.
 
+mod cache;
+
 use std::{collections::HashMap, sync::Arc};
 
 use crate::{
@@ -14,6 +16,8 @@ use crate::{
     naming,
     sources::{Query, Source},
 };
+
+pub use cache::TriggerCache;
 
 /// Keys every trigger takes.
 const COMMON_KEYS: &[&str] = &["source", "metric", "target", "activationTarget"];
