@@ -164,88 +164,42 @@ impl WaitingQueue {
                 None => None,
                 Some(job) => logged(source, key, sidekiq_enqueued_ms(&job)),
             },
-            // The first job that exists is the one RQ dequeues next: it skips the others.
             (WaitingQueue::Rq { key }, [(read, head)]) => {
-                let Value::Array(ids) = head else {
-                    return Err(reply_error(source, read.key(), read.expected_type(), head));
-                };
-                let mut next = None;
-                for id in ids {
-                    let Some(id) = text(id) else { continue };
-                    let read = rq_job_read(&id);
-                    let time = bulk(source, &read, follow_up(follow_ups, &read)?)?;
-                    next = logged(source, read.key(), time.as_deref().and_then(rq_enqueued_ms));
-                    if next.is_some() {
-                        break;
-                    }
-                }
-                if next.is_none() && !ids.is_empty() {
-                    debug!(
-                        source,
-                        key, "no readable job among the first ids of the queue"
-                    );
-                }
-                next
+                rq_since(source, key, read, head, follow_ups)?
             }
             (
                 WaitingQueue::Bullmq {
                     queue_key,
                     count_when_paused,
                 },
-                [
-                    (meta, paused),
-                    (wait_read, wait),
-                    (paused_read, paused_list),
-                    (prioritized_read, prioritized),
-                    (delayed_read, delayed),
-                ],
+                [meta, wait, paused, prioritized, delayed],
             ) => {
-                if integer(source, meta.key(), meta.expected_type(), paused)? == 1
+                let (meta_read, is_paused) = meta;
+                if integer(
+                    source,
+                    meta_read.key(),
+                    meta_read.expected_type(),
+                    is_paused,
+                )? == 1
                     && !count_when_paused
                 {
                     return Ok(0.0);
                 }
-                let mut heads: Vec<String> = Vec::new();
-                for (read, reply) in [(wait_read, wait), (paused_read, paused_list)] {
-                    if let Some(id) = bulk(source, read, reply)? {
-                        heads.extend(job_id(id));
-                    }
-                }
-                if let Some((id, _)) = sorted_set_first(source, prioritized_read, prioritized)? {
-                    heads.push(id);
-                }
-                let mut oldest: Option<f64> = None;
-                for id in heads.iter().filter(|id| is_bullmq_job(id)) {
-                    let read = bullmq_job_read(queue_key, id);
-                    let time = bulk(source, &read, follow_up(follow_ups, &read)?)?;
-                    let added = logged(source, read.key(), time.as_deref().and_then(bullmq_ms));
-                    oldest = earliest(oldest, added);
-                }
-                // A delayed job waits from its due time; one not yet due does not wait.
-                if let Some((_, score)) = sorted_set_first(source, delayed_read, delayed)? {
-                    let due = logged(source, delayed_read.key(), score.and_then(bullmq_due_ms));
-                    oldest = earliest(oldest, due.filter(|due| *due <= now_ms as f64));
-                }
-                oldest
+                let heads = [*wait, *paused, *prioritized, *delayed];
+                bullmq_since(source, queue_key, now_ms, heads, follow_ups)?
             }
             (WaitingQueue::Stream { stream, group }, [(_, groups), (read, pending)]) => {
                 if find_group(source, stream, group, groups)?.is_none() {
                     return Ok(0.0);
                 }
-                match pending_summary(pending) {
-                    Some((count, oldest)) if count > 0 => {
-                        logged(source, stream, oldest.as_deref().and_then(entry_id_ms))
-                    }
-                    Some(_) => match self.follow_up_reads(replies).first() {
-                        // The group's last-delivered-id is unreadable: no position to start at.
-                        None => logged(source, stream, None),
-                        Some(read) => {
-                            let id = first_entry_id(source, read, follow_up(follow_ups, read)?)?;
-                            id.and_then(|id| logged(source, stream, entry_id_ms(&id)))
-                        }
-                    },
-                    None => return Err(reply_error(source, read.key(), "a stream", pending)),
-                }
+                let first_undelivered = self.follow_up_reads(replies).into_iter().next();
+                stream_since(
+                    source,
+                    stream,
+                    (read, pending),
+                    first_undelivered,
+                    follow_ups,
+                )?
             }
             _ => {
                 return Err(Error::Internal(format!(
@@ -255,6 +209,101 @@ impl WaitingQueue {
             }
         };
         Ok(since.map_or(0.0, |since| age_seconds(now_ms, since)))
+    }
+}
+
+/// RQ: the first job that exists is the one RQ dequeues next (it skips the others).
+fn rq_since(
+    source: &str,
+    key: &str,
+    read: &RedisRead,
+    head: &Value,
+    follow_ups: &Replies<'_>,
+) -> Result<Option<f64>> {
+    let Value::Array(ids) = head else {
+        return Err(reply_error(source, read.key(), read.expected_type(), head));
+    };
+    for id in ids {
+        let Some(id) = text(id) else { continue };
+        let read = rq_job_read(&id);
+        let time = bulk(source, &read, follow_up(follow_ups, &read)?)?;
+        let next = logged(source, read.key(), time.as_deref().and_then(rq_enqueued_ms));
+        if next.is_some() {
+            return Ok(next);
+        }
+    }
+    if !ids.is_empty() {
+        debug!(
+            source,
+            key, "no readable job among the first ids of the queue"
+        );
+    }
+    Ok(None)
+}
+
+/// BullMQ: the oldest of the next job in `wait` (or `paused`), the highest-priority job and
+/// the earliest due delayed job, which waits from its due time (one not yet due does not
+/// wait). `heads` are the replies for wait, paused, prioritized and delayed.
+fn bullmq_since(
+    source: &str,
+    queue_key: &str,
+    now_ms: i64,
+    heads: [(&RedisRead, &Value); 4],
+    follow_ups: &Replies<'_>,
+) -> Result<Option<f64>> {
+    let [
+        wait,
+        paused,
+        (prioritized_read, prioritized),
+        (delayed_read, delayed),
+    ] = heads;
+    let mut ids: Vec<String> = Vec::new();
+    for (read, reply) in [wait, paused] {
+        if let Some(id) = bulk(source, read, reply)? {
+            ids.extend(job_id(id));
+        }
+    }
+    if let Some((id, _)) = sorted_set_first(source, prioritized_read, prioritized)? {
+        ids.push(id);
+    }
+    let mut oldest: Option<f64> = None;
+    for id in ids.iter().filter(|id| is_bullmq_job(id)) {
+        let read = bullmq_job_read(queue_key, id);
+        let time = bulk(source, &read, follow_up(follow_ups, &read)?)?;
+        let added = logged(source, read.key(), time.as_deref().and_then(bullmq_ms));
+        oldest = earliest(oldest, added);
+    }
+    if let Some((_, score)) = sorted_set_first(source, delayed_read, delayed)? {
+        let due = logged(source, delayed_read.key(), score.and_then(bullmq_due_ms));
+        oldest = earliest(oldest, due.filter(|due| *due <= now_ms as f64));
+    }
+    Ok(oldest)
+}
+
+/// A stream's consumer group: its oldest pending entry, or, when none is pending, the first
+/// entry after its last-delivered-id (read by `first_undelivered`).
+fn stream_since(
+    source: &str,
+    stream: &str,
+    (read, pending): (&RedisRead, &Value),
+    first_undelivered: Option<RedisRead>,
+    follow_ups: &Replies<'_>,
+) -> Result<Option<f64>> {
+    match pending_summary(pending) {
+        Some((count, oldest)) if count > 0 => Ok(logged(
+            source,
+            stream,
+            oldest.as_deref().and_then(entry_id_ms),
+        )),
+        Some(_) => match first_undelivered {
+            // The group's last-delivered-id is unreadable: no position to start at.
+            None => Ok(logged(source, stream, None)),
+            Some(read) => {
+                let id = first_entry_id(source, &read, follow_up(follow_ups, &read)?)?;
+                Ok(id.and_then(|id| logged(source, stream, entry_id_ms(&id))))
+            }
+        },
+        None => Err(reply_error(source, read.key(), "a stream", pending)),
     }
 }
 
