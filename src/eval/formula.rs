@@ -254,145 +254,27 @@ struct Token {
 
 fn lex(source: &str) -> Result<Vec<Token>> {
     let chars: Vec<char> = source.chars().collect();
-    let at = |i: usize| chars.get(i).copied();
     let mut tokens = Vec::new();
     let mut i = 0;
-    while let Some(c) = at(i) {
-        let start = i;
-        let next = at(i + 1);
+    while let Some(&c) = chars.get(i) {
+        if c.is_whitespace() {
+            i += 1;
+            continue;
+        }
+        let next = chars.get(i + 1).copied();
+        if let Some(reason) = unsupported(c, next) {
+            return Err(FormulaError::at(i, reason));
+        }
         let (kind, len) = match c {
-            c if c.is_whitespace() => {
-                i += 1;
-                continue;
-            }
             '0'..='9' => {
                 let (kind, end) = lex_number(&chars, i)?;
                 (kind, end - i)
             }
-            c if c.is_ascii_alphabetic() || c == '_' => {
-                let end = (i..chars.len())
-                    .find(|&j| !(chars[j].is_ascii_alphanumeric() || chars[j] == '_'))
-                    .unwrap_or(chars.len());
-                let word: String = chars[i..end].iter().collect();
-                let kind = match word.as_str() {
-                    "true" => TokenKind::Bool(true),
-                    "false" => TokenKind::Bool(false),
-                    "and" => TokenKind::AndAnd,
-                    "or" => TokenKind::OrOr,
-                    "not" => TokenKind::Bang,
-                    _ => TokenKind::Ident(word),
-                };
-                (kind, end - i)
-            }
-            '+' => (TokenKind::Plus, 1),
-            '-' => (TokenKind::Minus, 1),
-            '*' if next == Some('*') => {
-                return Err(FormulaError::at(
-                    i,
-                    "the power operator `**` is not supported",
-                ));
-            }
-            '*' => (TokenKind::Star, 1),
-            '/' => (TokenKind::Slash, 1),
-            '%' => (TokenKind::Percent, 1),
-            '<' if next == Some('=') => (TokenKind::Le, 2),
-            '<' => (TokenKind::Lt, 1),
-            '>' if next == Some('=') => (TokenKind::Ge, 2),
-            '>' => (TokenKind::Gt, 1),
-            '=' if next == Some('=') => (TokenKind::EqEq, 2),
-            '=' => {
-                return Err(FormulaError::at(
-                    i,
-                    "`=` is not supported (no assignment); compare with `==`",
-                ));
-            }
-            '!' if next == Some('=') => (TokenKind::Ne, 2),
-            '!' => (TokenKind::Bang, 1),
-            '&' if next == Some('&') => (TokenKind::AndAnd, 2),
-            '&' => return Err(FormulaError::at(i, "`&` is not supported; `&&` is (and)")),
-            '|' if next == Some('|') => (TokenKind::OrOr, 2),
-            '|' => {
-                return Err(FormulaError::at(
-                    i,
-                    "the pipe operator `|` is not supported",
-                ));
-            }
-            '?' if next == Some('?') => {
-                return Err(FormulaError::at(
-                    i,
-                    "the nil-coalescing operator `??` is not supported",
-                ));
-            }
-            '?' if next == Some('.') => {
-                return Err(FormulaError::at(
-                    i,
-                    "optional chaining `?.` (member access) is not supported",
-                ));
-            }
-            '?' => (TokenKind::Question, 1),
-            ':' => (TokenKind::Colon, 1),
-            '(' => (TokenKind::LParen, 1),
-            ')' => (TokenKind::RParen, 1),
-            ',' => (TokenKind::Comma, 1),
-            '^' => {
-                return Err(FormulaError::at(
-                    i,
-                    "the power operator `^` is not supported",
-                ));
-            }
-            '.' if next == Some('.') => {
-                return Err(FormulaError::at(i, "ranges `..` are not supported"));
-            }
-            '.' if next.is_some_and(|n| n.is_ascii_digit()) => {
-                return Err(FormulaError::at(
-                    i,
-                    "a number must start with a digit: write `0.5`, not `.5`",
-                ));
-            }
-            '.' => return Err(FormulaError::at(i, "member access `.` is not supported")),
-            '"' | '\'' | '`' => {
-                return Err(FormulaError::at(
-                    i,
-                    "string literals are not supported: a formula computes a number from \
-                     trigger values",
-                ));
-            }
-            '[' | ']' => {
-                return Err(FormulaError::at(
-                    i,
-                    "arrays and indexing (`[`, `]`) are not supported",
-                ));
-            }
-            '{' | '}' => return Err(FormulaError::at(i, "maps (`{`, `}`) are not supported")),
-            '#' => {
-                return Err(FormulaError::at(
-                    i,
-                    "closures and predicates (`#`) are not supported",
-                ));
-            }
-            ';' => {
-                return Err(FormulaError::at(
-                    i,
-                    "several expressions (`;`) are not supported",
-                ));
-            }
-            '$' => {
-                return Err(FormulaError::at(
-                    i,
-                    "`$env` and `$` names are not supported",
-                ));
-            }
-            other => {
-                return Err(FormulaError::at(
-                    i,
-                    format!("unexpected character {other:?}"),
-                ));
-            }
+            c if c.is_ascii_alphabetic() || c == '_' => lex_word(&chars, i),
+            c => operator(c, next)
+                .ok_or_else(|| FormulaError::at(i, format!("unexpected character {c:?}")))?,
         };
-        tokens.push(Token {
-            kind,
-            column: start,
-        });
+        tokens.push(Token { kind, column: i });
         i += len;
     }
     tokens.push(Token {
@@ -400,6 +282,80 @@ fn lex(source: &str) -> Result<Vec<Token>> {
         column: chars.len(),
     });
     Ok(tokens)
+}
+
+/// A name or a word operator starting at `start`, and its length.
+fn lex_word(chars: &[char], start: usize) -> (TokenKind, usize) {
+    let end = (start..chars.len())
+        .find(|&j| !(chars[j].is_ascii_alphanumeric() || chars[j] == '_'))
+        .unwrap_or(chars.len());
+    let word: String = chars[start..end].iter().collect();
+    let kind = match word.as_str() {
+        "true" => TokenKind::Bool(true),
+        "false" => TokenKind::Bool(false),
+        "and" => TokenKind::AndAnd,
+        "or" => TokenKind::OrOr,
+        "not" => TokenKind::Bang,
+        _ => TokenKind::Ident(word),
+    };
+    (kind, end - start)
+}
+
+/// The operator or punctuation starting with `c` (followed by `next`), and its length.
+fn operator(c: char, next: Option<char>) -> Option<(TokenKind, usize)> {
+    let two = |kind| Some((kind, 2));
+    let one = |kind| Some((kind, 1));
+    match (c, next) {
+        ('<', Some('=')) => two(TokenKind::Le),
+        ('>', Some('=')) => two(TokenKind::Ge),
+        ('=', Some('=')) => two(TokenKind::EqEq),
+        ('!', Some('=')) => two(TokenKind::Ne),
+        ('&', Some('&')) => two(TokenKind::AndAnd),
+        ('|', Some('|')) => two(TokenKind::OrOr),
+        ('+', _) => one(TokenKind::Plus),
+        ('-', _) => one(TokenKind::Minus),
+        ('*', _) => one(TokenKind::Star),
+        ('/', _) => one(TokenKind::Slash),
+        ('%', _) => one(TokenKind::Percent),
+        ('<', _) => one(TokenKind::Lt),
+        ('>', _) => one(TokenKind::Gt),
+        ('!', _) => one(TokenKind::Bang),
+        ('?', _) => one(TokenKind::Question),
+        (':', _) => one(TokenKind::Colon),
+        ('(', _) => one(TokenKind::LParen),
+        (')', _) => one(TokenKind::RParen),
+        (',', _) => one(TokenKind::Comma),
+        _ => None,
+    }
+}
+
+/// Why the language of KEDA's formulas has `c` (followed by `next`) but this evaluator
+/// refuses it, or None when it is not refused here.
+fn unsupported(c: char, next: Option<char>) -> Option<&'static str> {
+    Some(match (c, next) {
+        ('*', Some('*')) => "the power operator `**` is not supported",
+        ('=', Some('=')) | ('&', Some('&')) | ('|', Some('|')) => return None,
+        ('=', _) => "`=` is not supported (no assignment); compare with `==`",
+        ('&', _) => "`&` is not supported; `&&` is (and)",
+        ('|', _) => "the pipe operator `|` is not supported",
+        ('?', Some('?')) => "the nil-coalescing operator `??` is not supported",
+        ('?', Some('.')) => "optional chaining `?.` (member access) is not supported",
+        ('^', _) => "the power operator `^` is not supported",
+        ('.', Some('.')) => "ranges `..` are not supported",
+        ('.', Some(n)) if n.is_ascii_digit() => {
+            "a number must start with a digit: write `0.5`, not `.5`"
+        }
+        ('.', _) => "member access `.` is not supported",
+        ('"' | '\'' | '`', _) => {
+            "string literals are not supported: a formula computes a number from trigger values"
+        }
+        ('[' | ']', _) => "arrays and indexing (`[`, `]`) are not supported",
+        ('{' | '}', _) => "maps (`{`, `}`) are not supported",
+        ('#', _) => "closures and predicates (`#`) are not supported",
+        (';', _) => "several expressions (`;`) are not supported",
+        ('$', _) => "`$env` and `$` names are not supported",
+        _ => return None,
+    })
 }
 
 /// A number literal starting at `start` (a digit): returns the token and the index after it.
