@@ -4,7 +4,7 @@
 #     postgresql(-contrib), pgbouncer), kubectl (kubernetes-client) when no kubectl is on PATH,
 #     promtool (prometheus, without recommends), node/npm, ruby with Sidekiq (ruby-sidekiq).
 #   - Nothing else is installed system-wide; language packages for compatibility tests and
-#     tools go to the project-local .test-deps/ (ignored by git).
+#     tools (cargo-deny among them) go to the project-local .test-deps/ (ignored by git).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -78,4 +78,14 @@ if [ ! -f .test-deps/node/node_modules/bullmq/package.json ]; then
   mkdir -p .test-deps/node
   [ -f .test-deps/node/package.json ] || echo '{"private": true}' > .test-deps/node/package.json
   (cd .test-deps/node && npm install --no-audit --no-fund --loglevel=error bullmq@5.81.5)
+fi
+
+# cargo-deny checks deny.toml (licences, duplicate versions, sources) in scripts/test.sh. Any
+# 0.20 on PATH will do; otherwise 0.20.2 (needs Rust >= 1.88) is built from crates.io into
+# .test-deps/cargo: several minutes on two cores, once. Pinned, so that deny.toml's format and
+# the checks' verdicts change only when someone moves the pin.
+export PATH="$PWD/.test-deps/cargo/bin:$PATH"
+if ! cargo deny --version 2>/dev/null | grep -q '^cargo-deny 0\.20\.'; then
+  echo "installing cargo-deny 0.20.2 into .test-deps/cargo (several minutes, once)"
+  cargo install --quiet --locked --root .test-deps/cargo cargo-deny --version 0.20.2
 fi
