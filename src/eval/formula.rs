@@ -955,53 +955,7 @@ fn check(node: &Node) -> Result<Ty> {
             need_number(symbol, ty, "operand", column)?;
             if ty == Ty::Unknown { Ty::Number } else { ty }
         }
-        Kind::Binary(op, lhs, rhs) => {
-            let (l, r) = (check(lhs)?, check(rhs)?);
-            let symbol = op.symbol();
-            match op {
-                BinaryOp::And | BinaryOp::Or => {
-                    need_bool(symbol, l, "left operand", column)?;
-                    need_bool(symbol, r, "right operand", column)?;
-                    Ty::Bool
-                }
-                BinaryOp::Eq | BinaryOp::Ne => {
-                    if (l.is_numeric() && r == Ty::Bool) || (l == Ty::Bool && r.is_numeric()) {
-                        return Err(FormulaError::at(
-                            column,
-                            format!(
-                                "`{symbol}` compares {} with {}; both sides must be numbers \
-                                 or both booleans",
-                                l.name(),
-                                r.name()
-                            ),
-                        ));
-                    }
-                    Ty::Bool
-                }
-                BinaryOp::Lt | BinaryOp::Le | BinaryOp::Gt | BinaryOp::Ge => {
-                    need_number(symbol, l, "left operand", column)?;
-                    need_number(symbol, r, "right operand", column)?;
-                    Ty::Bool
-                }
-                BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul => {
-                    need_number(symbol, l, "left operand", column)?;
-                    need_number(symbol, r, "right operand", column)?;
-                    l.arithmetic(r)
-                }
-                BinaryOp::Div => {
-                    need_number(symbol, l, "left operand", column)?;
-                    need_number(symbol, r, "right operand", column)?;
-                    Ty::Float
-                }
-                BinaryOp::Rem => {
-                    need_number(symbol, l, "left operand", column)?;
-                    need_number(symbol, r, "right operand", column)?;
-                    need_integer(l, "left operand", column)?;
-                    need_integer(r, "right operand", column)?;
-                    Ty::Int
-                }
-            }
-        }
+        Kind::Binary(op, lhs, rhs) => check_binary(*op, check(lhs)?, check(rhs)?, column)?,
         Kind::Conditional(condition, then, otherwise) => {
             let c = check(condition)?;
             if !c.may_be_bool() {
@@ -1036,6 +990,55 @@ fn check(node: &Node) -> Result<Ty> {
             }
         }
     })
+}
+
+/// The static type of a binary operation on operands of types `l` and `r`.
+fn check_binary(op: BinaryOp, l: Ty, r: Ty, column: usize) -> Result<Ty> {
+    let symbol = op.symbol();
+    let ty = match op {
+        BinaryOp::And | BinaryOp::Or => {
+            need_bool(symbol, l, "left operand", column)?;
+            need_bool(symbol, r, "right operand", column)?;
+            Ty::Bool
+        }
+        BinaryOp::Eq | BinaryOp::Ne => {
+            if (l.is_numeric() && r == Ty::Bool) || (l == Ty::Bool && r.is_numeric()) {
+                return Err(FormulaError::at(
+                    column,
+                    format!(
+                        "`{symbol}` compares {} with {}; both sides must be numbers \
+                         or both booleans",
+                        l.name(),
+                        r.name()
+                    ),
+                ));
+            }
+            Ty::Bool
+        }
+        BinaryOp::Lt | BinaryOp::Le | BinaryOp::Gt | BinaryOp::Ge => {
+            need_number(symbol, l, "left operand", column)?;
+            need_number(symbol, r, "right operand", column)?;
+            Ty::Bool
+        }
+        BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul => {
+            need_number(symbol, l, "left operand", column)?;
+            need_number(symbol, r, "right operand", column)?;
+            l.arithmetic(r)
+        }
+        BinaryOp::Div => {
+            need_number(symbol, l, "left operand", column)?;
+            need_number(symbol, r, "right operand", column)?;
+            Ty::Float
+        }
+        BinaryOp::Rem => {
+            need_number(symbol, l, "left operand", column)?;
+            need_number(symbol, r, "right operand", column)?;
+            need_integer(l, "left operand", column)?;
+            need_integer(r, "right operand", column)?;
+            Ty::Int
+        }
+    };
+    Ok(ty)
 }
 
 // === evaluation ===
@@ -1150,24 +1153,36 @@ fn eval_binary(
     }
     let r = eval(rhs, values)?;
     if let BinaryOp::Eq | BinaryOp::Ne = op {
-        let equal = match (l, r) {
-            (Value::Bool(a), Value::Bool(b)) => a == b,
-            (Value::Int(a), Value::Int(b)) => a == b,
-            (Value::Bool(_), _) | (_, Value::Bool(_)) => {
-                return Err(FormulaError::at(
-                    column,
-                    format!(
-                        "`{symbol}` compares {} with {}; both sides must be numbers or both \
-                         booleans",
-                        Ty::of(l).name(),
-                        Ty::of(r).name()
-                    ),
-                ));
-            }
-            (a, b) => as_f64(a) == as_f64(b),
-        };
+        let equal = equal(l, r, symbol, column)?;
         return Ok(Value::Bool(equal == (op == BinaryOp::Eq)));
     }
+    eval_numeric(op, l, r, column)
+}
+
+/// `==` on two values: numbers with numbers (an int equals the same float), booleans with
+/// booleans.
+fn equal(l: Value, r: Value, symbol: &str, column: usize) -> Result<bool> {
+    Ok(match (l, r) {
+        (Value::Bool(a), Value::Bool(b)) => a == b,
+        (Value::Int(a), Value::Int(b)) => a == b,
+        (Value::Bool(_), _) | (_, Value::Bool(_)) => {
+            return Err(FormulaError::at(
+                column,
+                format!(
+                    "`{symbol}` compares {} with {}; both sides must be numbers or both \
+                     booleans",
+                    Ty::of(l).name(),
+                    Ty::of(r).name()
+                ),
+            ));
+        }
+        (a, b) => as_f64(a) == as_f64(b),
+    })
+}
+
+/// An ordering or arithmetic operation on two values that must both be numbers.
+fn eval_numeric(op: BinaryOp, l: Value, r: Value, column: usize) -> Result<Value> {
+    let symbol = op.symbol();
     need_number(symbol, Ty::of(l), "left operand", column)?;
     need_number(symbol, Ty::of(r), "right operand", column)?;
     // Both are numbers from here on.
