@@ -88,7 +88,8 @@ fn default_reload_interval() -> Duration {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerLimits {
-    /// RPCs answered at once; past it, RESOURCE_EXHAUSTED at once (no queueing).
+    /// RPCs answered at once; past it, RESOURCE_EXHAUSTED at once (no queueing). Health
+    /// checks are not counted: probes must be answered while RPCs wait on a hung backend.
     pub max_concurrent_rpcs: usize,
     /// StreamIsActive streams open at once; past it, RESOURCE_EXHAUSTED.
     pub max_streams: usize,

@@ -2,7 +2,10 @@
 //! method, status code and duration.
 //!
 //! Past `server.limits.max_concurrent_rpcs` a request is answered RESOURCE_EXHAUSTED at once:
-//! queueing would only turn overload into KEDA-side timeouts. For unary RPCs the code is read
+//! queueing would only turn overload into KEDA-side timeouts. Health checks take no place:
+//! they answer from memory, and the RPCs that fill the places are the ones waiting on a hung
+//! backend, exactly when kubelet's liveness probe must still be answered (a restart would not
+//! make the backend answer). For unary RPCs the code is read
 //! from the response: tonic puts an error's `grpc-status` in the headers (a trailers-only
 //! response), and a response without one is OK. For streams the code and duration are those
 //! of opening the stream.
@@ -74,13 +77,18 @@ where
         let started = Instant::now();
         let method = method_of(request.uri().path());
         let metrics = self.layer.metrics.clone();
-        let Ok(permit) = self.layer.permits.clone().try_acquire_owned() else {
-            metrics.record_rpc(method, Code::ResourceExhausted, 0.0);
-            let status = Status::resource_exhausted(format!(
-                "too many RPCs in flight: server.limits.max_concurrent_rpcs = {} is reached",
-                self.layer.max
-            ));
-            return Box::pin(std::future::ready(Ok(status.into_http())));
+        let permit = if is_health_check(request.uri().path()) {
+            None
+        } else {
+            let Ok(permit) = self.layer.permits.clone().try_acquire_owned() else {
+                metrics.record_rpc(method, Code::ResourceExhausted, 0.0);
+                let status = Status::resource_exhausted(format!(
+                    "too many RPCs in flight: server.limits.max_concurrent_rpcs = {} is reached",
+                    self.layer.max
+                ));
+                return Box::pin(std::future::ready(Ok(status.into_http())));
+            };
+            Some(permit)
         };
         // The clone that was polled ready serves this call; the fresh clone waits for the next.
         let clone = self.inner.clone();
@@ -97,6 +105,11 @@ where
             response
         })
     }
+}
+
+/// `grpc.health.v1.Health` RPCs, which answer from memory and are not bounded.
+fn is_health_check(path: &str) -> bool {
+    path.starts_with("/grpc.health.v1.Health/")
 }
 
 /// The method name of a gRPC path (`/package.Service/Method`), or `other`.
@@ -131,6 +144,16 @@ mod tests {
         assert_eq!(method_of("/grpc.health.v1.Health/Check"), "Check");
         assert_eq!(method_of("/x.Y/Anything-Else"), "other");
         assert_eq!(method_of(""), "other");
+    }
+
+    #[test]
+    fn only_the_health_service_is_exempt_from_the_bound() {
+        assert!(is_health_check("/grpc.health.v1.Health/Check"));
+        assert!(is_health_check("/grpc.health.v1.Health/Watch"));
+        assert!(!is_health_check(
+            "/externalscaler.ExternalScaler/GetMetrics"
+        ));
+        assert!(!is_health_check("/grpc.health.v1.HealthX/Check"));
     }
 
     #[test]

@@ -13,12 +13,16 @@
 //! - [`trigger`]: a trigger's value ([`trigger_value`], [`trigger_value_until`]) and an
 //!   outage as KEDA sees it ([`assert_outage_reported`], [`assert_recovers_to`]);
 //! - [`scaler_process`]: the binary with a config file ([`ScalerProcess`]);
+//! - [`http`]: the http port ([`http::http_get`], a `/metrics` sample);
+//! - [`connections`]: sockets below gRPC (idle ones, HTTP/2 by hand) and the fd limit;
 //! - [`postgres`], [`redis_topology`]: PostgreSQL + PgBouncer, Redis Cluster + Sentinel.
 
 // Each test file is its own crate and uses a part of the harness.
 #![allow(dead_code, unused_imports)]
 
 pub mod certs;
+pub mod connections;
+pub mod http;
 pub mod pgbouncer;
 pub mod poll;
 pub mod postgres;
@@ -154,6 +158,18 @@ impl RedisServer {
             Result::is_err,
         )
         .expect_err("polled until it was refused");
+    }
+
+    /// Freezes (`SIGSTOP`) or thaws (`SIGCONT`) the server: the kernel still accepts TCP
+    /// connections, but nothing answers.
+    pub fn freeze(&self, frozen: bool) {
+        let process = self.process.as_ref().expect("redis-server is running");
+        let signal = if frozen { "-STOP" } else { "-CONT" };
+        let status = Command::new("kill")
+            .args([signal, &process.0.id().to_string()])
+            .status()
+            .expect("running kill");
+        assert!(status.success(), "kill {signal}: {status}");
     }
 
     /// Starts the server again on the same port.

@@ -4,7 +4,7 @@ use std::{
     fs::File,
     net::{SocketAddr, TcpStream},
     path::Path,
-    process::{Command, ExitStatus, Stdio},
+    process::{Command, ExitStatus},
     time::Duration,
 };
 
@@ -17,8 +17,8 @@ pub const SCALER_BINARY: &str = env!("CARGO_BIN_EXE_backlog-scaler");
 /// validates a small file and binds one port, on a machine shared with other builds.
 pub const PROCESS_WITHIN: Duration = Duration::from_secs(10);
 
-/// `backlog-scaler serve --config <temp file>`, its stderr captured to a file beside the
-/// config (readable at any time, and no pipe to fill up). Killed and reaped on drop.
+/// `backlog-scaler serve --config <temp file>`, its stdout and stderr captured to files beside
+/// the config (readable at any time, and no pipe to fill up). Killed and reaped on drop.
 pub struct ScalerProcess {
     process: ChildGuard,
     dir: tempfile::TempDir,
@@ -31,13 +31,14 @@ impl ScalerProcess {
         let dir = tempfile::tempdir().expect("temp dir");
         let config_path = dir.path().join("scaler.toml");
         std::fs::write(&config_path, config).unwrap();
+        let stdout = File::create(dir.path().join("stdout.log")).unwrap();
         let stderr = File::create(dir.path().join("stderr.log")).unwrap();
         let child = Command::new(SCALER_BINARY)
             .args(["serve", "--config"])
             .arg(&config_path)
             .env_remove("BACKLOG_SCALER_CONFIG")
             .envs(env.iter().copied())
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(stderr)
             .spawn()
             .expect("spawning backlog-scaler");
@@ -50,6 +51,12 @@ impl ScalerProcess {
     /// Everything the process wrote to stderr so far.
     pub fn stderr(&self) -> String {
         stderr_in(self.dir.path())
+    }
+
+    /// Everything the process wrote to stdout and stderr so far, for "never printed" checks.
+    pub fn all_output(&self) -> String {
+        let stdout = std::fs::read_to_string(self.dir.path().join("stdout.log"));
+        format!("{}{}", stdout.unwrap_or_default(), self.stderr())
     }
 
     /// Waits until the process accepts connections on `port` (127.0.0.1) and returns that
