@@ -15,13 +15,16 @@
 //! - [`scaler_process`]: the binary with a config file ([`ScalerProcess`]);
 //! - [`http`]: the http port ([`http::http_get`], a `/metrics` sample);
 //! - [`connections`]: sockets below gRPC (idle ones, HTTP/2 by hand) and the fd limit;
-//! - [`postgres`], [`redis_topology`]: PostgreSQL + PgBouncer, Redis Cluster + Sentinel.
+//! - [`postgres`], [`redis_topology`]: PostgreSQL + PgBouncer, Redis Cluster + Sentinel;
+//! - [`faults`]: a backend frozen, killed, restarted or down at start, and what every answer
+//!   must be meanwhile ([`faults::Drill`]).
 
 // Each test file is its own crate and uses a part of the harness.
 #![allow(dead_code, unused_imports)]
 
 pub mod certs;
 pub mod connections;
+pub mod faults;
 pub mod http;
 pub mod pgbouncer;
 pub mod poll;
@@ -48,6 +51,9 @@ use std::{
 use backlog_scaler::{config::Config, proto::external_scaler_client::ExternalScalerClient, server};
 use tokio::{sync::oneshot, task::JoinHandle};
 use tonic::transport::Channel;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
 
 /// Debian packages that provide the servers the tests start.
 pub const INSTALL_HINT: &str = "install the test servers: apt-get install -y redis-server \
@@ -102,6 +108,59 @@ pub fn wait_for_port(port: u16, what: &str, within: Duration) {
 
 /// A child process killed (and reaped) on drop.
 pub struct ChildGuard(pub Child);
+
+impl ChildGuard {
+    /// Sends `signal` (`"STOP"`, `"CONT"`, `"KILL"`, …) to the process.
+    pub fn signal(&self, signal: &str) {
+        let status = send_signal(signal, &[self.0.id()]);
+        assert!(status.success(), "kill -{signal} {}", self.0.id());
+    }
+
+    /// Sends `signal` to the process and every process it forked (PostgreSQL's backends):
+    /// the parent first, so that a `STOP` leaves it no time to fork one more.
+    pub fn signal_tree(&self, signal: &str) {
+        self.signal(signal);
+        let children = descendants(self.0.id());
+        if !children.is_empty() {
+            // A child may have exited since it was listed: not an error.
+            send_signal(signal, &children);
+        }
+    }
+}
+
+fn send_signal(signal: &str, pids: &[u32]) -> std::process::ExitStatus {
+    Command::new("kill")
+        .arg(format!("-{signal}"))
+        .args(pids.iter().map(u32::to_string))
+        .stderr(Stdio::null())
+        .status()
+        .expect("running kill")
+}
+
+/// Every process below `pid`, read from `/proc/*/stat` (field 4 is the parent's pid).
+fn descendants(pid: u32) -> Vec<u32> {
+    let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+        .expect("reading /proc")
+        .flatten()
+        .filter_map(|entry| {
+            let child: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            // The command name (field 2) is in parentheses and may hold spaces.
+            let after_name = &stat[stat.rfind(')')? + 1..];
+            let parent = after_name.split_whitespace().nth(1)?.parse().ok()?;
+            Some((child, parent))
+        })
+        .collect();
+    let mut found = Vec::new();
+    let mut frontier = vec![pid];
+    while let Some(parent) = frontier.pop() {
+        for (child, _) in parents.iter().filter(|(_, p)| *p == parent) {
+            found.push(*child);
+            frontier.push(*child);
+        }
+    }
+    found
+}
 
 impl Drop for ChildGuard {
     fn drop(&mut self) {
@@ -164,12 +223,7 @@ impl RedisServer {
     /// connections, but nothing answers.
     pub fn freeze(&self, frozen: bool) {
         let process = self.process.as_ref().expect("redis-server is running");
-        let signal = if frozen { "-STOP" } else { "-CONT" };
-        let status = Command::new("kill")
-            .args([signal, &process.0.id().to_string()])
-            .status()
-            .expect("running kill");
-        assert!(status.success(), "kill {signal}: {status}");
+        process.signal(if frozen { "STOP" } else { "CONT" });
     }
 
     /// Starts the server again on the same port.
@@ -255,6 +309,16 @@ impl Scaler {
 
     pub async fn client(&self) -> ExternalScalerClient<Channel> {
         ExternalScalerClient::new(self.channel().await)
+    }
+
+    /// What the gRPC health service says of `service` (`""`, `"liveness"`, `"readiness"`).
+    pub async fn health(&self, service: &str) -> ServingStatus {
+        let mut health = HealthClient::new(self.channel().await);
+        let request = HealthCheckRequest {
+            service: service.to_string(),
+        };
+        let response = health.check(request).await.expect("health check");
+        response.into_inner().status()
     }
 
     /// Sends the shutdown signal (as SIGTERM would) and waits for `run` to return.

@@ -12,7 +12,9 @@ use std::{
     time::Duration,
 };
 
-use super::{ChildGuard, free_port, poll_until, require_binary, wait_for_port};
+use super::{
+    ChildGuard, free_port, poll_until, poll_until_blocking, require_binary, wait_for_port,
+};
 
 /// The `postgres` OS user when running as root, else `None` (run as ourselves).
 fn server_user() -> Option<(u32, u32)> {
@@ -221,6 +223,32 @@ impl PostgresServer {
         }
     }
 
+    /// Kills the postmaster and every backend with `SIGKILL`, as a crash or a lost node
+    /// would: sessions are cut without a word, and the next [`resume`](Self::resume) runs
+    /// crash recovery. (A `SIGKILL` to the postmaster alone would leave its backends running.)
+    pub fn kill(&mut self) {
+        if let Some(mut guard) = self.process.take() {
+            // Stopped first, so that the postmaster forks nothing while its tree is killed.
+            guard.signal("STOP");
+            guard.signal_tree("KILL");
+            let _ = guard.0.wait();
+        }
+        poll_until_blocking(
+            format!("postgres on port {} stops listening", self.port),
+            Duration::from_secs(5),
+            || std::net::TcpStream::connect(("127.0.0.1", self.port)),
+            Result::is_err,
+        )
+        .expect_err("polled until it was refused");
+    }
+
+    /// Freezes (`SIGSTOP`) or thaws (`SIGCONT`) the postmaster and every backend: the kernel
+    /// still accepts TCP connections, but no session answers, old or new.
+    pub fn freeze(&self, frozen: bool) {
+        let process = self.process.as_ref().expect("postgres is running");
+        process.signal_tree(if frozen { "STOP" } else { "CONT" });
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("postgres.log")).unwrap_or_default()
     }
@@ -254,6 +282,8 @@ impl PostgresServer {
 impl Drop for PostgresServer {
     fn drop(&mut self) {
         if let Some(guard) = self.process.take() {
+            // A test that failed while the server was frozen must not leave stopped backends.
+            guard.signal_tree("CONT");
             // Immediate shutdown: the postmaster takes its backends with it.
             let _ = Command::new("kill")
                 .args(["-QUIT", &guard.0.id().to_string()])

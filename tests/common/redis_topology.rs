@@ -40,20 +40,24 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     pub async fn start() -> RedisCluster {
+        Self::start_with(&[]).await
+    }
+
+    /// Starts with extra `redis-server` arguments for every node.
+    pub async fn start_with(extra_args: &[&str]) -> RedisCluster {
         let mut nodes = Vec::new();
         for _ in 0..3 {
             let port = free_cluster_port();
-            nodes.push(RedisServer::start_on(
-                port,
-                &[
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    "nodes.conf",
-                    "--cluster-node-timeout",
-                    "2000",
-                ],
-            ));
+            let mut args = vec![
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "2000",
+            ];
+            args.extend_from_slice(extra_args);
+            nodes.push(RedisServer::start_on(port, &args));
         }
         let addresses: Vec<String> = nodes
             .iter()
@@ -204,34 +208,40 @@ pub struct SentinelSetup {
     _sentinel: ChildGuard,
 }
 
+/// One `redis-sentinel` (quorum 1, down-after 2 s) watching the master on `master_port` as
+/// `mymaster`: its temp dir, port and process.
+fn spawn_sentinel(master_port: u16) -> (tempfile::TempDir, u16, ChildGuard) {
+    let dir = tempfile::tempdir().unwrap();
+    let sentinel_port = super::free_port();
+    let config = dir.path().join("sentinel.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "port {sentinel_port}\nbind 127.0.0.1\ndir {dir}\n\
+             sentinel monitor mymaster 127.0.0.1 {master_port} 1\n\
+             sentinel down-after-milliseconds mymaster 2000\n\
+             sentinel failover-timeout mymaster 10000\n",
+            dir = dir.path().display(),
+        ),
+    )
+    .unwrap();
+    let child = Command::new(require_binary("redis-sentinel"))
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawning redis-sentinel");
+    let sentinel = ChildGuard(child);
+    wait_for_port(sentinel_port, "redis-sentinel", Duration::from_secs(10));
+    (dir, sentinel_port, sentinel)
+}
+
 impl SentinelSetup {
     pub async fn start() -> SentinelSetup {
         let master = RedisServer::start();
         let replica =
             RedisServer::start_with(&["--replicaof", "127.0.0.1", &master.port.to_string()]);
-        let dir = tempfile::tempdir().unwrap();
-        let sentinel_port = super::free_port();
-        let config = dir.path().join("sentinel.conf");
-        std::fs::write(
-            &config,
-            format!(
-                "port {sentinel_port}\nbind 127.0.0.1\ndir {dir}\n\
-                 sentinel monitor mymaster 127.0.0.1 {master} 1\n\
-                 sentinel down-after-milliseconds mymaster 2000\n\
-                 sentinel failover-timeout mymaster 10000\n",
-                dir = dir.path().display(),
-                master = master.port
-            ),
-        )
-        .unwrap();
-        let child = Command::new(require_binary("redis-sentinel"))
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawning redis-sentinel");
-        let sentinel = ChildGuard(child);
-        wait_for_port(sentinel_port, "redis-sentinel", Duration::from_secs(10));
+        let (dir, sentinel_port, sentinel) = spawn_sentinel(master.port);
         let setup = SentinelSetup {
             master,
             replica,
@@ -314,5 +324,55 @@ impl SentinelSetup {
         )
         .await
         .expect("polled until it answered");
+    }
+}
+
+/// A Sentinel watching a master that has no replica: nothing can be promoted, so when the
+/// master is frozen or down the Sentinels keep naming it, and the data is only back when it
+/// is. For outages of the master behind a `redis-sentinel` source.
+pub struct LoneMasterSentinel {
+    pub master: RedisServer,
+    pub sentinel_port: u16,
+    _dir: tempfile::TempDir,
+    _sentinel: ChildGuard,
+}
+
+impl LoneMasterSentinel {
+    /// Starts the master with extra `redis-server` arguments, and a Sentinel that knows it.
+    pub async fn start_with(master_args: &[&str]) -> LoneMasterSentinel {
+        let master = RedisServer::start_with(master_args);
+        let (dir, sentinel_port, sentinel) = spawn_sentinel(master.port);
+        let setup = LoneMasterSentinel {
+            master,
+            sentinel_port,
+            _dir: dir,
+            _sentinel: sentinel,
+        };
+        let sentinel_url = format!("redis://127.0.0.1:{sentinel_port}");
+        let master_port = setup.master.port;
+        poll_until(
+            "the Sentinel names the master",
+            TOPOLOGY_SETTLES_WITHIN,
+            async || {
+                command::<Option<(String, u16)>>(
+                    &sentinel_url,
+                    &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", "mymaster"],
+                )
+                .await
+            },
+            |answer| matches!(answer, Ok(Some((_, port))) if *port == master_port),
+        )
+        .await
+        .expect("polled until it answered");
+        setup
+    }
+
+    /// A scaler config source named `name` of type `redis-sentinel` for `mymaster`.
+    pub fn source_config(&self, name: &str) -> String {
+        format!(
+            "[sources.{name}]\ntype = \"redis-sentinel\"\nurls = [\"redis://127.0.0.1:{}\"]\n\
+             master = \"mymaster\"\n",
+            self.sentinel_port
+        )
     }
 }

@@ -156,18 +156,32 @@ impl RedisSource {
         let replies: Vec<Value> = match &self.connections {
             Connections::Standalone { client, connection } => {
                 let mut connection = self.standalone(client, connection).await?;
-                one_pipeline(reads)
-                    .query_async(&mut connection)
-                    .await
-                    .map_err(|e| self.unavailable(&e))?
+                let pipeline = one_pipeline(reads);
+                match pipeline.query_async(&mut connection).await {
+                    Ok(replies) => replies,
+                    // The manager has started reconnecting; the retry waits for that.
+                    Err(error) if worth_one_retry(&error) => pipeline
+                        .query_async(&mut connection)
+                        .await
+                        .map_err(|e| self.unavailable(&e))?,
+                    Err(error) => return Err(self.unavailable(&error)),
+                }
             }
             Connections::Cluster { client, connection } => {
                 let connection = self.cluster(client, connection).await?;
                 cluster::pipeline_per_slot(&self.name, &connection, reads).await?
             }
             Connections::Sentinel(sentinel) => {
+                let pipeline = one_pipeline(reads);
                 let mut connection = sentinel.connection().await?;
-                match one_pipeline(reads).query_async(&mut connection).await {
+                let mut answer = pipeline.query_async(&mut connection).await;
+                if answer.as_ref().is_err_and(worth_one_retry) {
+                    // Asks the Sentinels again and connects anew.
+                    sentinel.forget_master().await;
+                    let mut connection = sentinel.connection().await?;
+                    answer = pipeline.query_async(&mut connection).await;
+                }
+                match answer {
                     Ok(replies) => replies,
                     Err(error) => {
                         sentinel.forget_master().await;
@@ -287,6 +301,13 @@ impl Source for RedisSource {
     fn check(&self) -> BoxFuture<'_, Result<CheckReport>> {
         Box::pin(check::check(self))
     }
+}
+
+/// A kept connection that died while idle (the server restarted, a proxy dropped it) fails
+/// its next command at once; a fresh connection may well succeed, and the budget has room for
+/// it. A timeout has spent half the budget already, so it is not retried.
+fn worth_one_retry(error: &redis::RedisError) -> bool {
+    !error.is_timeout() && (error.is_io_error() || error.is_connection_dropped())
 }
 
 fn one_pipeline(reads: &[RedisRead]) -> redis::Pipeline {
