@@ -8,47 +8,13 @@ use std::{process::Command, time::Duration};
 
 use common::{
     RedisServer, Scaler, free_port,
+    http::{http_get, http_get_accepting, sample},
     poll::poll_until,
     push,
     trigger::{assert_outage_reported, assert_recovers_to, trigger_value, trigger_value_until},
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
-
-/// A plain HTTP/1.1 GET: status code and body.
-async fn http_get(port: u16, path: &str) -> (u16, String) {
-    http_get_accepting(port, path, "*/*").await
-}
-
-async fn http_get_accepting(port: u16, path: &str, accept: &str) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("connecting to the http port");
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
-
-/// The value of one sample, matched by its name and labels as they are printed.
-fn sample(scrape: &str, series: &str) -> Option<f64> {
-    scrape
-        .lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|value| value.split_whitespace().next()?.parse().ok())
-}
 
 fn scaler_config(redis_url: &str, http_port: u16) -> String {
     format!(

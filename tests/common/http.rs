@@ -5,11 +5,16 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A plain HTTP/1.1 GET on 127.0.0.1: status code and body.
 pub async fn http_get(port: u16, path: &str) -> (u16, String) {
+    http_get_accepting(port, path, "*/*").await
+}
+
+/// [`http_get`] with an `Accept` header, e.g. OpenMetrics' content type.
+pub async fn http_get_accepting(port: u16, path: &str, accept: &str) -> (u16, String) {
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .expect("connecting to the http port");
     let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
     );
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut response = String::new();
