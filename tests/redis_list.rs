@@ -12,9 +12,7 @@ use common::{
 };
 use redis::AsyncCommands;
 use tonic::Code;
-use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-};
+use tonic_health::pb::health_check_response::ServingStatus;
 
 /// Lists services through one reflection version (v1 and v1alpha have the same shape).
 macro_rules! list_services {
@@ -62,22 +60,11 @@ fn metrics_request(scaled_object: ScaledObjectRef, metric_name: &str) -> GetMetr
     }
 }
 
-async fn health_status(scaler: &Scaler, service: &str) -> ServingStatus {
-    let mut health = HealthClient::new(scaler.channel().await);
-    let response = health
-        .check(HealthCheckRequest {
-            service: service.to_string(),
-        })
-        .await
-        .unwrap();
-    response.into_inner().status()
-}
-
 async fn wait_for_health(scaler: &Scaler, service: &str, want: ServingStatus) {
     poll_until(
         format!("health of {service:?} is {want:?}"),
         SETTLES_WITHIN,
-        async || health_status(scaler, service).await,
+        async || scaler.health(service).await,
         |status| *status == want,
     )
     .await;
@@ -352,7 +339,7 @@ async fn redis_outage_is_unavailable_and_not_ready_but_live_then_recovers() {
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     wait_for_health(&scaler, "readiness", ServingStatus::NotServing).await;
     assert_eq!(
-        health_status(&scaler, "liveness").await,
+        scaler.health("liveness").await,
         ServingStatus::Serving,
         "an outage must not get the scaler restarted"
     );
@@ -369,9 +356,9 @@ async fn redis_outage_is_unavailable_and_not_ready_but_live_then_recovers() {
 async fn health_and_reflection_v1_and_v1alpha_list_every_service() {
     let redis = RedisServer::start();
     let scaler = Scaler::start(&redis_config(&redis.url())).await;
-    assert_eq!(health_status(&scaler, "").await, ServingStatus::Serving);
+    assert_eq!(scaler.health("").await, ServingStatus::Serving);
     assert_eq!(
-        health_status(&scaler, "liveness").await,
+        scaler.health("liveness").await,
         ServingStatus::Serving
     );
     wait_for_health(&scaler, "readiness", ServingStatus::Serving).await;
