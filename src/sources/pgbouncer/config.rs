@@ -9,7 +9,10 @@ use tokio_postgres::config::SslMode;
 use crate::{
     credentials::{CaRoots, Secret},
     error::ConfigError,
-    sources::{Section, postgres::config::tls_config},
+    sources::{
+        Section,
+        postgres::config::{connection_config, tls_config},
+    },
 };
 
 /// The keys of a PgBouncer section, as written.
@@ -33,22 +36,18 @@ pub struct PgBouncerSettings {
 
 pub fn parse(section: &Section) -> Result<PgBouncerSettings, ConfigError> {
     let raw: RawPgBouncer = section.deserialize()?;
-    let url = section
-        .secret(
-            "url",
-            raw.url.as_ref(),
-            raw.url_env.as_deref(),
-            raw.url_file.as_deref(),
-        )
-        .resolve()?;
-    // The parser's message may quote the URL, which may hold a password.
-    let connection: tokio_postgres::Config = url.expose().parse().map_err(|_| {
-        ConfigError::at(
-            section.key("url"),
-            "is not a valid connection URL for PgBouncer's admin console \
-             (postgres://user:password@host:port/pgbouncer)",
-        )
-    })?;
+    let secret = section.secret(
+        "url",
+        raw.url.as_ref(),
+        raw.url_env.as_deref(),
+        raw.url_file.as_deref(),
+    );
+    let connection = connection_config(
+        section,
+        secret,
+        "a valid connection URL for PgBouncer's admin console \
+         (postgres://user:password@host:port/pgbouncer)",
+    )?;
     let ca = match &raw.tls_ca_file {
         Some(path) => Some(CaRoots::load(&section.key("tls_ca_file"), path)?),
         None => None,

@@ -8,7 +8,7 @@ use tokio_postgres::config::SslMode;
 
 use super::metrics::NamedQueries;
 use crate::{
-    credentials::{CaRoots, Secret},
+    credentials::{CaRoots, Secret, SecretRef},
     error::ConfigError,
     sources::Section,
 };
@@ -43,21 +43,17 @@ pub struct PostgresSettings {
 
 pub fn parse(section: &Section) -> Result<PostgresSettings, ConfigError> {
     let raw: RawPostgres = section.deserialize()?;
-    let url = section
-        .secret(
-            "url",
-            raw.url.as_ref(),
-            raw.url_env.as_deref(),
-            raw.url_file.as_deref(),
-        )
-        .resolve()?;
-    // The parser's message may quote the URL, which may hold a password.
-    let connection: tokio_postgres::Config = url.expose().parse().map_err(|_| {
-        ConfigError::at(
-            section.key("url"),
-            "is not a valid PostgreSQL connection URL (postgres://user@host:port/db)",
-        )
-    })?;
+    let secret = section.secret(
+        "url",
+        raw.url.as_ref(),
+        raw.url_env.as_deref(),
+        raw.url_file.as_deref(),
+    );
+    let connection = connection_config(
+        section,
+        secret,
+        "a valid PostgreSQL connection URL (postgres://user@host:port/db)",
+    )?;
     let pool_size = raw.pool_size.unwrap_or(DEFAULT_POOL_SIZE);
     if pool_size == 0 {
         return Err(ConfigError::at(
@@ -87,6 +83,20 @@ pub fn parse(section: &Section) -> Result<PostgresSettings, ConfigError> {
         pool_size,
         queries,
     })
+}
+
+/// The connection settings of a section's `url` (given inline, by env or by file). A bad URL
+/// is refused with `accepted`, never with the parser's message, which may quote the URL and
+/// so its password.
+pub fn connection_config(
+    section: &Section,
+    url: SecretRef<'_>,
+    accepted: &str,
+) -> Result<tokio_postgres::Config, ConfigError> {
+    let url = url.resolve()?;
+    url.expose()
+        .parse()
+        .map_err(|_| ConfigError::at(section.key("url"), format!("is not {accepted}")))
 }
 
 /// rustls client config: the CA file if given, else the web PKI roots. PgBouncer sources
