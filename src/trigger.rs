@@ -256,7 +256,8 @@ mod tests {
 
     use crate::{config::Config, sources::redis::RedisQuery};
 
-    fn catalog() -> Catalog {
+    /// One Redis source, `redis-main`, fenced to `team-a` and `batch-*`.
+    pub(super) fn catalog() -> Catalog {
         let config = Config::from_toml(
             "[sources.redis-main]\ntype = \"redis\"\nurl = \"redis://127.0.0.1:6379\"\n\
              allowed_namespaces = [\"team-a\", \"batch-*\"]",
@@ -265,7 +266,7 @@ mod tests {
         Catalog::new(&config.sources, &config.server.limits)
     }
 
-    fn metadata(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pub(super) fn metadata(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))

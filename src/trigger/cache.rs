@@ -83,23 +83,7 @@ impl TriggerCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
-
-    fn catalog() -> Catalog {
-        let config = Config::from_toml(
-            "[sources.redis-main]\ntype = \"redis\"\nurl = \"redis://127.0.0.1:6379\"\n\
-             allowed_namespaces = [\"team-a\"]",
-        )
-        .unwrap();
-        Catalog::new(&config.sources, &config.server.limits)
-    }
-
-    fn metadata(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::trigger::tests::{catalog, metadata};
 
     fn list_trigger(keys: &str) -> HashMap<String, String> {
         metadata(&[
