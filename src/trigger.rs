@@ -19,6 +19,9 @@ use crate::{
 
 pub use cache::TriggerCache;
 
+/// The smallest `target` that reaches the HPA as more than 0 (see [`targets`]).
+const MIN_TARGET: f64 = 0.001;
+
 /// Keys every trigger takes.
 const COMMON_KEYS: &[&str] = &["source", "metric", "target", "activationTarget"];
 
@@ -195,6 +198,16 @@ fn targets(md: &Metadata<'_>) -> Result<(f64, f64)> {
             format!("must be a number > 0, got `{target}`"),
         ));
     }
+    // KEDA hands the target to the HPA in thousandths (a milli-quantity): a smaller target
+    // would reach it as 0, and value ÷ target as infinity.
+    if target < MIN_TARGET {
+        return Err(Error::invalid(
+            "target",
+            format!(
+                "must be at least {MIN_TARGET} (KEDA passes targets to the HPA in thousandths), got `{target}`"
+            ),
+        ));
+    }
     let activation_target = md.number("activationTarget")?.unwrap_or(0.0);
     if activation_target < 0.0 {
         return Err(Error::invalid(
@@ -202,7 +215,8 @@ fn targets(md: &Metadata<'_>) -> Result<(f64, f64)> {
             format!("must be a number >= 0, got `{activation_target}`"),
         ));
     }
-    Ok((target, activation_target))
+    // `-0` is 0: adding +0 turns a negative zero positive and leaves every other value alone.
+    Ok((target, activation_target + 0.0))
 }
 
 /// A `metric` the source family does not serve gets an error naming the source's type.
@@ -459,6 +473,8 @@ mod tests {
             (&[("target", "<absent>")], "target", "is required"),
             (&[("target", "0")], "target", "> 0"),
             (&[("target", "-3")], "target", "> 0"),
+            (&[("target", "5e-324")], "target", "at least 0.001"),
+            (&[("target", "0.0009")], "target", "at least 0.001"),
             (&[("target", "ten")], "target", "must be a number"),
             (&[("target", "NaN")], "target", "must be a number"),
             (&[("target", "inf")], "target", "must be a number"),
@@ -480,6 +496,17 @@ mod tests {
             assert_eq!(got, key, "{extra:?}: {error}");
             assert!(reason.contains(fragment), "{extra:?}: {error}");
         }
+    }
+
+    #[test]
+    fn the_smallest_target_and_a_negative_zero_activation_are_plain_numbers() {
+        let spec = parse(&with(&[("target", "0.001"), ("activationTarget", "-0")])).unwrap();
+        assert_eq!(spec.target, 0.001);
+        assert!(
+            spec.activation_target == 0.0 && spec.activation_target.is_sign_positive(),
+            "{}",
+            spec.activation_target
+        );
     }
 
     #[test]
