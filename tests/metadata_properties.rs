@@ -467,12 +467,14 @@ fn check(catalog: &Catalog, (map, namespace): &Case, seen: &Outcomes) -> Result<
         Ok(spec) => {
             Outcomes::bump(&seen.ok);
             prop_assert!(
-                spec.target.is_finite() && spec.target > 0.0,
+                spec.target.is_finite() && spec.target >= 0.001,
                 "target {}",
                 spec.target
             );
             prop_assert!(
-                spec.activation_target.is_finite() && spec.activation_target >= 0.0,
+                spec.activation_target.is_finite()
+                    && spec.activation_target >= 0.0
+                    && spec.activation_target.is_sign_positive(),
                 "activationTarget {}",
                 spec.activation_target
             );
@@ -645,7 +647,7 @@ fn the_tricky_numbers_behave_as_documented() {
         parse_trigger(&map, "default", &catalog)
     };
     for target in [
-        "1e309", "NaN", "inf", "-inf", "0", "-0", "-1", "", "ten", "0x10",
+        "1e309", "NaN", "inf", "-inf", "0", "-0", "-1", "", "ten", "0x10", "5e-324", "0.0009",
     ] {
         let error = parse(target, "0").unwrap_err();
         assert_eq!(error.code(), tonic::Code::InvalidArgument, "{target:?}");
@@ -661,8 +663,15 @@ fn the_tricky_numbers_behave_as_documented() {
             "{activation:?}: {error}"
         );
     }
-    let spec = parse("5e-324", "1e308").unwrap();
+    // The smallest target KEDA's milli-quantity keeps above 0; a negative zero is zero.
+    let spec = parse("0.001", "1e308").unwrap();
     assert_eq!(spec.target_size(), 1);
     assert_eq!(spec.activation_target, 1e308);
+    assert!(
+        parse("1", "-0")
+            .unwrap()
+            .activation_target
+            .is_sign_positive()
+    );
     assert_eq!(parse(" 2.5 ", "").unwrap().target, 2.5);
 }
