@@ -17,10 +17,11 @@
 //!   shape the answer.
 //! - [`trigger`]: turns KEDA's `scalerMetadata` map into a typed [`trigger::TriggerSpec`]
 //!   exactly once, at the boundary: the common keys, the namespace fence, then the source's
-//!   own metric parser. Errors name the key and what is accepted.
+//!   own metric parser. Errors name the key and what is accepted. [`trigger::TriggerCache`]
+//!   remembers each distinct map's spec, so a warm request does not parse again.
 //! - [`engine`]: the measurement cache. One backend read per distinct measurement per refresh,
-//!   shared by every request and every ScaledObject that asks for it; freshness and size
-//!   bounds; panics in reads contained.
+//!   shared by every request and every ScaledObject that asks for it; cold reads batched per
+//!   source; freshness and size bounds; panics in reads contained.
 //! - [`config`]: the TOML config file, validated before any port is bound. It reads the keys
 //!   every source shares and hands the rest of each `[sources.NAME]` table to its backend.
 //! - [`sources`]: the [`sources::Backend`] and [`sources::Source`] traits, the opaque
