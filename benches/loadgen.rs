@@ -11,7 +11,8 @@
 //! source `--source` (or `pg-activity` on application `bench-{i % queues}` with
 //! `--metric pg-activity`), so M ScaledObjects share `--queues` distinct measurements — as
 //! many ScaledObjects watching few queues do. `--cold` gives every request a queue never asked
-//! for before, to measure the cold path.
+//! for before, to measure the cold path. `--soak` holds a steady rate with ScaledObject churn
+//! and reports errors and the scaler's RSS over time (`soak` module, `benches/soak.sh`).
 
 use std::{
     collections::BTreeMap,
@@ -29,6 +30,9 @@ use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+#[path = "loadgen/soak.rs"]
+mod soak;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum Call {
@@ -90,6 +94,8 @@ struct Args {
     jump: usize,
     #[arg(long, default_value_t = 5)]
     trials: usize,
+    #[command(flatten)]
+    soak: soak::SoakArgs,
     /// cargo bench passes --bench; accept and ignore it.
     #[arg(long, hide = true)]
     bench: bool,
@@ -206,6 +212,10 @@ async fn main() {
     if let Some(key) = &args.watch_key {
         freshness(&args, key, channels[0].clone()).await;
         return;
+    }
+    if args.soak.soak {
+        let passed = soak::run(args.clone(), channels).await;
+        std::process::exit(if passed { 0 } else { 1 });
     }
     let run = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
