@@ -11,6 +11,7 @@ use std::{
         Arc,
         atomic::{AtomicUsize, Ordering},
     },
+    time::Duration,
 };
 
 use prometheus_client::metrics::gauge::Gauge;
@@ -35,6 +36,8 @@ use crate::{
 /// Parsed triggers remembered by default: four per live measurement at the default
 /// `measurements.max_live`, since several ScaledObjects often share a measurement.
 const DEFAULT_TRIGGER_CACHE: usize = 200_000;
+/// How long a parsed trigger nobody asks for is kept, at least: the default `idle_expiry`.
+const DEFAULT_TRIGGER_PERIOD: Duration = Duration::from_secs(300);
 
 /// The ExternalScaler implementation. Cloning is shallow.
 #[derive(Clone)]
@@ -83,7 +86,10 @@ impl ScalerService {
     pub fn new(catalog: Catalog, engine: Engine, shutdown: CancellationToken) -> Self {
         ScalerService {
             catalog: Arc::new(catalog),
-            triggers: Arc::new(TriggerCache::new(DEFAULT_TRIGGER_CACHE)),
+            triggers: Arc::new(TriggerCache::new(
+                DEFAULT_TRIGGER_CACHE,
+                DEFAULT_TRIGGER_PERIOD,
+            )),
             engine,
             shutdown,
             streams: StreamLimit {
@@ -101,9 +107,10 @@ impl ScalerService {
         self
     }
 
-    /// Remembers at most `capacity` parsed triggers.
-    pub fn with_trigger_cache(mut self, capacity: usize) -> Self {
-        self.triggers = Arc::new(TriggerCache::new(capacity));
+    /// Remembers at most `capacity` parsed triggers, each at least `period` after it was last
+    /// asked for (and at most twice that).
+    pub fn with_trigger_cache(mut self, capacity: usize, period: Duration) -> Self {
+        self.triggers = Arc::new(TriggerCache::new(capacity, period));
         self
     }
 

@@ -184,7 +184,9 @@ mod tests {
         let first = watch.next().await.unwrap().unwrap();
         assert_eq!(first.status(), WireStatus::Serving);
         // Draining: NOT_SERVING is set, then the stop; the stream carries it, then ends.
-        sender.unbounded_send(answer(WireStatus::NotServing)).unwrap();
+        sender
+            .unbounded_send(answer(WireStatus::NotServing))
+            .unwrap();
         stop.cancel();
         let last = watch.next().await.unwrap().unwrap();
         assert_eq!(last.status(), WireStatus::NotServing);

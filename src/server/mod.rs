@@ -152,7 +152,10 @@ pub async fn serve(
     let catalog = Catalog::new(&config.sources, limits);
     let scaler = ScalerService::new(catalog, engine, stop.clone())
         .with_stream_limit(limits.max_streams, metrics.streams_open.clone())
-        .with_trigger_cache(config.measurements.max_live.saturating_mul(4));
+        .with_trigger_cache(
+            config.measurements.max_live.saturating_mul(4),
+            config.measurements.idle_expiry,
+        );
     let address = listeners
         .grpc
         .local_addr()

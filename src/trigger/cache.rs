@@ -10,31 +10,54 @@
 //! keys.
 //!
 //! Only successful parses are kept (a rejected trigger is parsed again, and its error is
-//! built anew). The cache is bounded: when it holds `capacity` triggers it is emptied and
-//! refills with the triggers still in use, at one parse each.
+//! built anew). Deleted ScaledObjects must not stay forever, so triggers live in two
+//! generations, as measurements live for `idle_expiry`: every `idle_expiry` (or when the
+//! current generation holds half of `capacity`) the current generation becomes the previous
+//! one and the previous one is dropped; a trigger found in the previous generation moves back
+//! to the current one. A trigger nobody asks for is gone after at most two periods, and at
+//! most `capacity` are remembered.
 
 use std::{
     collections::HashMap,
     hash::{BuildHasher, RandomState},
     sync::{Arc, RwLock},
+    time::Duration,
 };
+
+use tokio::time::Instant;
 
 use super::{Catalog, TriggerSpec, parse_trigger};
 use crate::Result;
 
+type Parsed = HashMap<u128, Arc<TriggerSpec>>;
+
 /// See the module documentation.
 pub struct TriggerCache {
     keys: (RandomState, RandomState),
-    parsed: RwLock<HashMap<u128, Arc<TriggerSpec>>>,
+    generations: RwLock<Generations>,
     capacity: usize,
+    period: Duration,
+}
+
+struct Generations {
+    current: Parsed,
+    previous: Parsed,
+    /// When `current` started.
+    started: Instant,
 }
 
 impl TriggerCache {
-    pub fn new(capacity: usize) -> TriggerCache {
+    /// At most `capacity` triggers; one not asked for during two `period`s is forgotten.
+    pub fn new(capacity: usize, period: Duration) -> TriggerCache {
         TriggerCache {
             keys: (RandomState::new(), RandomState::new()),
-            parsed: RwLock::default(),
-            capacity: capacity.max(1),
+            generations: RwLock::new(Generations {
+                current: Parsed::new(),
+                previous: Parsed::new(),
+                started: Instant::now(),
+            }),
+            capacity: capacity.max(2),
+            period,
         }
     }
 
@@ -46,21 +69,40 @@ impl TriggerCache {
         catalog: &Catalog,
     ) -> Result<Arc<TriggerSpec>> {
         let fingerprint = self.fingerprint(metadata, namespace);
-        if let Some(spec) = self.parsed.read().expect("lock poisoned").get(&fingerprint) {
-            return Ok(spec.clone());
-        }
-        let spec = Arc::new(parse_trigger(metadata, namespace, catalog)?);
-        let mut parsed = self.parsed.write().expect("lock poisoned");
-        if parsed.len() >= self.capacity {
-            parsed.clear();
-        }
-        parsed.insert(fingerprint, spec.clone());
+        let found = {
+            let generations = self.generations.read().expect("lock poisoned");
+            if let Some(spec) = generations.current.get(&fingerprint) {
+                return Ok(spec.clone());
+            }
+            generations.previous.get(&fingerprint).cloned()
+        };
+        let spec = match found {
+            Some(spec) => spec,
+            None => Arc::new(parse_trigger(metadata, namespace, catalog)?),
+        };
+        self.remember(fingerprint, spec.clone());
         Ok(spec)
     }
 
-    /// Triggers remembered now.
+    /// Puts a trigger in the current generation, starting a new one first when it is due.
+    fn remember(&self, fingerprint: u128, spec: Arc<TriggerSpec>) {
+        let mut generations = self.generations.write().expect("lock poisoned");
+        let now = Instant::now();
+        if now.saturating_duration_since(generations.started) >= self.period
+            || generations.current.len() >= self.capacity / 2
+        {
+            generations.previous = std::mem::take(&mut generations.current);
+            generations.started = now;
+        }
+        generations.previous.remove(&fingerprint);
+        generations.current.insert(fingerprint, spec);
+    }
+
+    /// Triggers remembered now, in both generations.
     pub fn len(&self) -> usize {
-        self.parsed.read().map_or(0, |parsed| parsed.len())
+        self.generations
+            .read()
+            .map_or(0, |g| g.current.len() + g.previous.len())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -85,6 +127,9 @@ mod tests {
     use super::*;
     use crate::trigger::tests::{catalog, metadata};
 
+    const MINUTE: Duration = Duration::from_secs(60);
+    const HOUR: Duration = Duration::from_secs(3600);
+
     fn list_trigger(keys: &str) -> HashMap<String, String> {
         metadata(&[
             ("source", "redis-main"),
@@ -96,7 +141,7 @@ mod tests {
 
     #[test]
     fn the_same_trigger_is_parsed_once_and_answers_what_a_parse_answers() {
-        let (catalog, cache) = (catalog(), TriggerCache::new(10));
+        let (catalog, cache) = (catalog(), TriggerCache::new(10, HOUR));
         let first = cache.parse(&list_trigger("a"), "team-a", &catalog).unwrap();
         // The same map built again iterates in another order: still the same trigger.
         let again = cache.parse(&list_trigger("a"), "team-a", &catalog).unwrap();
@@ -110,7 +155,7 @@ mod tests {
 
     #[test]
     fn another_value_or_namespace_is_another_trigger() {
-        let (catalog, cache) = (catalog(), TriggerCache::new(10));
+        let (catalog, cache) = (catalog(), TriggerCache::new(10, HOUR));
         let a = cache.parse(&list_trigger("a"), "team-a", &catalog).unwrap();
         let b = cache.parse(&list_trigger("b"), "team-a", &catalog).unwrap();
         assert_ne!(a.query, b.query);
@@ -129,7 +174,7 @@ mod tests {
 
     #[test]
     fn rejections_are_not_remembered_and_the_fence_still_holds() {
-        let (catalog, cache) = (catalog(), TriggerCache::new(10));
+        let (catalog, cache) = (catalog(), TriggerCache::new(10, HOUR));
         assert!(cache.parse(&list_trigger("a"), "team-a", &catalog).is_ok());
         let denied = cache
             .parse(&list_trigger("a"), "team-b", &catalog)
@@ -145,12 +190,41 @@ mod tests {
     }
 
     #[test]
-    fn a_full_cache_starts_again_instead_of_growing() {
-        let (catalog, cache) = (catalog(), TriggerCache::new(3));
+    fn a_full_generation_makes_room_instead_of_growing() {
+        let (catalog, cache) = (catalog(), TriggerCache::new(4, HOUR));
         for key in ["a", "b", "c", "d", "e"] {
             cache.parse(&list_trigger(key), "team-a", &catalog).unwrap();
-            assert!(cache.len() <= 3);
+            assert!(cache.len() <= 4, "{key}: {}", cache.len());
         }
-        assert_eq!(cache.len(), 2, "emptied at the fourth, then d and e");
+        // a, b went to the previous generation at c; c, d at e, and a, b were dropped.
+        assert_eq!(cache.len(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_trigger_nobody_asks_for_is_forgotten_and_one_in_use_is_kept() {
+        let (catalog, cache) = (catalog(), TriggerCache::new(100, MINUTE));
+        let kept = cache
+            .parse(&list_trigger("kept"), "team-a", &catalog)
+            .unwrap();
+        cache
+            .parse(&list_trigger("deleted"), "team-a", &catalog)
+            .unwrap();
+        for round in 0..3 {
+            tokio::time::sleep(MINUTE).await;
+            // A new trigger now and then starts the next generation.
+            let new = format!("new-{round}");
+            cache
+                .parse(&list_trigger(&new), "team-a", &catalog)
+                .unwrap();
+            let again = cache
+                .parse(&list_trigger("kept"), "team-a", &catalog)
+                .unwrap();
+            assert!(
+                Arc::ptr_eq(&kept, &again),
+                "round {round}: still the same parse"
+            );
+        }
+        // Left: kept, new-2 (current) and new-1 (previous); `deleted` and new-0 are gone.
+        assert_eq!(cache.len(), 3);
     }
 }
