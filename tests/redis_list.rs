@@ -357,10 +357,7 @@ async fn health_and_reflection_v1_and_v1alpha_list_every_service() {
     let redis = RedisServer::start();
     let scaler = Scaler::start(&redis_config(&redis.url())).await;
     assert_eq!(scaler.health("").await, ServingStatus::Serving);
-    assert_eq!(
-        scaler.health("liveness").await,
-        ServingStatus::Serving
-    );
+    assert_eq!(scaler.health("liveness").await, ServingStatus::Serving);
     wait_for_health(&scaler, "readiness", ServingStatus::Serving).await;
 
     let expected = [
