@@ -16,23 +16,27 @@ wait_port() { for _ in $(seq 200); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/nul
 
 echo "== machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(lscpu | sed -n 's/Model name: *//p'), $(date -u +%FT%TZ)"
 cargo build --release --locked --quiet
-cargo bench --locked --no-run --bench loadgen --quiet 2>/dev/null
+cargo bench --locked --no-run --bench loadgen --quiet
+# The built binary, not `cargo bench` per round: a source edit mid-run would rebuild it there.
+loadgen_bin=$(ls -t target/release/deps/loadgen-* | grep -v '\.d$' | head -1)
 redis_port=$(free_port)
 redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" >/dev/null &
 pids+=($!); wait_port "$redis_port"
 for q in $(seq 0 9); do redis-cli -p "$redis_port" RPUSH "bench:queue:$q" 1 2 3 >/dev/null; done
 
+# Sets $port. Not called as $(start_scaler ...): the scaler would hold the substitution's
+# stdout open (it never returned), and its pid would be lost to the subshell.
 start_scaler() { # NAME, extra [server] lines
-  local port; port=$(free_port)
+  port=$(free_port)
   printf '[server]\ngrpc_listen = "127.0.0.1:%s"\n%s\n[sources.redis-main]\ntype = "redis"\nurl = "redis://127.0.0.1:%s/0"\n' \
     "$port" "$2" "$redis_port" > "$work/$1.toml"
-  target/release/backlog-scaler serve --config "$work/$1.toml" 2>"$work/$1.log" &
-  pids+=($!); wait_port "$port"; echo "$port"
+  target/release/backlog-scaler serve --config "$work/$1.toml" >/dev/null 2>"$work/$1.log" &
+  pids+=($!); wait_port "$port"
 }
-with_port=$(start_scaler with "http_listen = \"127.0.0.1:$(free_port)\"")
-without_port=$(start_scaler without "")
+start_scaler with "http_listen = \"127.0.0.1:$(free_port)\""; with_port=$port
+start_scaler without ""; without_port=$port
 rps() { # PORT -> req/s of a warm GetMetrics load
-  cargo bench --locked --quiet --bench loadgen -- --target "127.0.0.1:$1" --call get-metrics \
+  "$loadgen_bin" --target "127.0.0.1:$1" --call get-metrics \
     --connections 4 --concurrency 64 --scaled-objects 1000 --queues 10 \
     --duration "$SECONDS_PER_ROUND" | awk '/Requests\/sec:/ {print $2}'
 }
