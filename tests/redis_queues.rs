@@ -10,13 +10,16 @@ use std::{
     time::{Duration, Instant},
 };
 
+use backlog_scaler::proto::{GetMetricsRequest, external_scaler_client::ExternalScalerClient};
 use common::{
-    RedisServer, Scaler, project, redis_config,
+    RedisServer, SETTLES_WITHIN, Scaler, poll_until, project, redis_config,
     redis_topology::{RedisCluster, SentinelSetup},
-    trigger_value,
+    scaled_object, trigger_value,
 };
+use futures::StreamExt;
 use redis::AsyncCommands;
 use serde_json::Value;
+use tonic::transport::Channel;
 
 /// Runs a producer script and parses the JSON line it prints.
 async fn produce(program: &str, script: &str, args: Vec<String>) -> Value {
@@ -565,4 +568,64 @@ async fn every_metric_counts_the_same_on_standalone_cluster_and_sentinel() {
             );
         }
     }
+}
+
+#[tokio::test]
+async fn a_refresh_of_more_measurements_than_one_round_trip_holds_reads_every_one() {
+    // 4,500 lists: more than two of the rounds of 2,000 queries a refresh is cut into.
+    const LISTS: usize = 4_500;
+    let length = |i: usize, extra: usize| (i % 7 + 1 + extra) as f64;
+    let redis = RedisServer::start();
+    let scaler = Scaler::start(&redis_config(&redis.url())).await;
+    let mut connection = redis.connection().await;
+    let fill = |extra: usize| {
+        let mut pipe = redis::pipe();
+        for i in 0..LISTS {
+            let items = if extra == 0 { i % 7 + 1 } else { extra };
+            pipe.rpush(format!("chunked:{i}"), vec![0; items]).ignore();
+        }
+        pipe
+    };
+    let () = fill(0).query_async(&mut connection).await.unwrap();
+    let client = scaler.client().await;
+    let values = async |client: &ExternalScalerClient<Channel>| -> Vec<f64> {
+        futures::stream::iter(0..LISTS)
+            .map(|i| {
+                let mut client = client.clone();
+                async move {
+                    let key = format!("chunked:{i}");
+                    let pairs = [
+                        ("source", "redis-main"),
+                        ("metric", "redis-list"),
+                        ("keys", key.as_str()),
+                        ("target", "1"),
+                    ];
+                    let request = GetMetricsRequest {
+                        scaled_object_ref: Some(scaled_object(&pairs)),
+                        metric_name: String::new(),
+                    };
+                    let response = client.get_metrics(request).await.expect("GetMetrics");
+                    response.into_inner().metric_values[0].metric_value_float
+                }
+            })
+            .buffered(64)
+            .collect()
+            .await
+    };
+    let first = values(&client).await;
+    let expected: Vec<f64> = (0..LISTS).map(|i| length(i, 0)).collect();
+    assert_eq!(first, expected, "the cold reads, in rounds too");
+    // One more item everywhere: every measurement changes, so every round must be read.
+    let () = fill(1).query_async(&mut connection).await.unwrap();
+    let expected: Vec<f64> = (0..LISTS).map(|i| length(i, 1)).collect();
+    poll_until(
+        "every list's new length, after a refresh (lists still stale)",
+        SETTLES_WITHIN,
+        async || {
+            let now = values(&client).await;
+            now.iter().zip(&expected).filter(|(a, b)| a != b).count()
+        },
+        |stale| *stale == 0,
+    )
+    .await;
 }
