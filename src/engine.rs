@@ -151,13 +151,20 @@ impl SourceState {
     fn store(&self, queries: &[Query], outcomes: Vec<Result<f64>>, started_ms: u64) {
         {
             let measurements = self.measurements.read().expect("lock poisoned");
+            // When the backend is down every query fails alike: they share one error.
+            let mut shared: Option<Arc<Error>> = None;
             for (query, outcome) in queries.iter().zip(outcomes) {
-                if let Some(measurement) = measurements.get(query) {
-                    *measurement.reading.lock().expect("lock poisoned") = Reading::Read {
-                        outcome: outcome.map_err(Box::new),
-                        started_ms,
-                    };
-                }
+                let Some(measurement) = measurements.get(query) else {
+                    continue;
+                };
+                let outcome = outcome.map_err(|error| match &shared {
+                    Some(same) if **same == error => same.clone(),
+                    _ => shared.insert(Arc::new(error)).clone(),
+                });
+                *measurement.reading.lock().expect("lock poisoned") = Reading::Read {
+                    outcome,
+                    started_ms,
+                };
             }
         }
         self.stored
@@ -190,9 +197,10 @@ enum Reading {
     /// The cold read has not finished yet.
     Pending,
     /// The latest read: its outcome and when it started, in ms since the engine's epoch (the
-    /// age of the data). The error is boxed: a reading is small while the source answers.
+    /// age of the data). The error is behind an `Arc`: a reading is small while the source
+    /// answers, and the measurements of a failed batch share one error.
     Read {
-        outcome: Result<f64, Box<Error>>,
+        outcome: Result<f64, Arc<Error>>,
         started_ms: u64,
     },
 }
@@ -575,7 +583,7 @@ fn answer(source: &str, reading: Reading, now_ms: u64, max_staleness: Duration) 
         Reading::Read {
             outcome: Err(error),
             ..
-        } => Err(*error),
+        } => Err(Arc::unwrap_or_clone(error)),
         Reading::Read {
             outcome: Ok(value),
             started_ms,

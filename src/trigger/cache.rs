@@ -91,7 +91,13 @@ impl TriggerCache {
         if now.saturating_duration_since(generations.started) >= self.period
             || generations.current.len() >= self.capacity / 2
         {
-            generations.previous = std::mem::take(&mut generations.current);
+            // The dropped generation's table becomes the new current one, so its room is
+            // reused instead of freed and allocated again.
+            let Generations {
+                current, previous, ..
+            } = &mut *generations;
+            std::mem::swap(current, previous);
+            current.clear();
             generations.started = now;
         }
         generations.previous.remove(&fingerprint);
