@@ -102,10 +102,7 @@ async fn redis_standalone_frozen_killed_restarted_and_down_at_start() {
         server: &mut redis,
         key: LIST,
     };
-    drill.frozen(&mut target).await;
-    drill.killed_then_restarted(&mut target).await;
-    drill.restarted(&mut target).await;
-    drill.down_at_start(&mut target).await;
+    drill.every_fault(&mut target).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -147,10 +144,7 @@ async fn redis_cluster_node_frozen_killed_restarted_and_down_at_start() {
         node: owner,
         key: LIST,
     };
-    drill.frozen(&mut target).await;
-    drill.killed_then_restarted(&mut target).await;
-    drill.restarted(&mut target).await;
-    drill.down_at_start(&mut target).await;
+    drill.every_fault(&mut target).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -164,10 +158,7 @@ async fn redis_sentinel_master_frozen_killed_restarted_and_down_at_start() {
         server: &mut setup.master,
         key: LIST,
     };
-    drill.frozen(&mut target).await;
-    drill.killed_then_restarted(&mut target).await;
-    drill.restarted(&mut target).await;
-    drill.down_at_start(&mut target).await;
+    drill.every_fault(&mut target).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -179,10 +170,7 @@ async fn postgres_frozen_killed_restarted_and_down_at_start() {
         server: &mut postgres,
         table: TABLE,
     };
-    drill.frozen(&mut target).await;
-    drill.killed_then_restarted(&mut target).await;
-    drill.restarted(&mut target).await;
-    drill.down_at_start(&mut target).await;
+    drill.every_fault(&mut target).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -198,10 +186,7 @@ async fn pgbouncer_in_front_of_postgres_frozen_killed_restarted_and_down_at_star
         postgres: &postgres,
         table: TABLE,
     };
-    drill.frozen(&mut target).await;
-    drill.killed_then_restarted(&mut target).await;
-    drill.restarted(&mut target).await;
-    drill.down_at_start(&mut target).await;
+    drill.every_fault(&mut target).await;
 }
 
 /// Sessions that have run `sql` for longer than the source's `timeout` (or sit in its

@@ -265,6 +265,15 @@ impl<'a> Drill<'a> {
         self
     }
 
+    /// Every fault in turn, each followed by its recovery: frozen, killed and restarted later,
+    /// restarted at once, down when a scaler starts.
+    pub async fn every_fault(&self, target: &mut impl FaultTarget) {
+        self.frozen(target).await;
+        self.killed_then_restarted(target).await;
+        self.restarted(target).await;
+        self.down_at_start(target).await;
+    }
+
     /// The backend is frozen: the outage is reported, and after the thaw the value is back.
     /// Returns the first UNAVAILABLE.
     pub async fn frozen(&self, target: &mut impl FaultTarget) -> Status {
