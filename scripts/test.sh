@@ -9,8 +9,8 @@ scripts/install-test-deps.sh
 cargo fmt --all -- --check
 
 # deny.toml: licences, duplicate versions (warnings; `cargo deny check bans` lists them) and
-# sources. install-test-deps.sh puts cargo-deny in .test-deps/cargo when PATH has none.
-export PATH="$PWD/.test-deps/cargo/bin:$PATH"
+# sources. install-test-deps.sh puts cargo-deny in .test-deps/ when PATH has none.
+export PATH="$PWD/.test-deps/cargo-deny/bin:$PWD/.test-deps/cargo/bin:$PATH"
 cargo deny --locked --log-level error check --show-stats licenses bans sources
 # Advisories need the RustSec database, which cargo-deny clones from GitHub; where a copy is
 # already on the machine it is used as it is, otherwise the check is skipped, saying so.
