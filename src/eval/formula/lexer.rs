@@ -8,12 +8,15 @@ pub(super) enum TokenKind {
     Int(i64),
     Float(f64),
     Bool(bool),
+    Nil,
     Ident(String),
     Plus,
     Minus,
     Star,
     Slash,
     Percent,
+    /// `**` or `^` (the symbol as written, for messages).
+    Pow(&'static str),
     Lt,
     Le,
     Gt,
@@ -24,10 +27,18 @@ pub(super) enum TokenKind {
     OrOr,
     Bang,
     Question,
+    /// `??`
+    Coalesce,
     Colon,
     LParen,
     RParen,
+    LBracket,
+    RBracket,
+    LBrace,
+    RBrace,
     Comma,
+    /// `#`, the element inside a predicate.
+    Hash,
     End,
 }
 
@@ -38,8 +49,10 @@ impl TokenKind {
             TokenKind::Int(i) => return format!("the number `{i}`"),
             TokenKind::Float(f) => return format!("the number `{f}`"),
             TokenKind::Bool(b) => return format!("`{b}`"),
+            TokenKind::Nil => return "`nil`".to_owned(),
             TokenKind::Ident(name) => return format!("`{name}`"),
             TokenKind::End => return "the end of the formula".to_owned(),
+            TokenKind::Pow(symbol) => symbol,
             TokenKind::Plus => "+",
             TokenKind::Minus => "-",
             TokenKind::Star => "*",
@@ -55,10 +68,16 @@ impl TokenKind {
             TokenKind::OrOr => "||",
             TokenKind::Bang => "!",
             TokenKind::Question => "?",
+            TokenKind::Coalesce => "??",
             TokenKind::Colon => ":",
             TokenKind::LParen => "(",
             TokenKind::RParen => ")",
+            TokenKind::LBracket => "[",
+            TokenKind::RBracket => "]",
+            TokenKind::LBrace => "{",
+            TokenKind::RBrace => "}",
             TokenKind::Comma => ",",
+            TokenKind::Hash => "#",
         };
         format!("`{op}`")
     }
@@ -81,14 +100,17 @@ pub(super) fn lex(source: &str) -> Result<Vec<Token>> {
             continue;
         }
         let next = chars.get(i + 1).copied();
+        if let Some(end) = comment_end(&chars, i)? {
+            i = end;
+            continue;
+        }
         if let Some(reason) = unsupported(c, next) {
             return Err(FormulaError::at(i, reason));
         }
         let (kind, len) = match c {
-            '0'..='9' => {
-                let (kind, end) = lex_number(&chars, i)?;
-                (kind, end - i)
-            }
+            '0'..='9' => lex_number(&chars, i)?,
+            // A leading dot: `.5` is 0.5, as in expr-lang.
+            '.' if next.is_some_and(|n| n.is_ascii_digit()) => lex_number(&chars, i)?,
             c if c.is_ascii_alphabetic() || c == '_' => lex_word(&chars, i),
             c => operator(c, next)
                 .ok_or_else(|| FormulaError::at(i, format!("unexpected character {c:?}")))?,
@@ -103,8 +125,27 @@ pub(super) fn lex(source: &str) -> Result<Vec<Token>> {
     Ok(tokens)
 }
 
+/// Where the comment starting at `start` ends (`// ...` to the end of the line, `/* ... */`),
+/// or None when no comment starts there.
+fn comment_end(chars: &[char], start: usize) -> Result<Option<usize>> {
+    let rest = &chars[start..];
+    if rest.starts_with(&['/', '/']) {
+        let end = (start..chars.len()).find(|&j| chars[j] == '\n');
+        return Ok(Some(end.map_or(chars.len(), |j| j + 1)));
+    }
+    if rest.starts_with(&['/', '*']) {
+        let close =
+            (start + 2..chars.len()).find(|&j| chars[j] == '*' && chars.get(j + 1) == Some(&'/'));
+        return match close {
+            Some(j) => Ok(Some(j + 2)),
+            None => Err(FormulaError::at(start, "unclosed comment `/*`")),
+        };
+    }
+    Ok(None)
+}
+
 /// A name or a word operator starting at `start`, and its length.
-pub(super) fn lex_word(chars: &[char], start: usize) -> (TokenKind, usize) {
+fn lex_word(chars: &[char], start: usize) -> (TokenKind, usize) {
     let end = (start..chars.len())
         .find(|&j| !(chars[j].is_ascii_alphanumeric() || chars[j] == '_'))
         .unwrap_or(chars.len());
@@ -112,6 +153,7 @@ pub(super) fn lex_word(chars: &[char], start: usize) -> (TokenKind, usize) {
     let kind = match word.as_str() {
         "true" => TokenKind::Bool(true),
         "false" => TokenKind::Bool(false),
+        "nil" => TokenKind::Nil,
         "and" => TokenKind::AndAnd,
         "or" => TokenKind::OrOr,
         "not" => TokenKind::Bang,
@@ -121,7 +163,7 @@ pub(super) fn lex_word(chars: &[char], start: usize) -> (TokenKind, usize) {
 }
 
 /// The operator or punctuation starting with `c` (followed by `next`), and its length.
-pub(super) fn operator(c: char, next: Option<char>) -> Option<(TokenKind, usize)> {
+fn operator(c: char, next: Option<char>) -> Option<(TokenKind, usize)> {
     let two = |kind| Some((kind, 2));
     let one = |kind| Some((kind, 1));
     match (c, next) {
@@ -131,6 +173,9 @@ pub(super) fn operator(c: char, next: Option<char>) -> Option<(TokenKind, usize)
         ('!', Some('=')) => two(TokenKind::Ne),
         ('&', Some('&')) => two(TokenKind::AndAnd),
         ('|', Some('|')) => two(TokenKind::OrOr),
+        ('*', Some('*')) => two(TokenKind::Pow("**")),
+        ('?', Some('?')) => two(TokenKind::Coalesce),
+        ('^', _) => one(TokenKind::Pow("^")),
         ('+', _) => one(TokenKind::Plus),
         ('-', _) => one(TokenKind::Minus),
         ('*', _) => one(TokenKind::Star),
@@ -143,112 +188,123 @@ pub(super) fn operator(c: char, next: Option<char>) -> Option<(TokenKind, usize)
         (':', _) => one(TokenKind::Colon),
         ('(', _) => one(TokenKind::LParen),
         (')', _) => one(TokenKind::RParen),
+        ('[', _) => one(TokenKind::LBracket),
+        (']', _) => one(TokenKind::RBracket),
+        ('{', _) => one(TokenKind::LBrace),
+        ('}', _) => one(TokenKind::RBrace),
         (',', _) => one(TokenKind::Comma),
+        ('#', _) => one(TokenKind::Hash),
         _ => None,
     }
 }
 
 /// Why the language of KEDA's formulas has `c` (followed by `next`) but this evaluator
 /// refuses it, or None when it is not refused here.
-pub(super) fn unsupported(c: char, next: Option<char>) -> Option<&'static str> {
+fn unsupported(c: char, next: Option<char>) -> Option<&'static str> {
     Some(match (c, next) {
-        ('*', Some('*')) => "the power operator `**` is not supported",
         ('=', Some('=')) | ('&', Some('&')) | ('|', Some('|')) => return None,
         ('=', _) => "`=` is not supported (no assignment); compare with `==`",
         ('&', _) => "`&` is not supported; `&&` is (and)",
         ('|', _) => "the pipe operator `|` is not supported",
-        ('?', Some('?')) => "the nil-coalescing operator `??` is not supported",
         ('?', Some('.')) => "optional chaining `?.` (member access) is not supported",
-        ('^', _) => "the power operator `^` is not supported",
         ('.', Some('.')) => "ranges `..` are not supported",
-        ('.', Some(n)) if n.is_ascii_digit() => {
-            "a number must start with a digit: write `0.5`, not `.5`"
-        }
+        ('.', Some(n)) if n.is_ascii_digit() => return None,
         ('.', _) => "member access `.` is not supported",
         ('"' | '\'' | '`', _) => {
             "string literals are not supported: a formula computes a number from trigger values"
         }
-        ('[' | ']', _) => "arrays and indexing (`[`, `]`) are not supported",
-        ('{' | '}', _) => "maps (`{`, `}`) are not supported",
-        ('#', _) => "closures and predicates (`#`) are not supported",
+        ('#', Some(n)) if n.is_ascii_alphabetic() || n == '_' => {
+            "named pointers (`#index`, `#acc`) are not supported; `#` alone is the element"
+        }
         (';', _) => "several expressions (`;`) are not supported",
         ('$', _) => "`$env` and `$` names are not supported",
         _ => return None,
     })
 }
 
-/// A number literal starting at `start` (a digit): returns the token and the index after it.
-pub(super) fn lex_number(chars: &[char], start: usize) -> Result<(TokenKind, usize)> {
+/// A number literal starting at `start` (a digit, or a `.` before one), as expr-lang reads
+/// it: `_` anywhere after the first character, `0x`/`0o`/`0b` integers, and a float when
+/// there is a `.` or an exponent. Returns the token and its length.
+fn lex_number(chars: &[char], start: usize) -> Result<(TokenKind, usize)> {
     let at = |i: usize| chars.get(i).copied();
-    if at(start) == Some('0') && matches!(at(start + 1), Some('x' | 'X' | 'o' | 'O' | 'b' | 'B')) {
-        return Err(FormulaError::at(
-            start,
-            "hexadecimal, octal and binary literals are not supported",
-        ));
-    }
-    let mut text = String::new();
     let mut i = start;
-    // Digits, with `_` allowed between two digits (`1_000`), as expr-lang does.
-    let digits = |i: &mut usize, text: &mut String| {
-        while let Some(c) = at(*i) {
-            if c.is_ascii_digit() {
-                text.push(c);
-            } else if c == '_'
-                && text.ends_with(|p: char| p.is_ascii_digit())
-                && at(*i + 1).is_some_and(|n| n.is_ascii_digit())
-            {
-                // a separator: skipped
-            } else {
-                break;
-            }
+    let radix = match (at(i), at(i + 1)) {
+        (Some('0'), Some('x' | 'X')) => 16,
+        (Some('0'), Some('o' | 'O')) => 8,
+        (Some('0'), Some('b' | 'B')) => 2,
+        _ => 10,
+    };
+    if radix != 10 {
+        i += 2;
+    }
+    let digits = |i: &mut usize| {
+        while at(*i).is_some_and(|c| c == '_' || c.is_digit(radix)) {
             *i += 1;
         }
     };
-    digits(&mut i, &mut text);
+    digits(&mut i);
     let mut is_float = false;
-    if at(i) == Some('.') && at(i + 1).is_some_and(|n| n.is_ascii_digit()) {
+    // `1..3` is a range, not `1.` followed by `.3`.
+    if at(i) == Some('.') && at(i + 1) != Some('.') {
         is_float = true;
-        text.push('.');
         i += 1;
-        digits(&mut i, &mut text);
+        digits(&mut i);
     }
-    if matches!(at(i), Some('e' | 'E')) {
-        let sign = matches!(at(i + 1), Some('+' | '-'));
-        let first_digit = if sign { i + 2 } else { i + 1 };
-        if at(first_digit).is_some_and(|d| d.is_ascii_digit()) {
-            is_float = true;
-            text.push('e');
-            if sign {
-                text.extend(at(i + 1));
-            }
-            i = first_digit;
-            digits(&mut i, &mut text);
+    if radix == 10 && matches!(at(i), Some('e' | 'E')) {
+        is_float = true;
+        i += 1;
+        if matches!(at(i), Some('+' | '-')) {
+            i += 1;
         }
+        digits(&mut i);
     }
-    let kind = if is_float {
-        match text.parse::<f64>() {
-            Ok(f) if f.is_finite() => TokenKind::Float(f),
-            _ => {
-                return Err(FormulaError::at(
-                    start,
-                    format!("the number `{text}` is too large"),
-                ));
-            }
+    let written: String = chars[start..i].iter().collect();
+    if at(i).is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') {
+        let mut bad = written;
+        bad.extend(at(i));
+        return Err(FormulaError::at(
+            start,
+            format!("bad number syntax `{bad}`"),
+        ));
+    }
+    let text: String = written.chars().filter(|&c| c != '_').collect();
+    let kind = number_kind(&text, &written, radix, is_float)
+        .map_err(|message| FormulaError::at(start, message))?;
+    Ok((kind, i - start))
+}
+
+/// The value of a number literal without its `_`s (`text`; `written` as in the formula).
+fn number_kind(text: &str, written: &str, radix: u32, is_float: bool) -> Result<TokenKind, String> {
+    if radix != 10 {
+        let name = match radix {
+            16 => "hexadecimal",
+            8 => "octal",
+            _ => "binary",
+        };
+        if is_float {
+            return Err(format!("invalid {name} literal `{written}`: integers only"));
         }
-    } else {
-        match text.parse::<i64>() {
-            Ok(n) => TokenKind::Int(n),
-            Err(_) => {
-                return Err(FormulaError::at(
-                    start,
-                    format!(
-                        "the integer `{text}` is too large (at most {}); write it as a float \
-                         (`{text}.0`)",
-                        i64::MAX
-                    ),
-                ));
-            }
-        }
-    };
-    Ok((kind, i))
+        return i64::from_str_radix(&text[2..], radix)
+            .map(TokenKind::Int)
+            .map_err(|_| {
+                format!(
+                    "invalid {name} literal `{written}`: digits missing or more than {}",
+                    i64::MAX
+                )
+            });
+    }
+    if is_float {
+        return match text.parse::<f64>() {
+            Ok(f) if f.is_finite() => Ok(TokenKind::Float(f)),
+            Ok(_) => Err(format!("the number `{written}` is too large")),
+            Err(_) => Err(format!("invalid float literal `{written}`")),
+        };
+    }
+    text.parse::<i64>().map(TokenKind::Int).map_err(|_| {
+        format!(
+            "the integer `{written}` is too large (at most {}); write it as a float \
+             (`{text}.0`)",
+            i64::MAX
+        )
+    })
 }

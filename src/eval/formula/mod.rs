@@ -6,28 +6,37 @@
 //! "Formula must return a single value (not boolean)"). Each *named* trigger is a variable
 //! holding that trigger's metric value; KEDA hands the values over as floats.
 //!
-//! This module implements the part of expr-lang those docs use, with expr-lang's types and
-//! precedence, so a formula that passes here means the same thing in KEDA:
+//! This module implements the part of expr-lang (v1.17, the version KEDA pins) that formulas
+//! over trigger values use, with expr-lang's parser, types and run-time rules, so a formula
+//! that passes here means the same thing in KEDA:
 //!
 //! | what | forms |
 //! | --- | --- |
-//! | numbers | `10` (integer), `2.5`, `1e3` (float), `1_000` |
-//! | booleans | `true`, `false` |
+//! | numbers | `10` (integer), `2.5`, `.5`, `1e3` (float), `1_000`, `0x1F`, `0o17`, `0b101` |
+//! | booleans, nil | `true`, `false`, `nil` |
 //! | variables | trigger names: letters, digits and `_`, not starting with a digit |
-//! | arithmetic | `+ - * / %`, unary `-` and `+` |
-//! | comparisons | `< <= > >= == !=` |
+//! | arithmetic | `+ - * / %`, `**` and `^` (power, a float), unary `-` and `+` |
+//! | comparisons | `< <= > >= == !=`; `a < b < c` is `a < b && b < c` (`==`/`!=` do not chain) |
 //! | logic | `&&` / `and`, <code>&#124;&#124;</code> / `or`, `!` / `not` (short-circuiting) |
-//! | conditional | `cond ? a : b` |
-//! | functions | `min(a, b, ...)`, `max(a, b, ...)`, `abs(x)`, `ceil(x)`, `floor(x)` |
+//! | nil | `a ?? b`: `a` unless it is nil (a trigger that could not be read) |
+//! | conditional | `cond ? a : b`, `cond ?: b` |
+//! | arrays | `[a, b, c]`, as an argument of `count`, `min` and `max` |
+//! | comments | `// to the end of the line`, `/* ... */` |
+//! | functions | `min`, `max` (numbers and arrays), `abs`, `ceil`, `floor`, `round`, `float`, `count(array, {# > 1})` (`#` is the element) |
 //!
-//! Everything else expr-lang has (strings, arrays, maps, member access, `??`, pipes, other
-//! functions, `**`) is rejected with an error naming it and its column, rather than guessed at.
+//! Everything else expr-lang has (strings, maps, member access, indexing, pipes, `let`, other
+//! functions) is rejected with an error naming it and its column, rather than guessed at.
 //!
-//! Types follow expr-lang: integers and floats are numbers, booleans are not; `/` always gives
-//! a float, `+ - *` of two integers give an integer, `ceil`/`floor` give floats, and `%` takes
-//! integers only. Since trigger values are floats, `%` on a trigger value is an error here, as
-//! it is in KEDA. Type errors that can be seen without values are reported by [`Formula::parse`]
-//! (KEDA compiles the formula when the ScaledObject is applied); the rest at evaluation.
+//! Types follow expr-lang: integers and floats are numbers, booleans are not; `/` and `**`
+//! always give a float, `+ - *` of two integers give an integer, `ceil`/`floor`/`round`/
+//! `float` give floats, and `%` takes integers only. Since trigger values are floats, `%` on a
+//! trigger value is an error here, as it is in KEDA. Type errors that can be seen without
+//! values are reported by [`Formula::parse`] (KEDA compiles the formula when the ScaledObject
+//! is applied); the rest at evaluation. Nil is accepted by `??`, `==`, `!=` and nothing else.
+//!
+//! KEDA wraps the formula in `float(...)` (or, when it contains `??`, in a form that lets nil
+//! through: KEDA then uses the fallback replicas), so the result must be a number; a nil
+//! result is an error unless the formula contains `??` ([`Formula::evaluate_nullable`]).
 //!
 //! Two places deliberately differ from Go's arithmetic: division (and `%`) by zero and
 //! results too large for a float are errors instead of `+Inf` or a panic, and integer overflow
@@ -42,9 +51,8 @@ mod lexer;
 mod parser;
 mod types;
 
-use ast::Node;
-use ast::Value;
-use eval::eval;
+use ast::{Node, Value};
+use eval::{Scope, eval};
 use lexer::{TokenKind, lex};
 use parser::{Parser, unexpected_after_operand};
 use types::{Ty, check};
@@ -56,15 +64,22 @@ use types::{Ty, check};
 /// inside a 2 MiB thread stack, so no input can overflow the stack.
 const MAX_DEPTH: usize = 64;
 
+/// How many operators and operands a formula may have, counting each operand a chained
+/// comparison shares (`b` in `a < b < c`) twice, as expr-lang's tree has it.
+///
+/// Hand-written formulas have tens; the bound keeps nested chains, whose shared operands are
+/// copied, from growing the tree exponentially.
+const MAX_NODES: usize = 100_000;
+
 /// The functions a formula may call, with their arity, for parsing and error messages.
-const FUNCTIONS: &str = "min, max, abs, ceil, floor";
+const FUNCTIONS: &str = "min, max, abs, ceil, floor, round, float, count";
 
 /// Words expr-lang uses as binary operators that this subset does not support.
 const UNSUPPORTED_OPERATOR_WORDS: &[&str] =
     &["in", "matches", "contains", "startsWith", "endsWith"];
 
 /// expr-lang words that start an expression this subset does not support.
-const UNSUPPORTED_KEYWORDS: &[&str] = &["nil", "let", "if", "else"];
+const UNSUPPORTED_KEYWORDS: &[&str] = &["let", "if", "else"];
 
 /// A parse, type or evaluation error, with the 1-based column (in characters) it points at.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -75,6 +90,9 @@ pub struct FormulaError {
     pub column: usize,
     /// What is wrong, and when it is unsupported, what is supported instead.
     pub message: String,
+    /// Where Go gives ±Inf, NaN or a wrapped integer instead of an error (division by zero,
+    /// overflow): KEDA's admission check does not see these.
+    arithmetic: bool,
 }
 
 impl FormulaError {
@@ -83,6 +101,15 @@ impl FormulaError {
         FormulaError {
             column: column0 + 1,
             message: message.into(),
+            arithmetic: false,
+        }
+    }
+
+    /// An error where Go's arithmetic gives ±Inf, NaN or wraps around instead.
+    fn arithmetic(column0: usize, message: impl Into<String>) -> Self {
+        FormulaError {
+            arithmetic: true,
+            ..FormulaError::at(column0, message)
         }
     }
 }
@@ -101,32 +128,40 @@ impl Formula {
     /// [`Formula::check_variables`].
     pub fn parse(source: &str) -> Result<Formula> {
         let tokens = lex(source)?;
-        let mut parser = Parser {
-            tokens: &tokens,
-            pos: 0,
-            depth: 0,
-        };
-        let root = parser.parse_expr()?;
+        let mut parser = Parser::new(&tokens);
+        let root = parser.parse_expression(0)?;
         let end = parser.peek();
         if end.kind != TokenKind::End {
             return Err(unexpected_after_operand(end, "the end of the formula"));
         }
-        match check(&root)? {
-            Ty::Bool => Err(FormulaError::at(
-                0,
-                "the formula produces a boolean, but KEDA needs a number (the composite \
-                 metric value); use `cond ? a : b` to choose between numbers",
-            )),
-            _ => Ok(Formula {
-                source: source.to_owned(),
-                root,
-            }),
-        }
+        let what = match check(&root)? {
+            Ty::Bool => "a boolean",
+            Ty::Array => "an array",
+            _ => {
+                return Ok(Formula {
+                    source: source.to_owned(),
+                    root,
+                });
+            }
+        };
+        Err(FormulaError::at(
+            0,
+            format!(
+                "the formula produces {what}, but KEDA needs a number (the composite metric \
+                 value); use `cond ? a : b` to choose between numbers"
+            ),
+        ))
     }
 
     /// The formula as written.
     pub fn source(&self) -> &str {
         &self.source
+    }
+
+    /// Whether KEDA lets a nil result through to the fallback: it does when the formula's
+    /// text contains `??` (KEDA's `castToFloatIfNecessary` looks for exactly that).
+    pub fn coalesces(&self) -> bool {
+        self.source.contains("??")
     }
 
     /// The distinct variables (trigger names) the formula refers to, sorted.
@@ -147,21 +182,54 @@ impl Formula {
         }
     }
 
+    /// KEDA's admission webhook runs the compiled formula once with every trigger at -1 and
+    /// refuses the ScaledObject when that fails; this does the same. Errors where Go only
+    /// gives an infinity (division by zero, overflow) do not count, as they do not in KEDA.
+    pub fn check_admission(&self, known: &[&str]) -> Result<()> {
+        let values = known.iter().map(|k| (k.to_string(), Some(-1.0))).collect();
+        match self.evaluate_nullable(&values) {
+            Err(e) if !e.arithmetic => Err(e),
+            _ => Ok(()),
+        }
+    }
+
     /// Evaluates the formula with `values` (trigger name → metric value).
     ///
     /// Errors: a variable missing from `values` (the message lists the names it has), a
-    /// non-finite value, division by zero, overflow, and type errors that depend on which
-    /// branch of a conditional was taken. Never panics and never returns NaN or infinity.
+    /// non-finite value, division by zero, overflow, a nil result, and type errors that
+    /// depend on which branch of a conditional was taken. Never panics and never returns NaN
+    /// or infinity.
     pub fn evaluate(&self, values: &BTreeMap<String, f64>) -> Result<f64> {
-        match eval(&self.root, values)? {
-            Value::Int(i) => Ok(i as f64),
-            Value::Float(f) => Ok(f),
-            Value::Bool(_) => Err(FormulaError::at(
-                0,
-                "the formula produced a boolean, but KEDA needs a number (the composite \
-                 metric value)",
-            )),
-        }
+        let values = values.iter().map(|(k, v)| (k.clone(), Some(*v))).collect();
+        self.evaluate_nullable(&values)?
+            .ok_or_else(|| FormulaError::at(0, "the formula gives nil, but KEDA needs a number"))
+    }
+
+    /// Evaluates the formula with `values`, where `None` is a trigger that could not be read
+    /// (nil under `fallback.behavior: scalingModifiers`). `Ok(None)`: the formula gave nil and
+    /// contains `??`, so KEDA falls back ([`Formula::coalesces`]).
+    pub fn evaluate_nullable(&self, values: &BTreeMap<String, Option<f64>>) -> Result<Option<f64>> {
+        let scope = Scope {
+            values,
+            element: None,
+        };
+        let what = match eval(&self.root, scope)? {
+            Value::Int(i) => return Ok(Some(i as f64)),
+            Value::Float(f) => return Ok(Some(f)),
+            Value::Nil if self.coalesces() => return Ok(None),
+            Value::Nil => {
+                "nil, and KEDA's `float()` around the formula refuses nil (only a formula with \
+                 `??` may give nil, and then KEDA uses the fallback replicas)"
+            }
+            Value::Bool(_) => "a boolean",
+            Value::Array(_) => "an array",
+        };
+        Err(FormulaError::at(
+            0,
+            format!(
+                "the formula produced {what}, but KEDA needs a number (the composite metric value)"
+            ),
+        ))
     }
 }
 
@@ -195,5 +263,7 @@ fn unknown_variable(name: &str, column0: usize, known: &[&str]) -> FormulaError 
     FormulaError::at(column0, message)
 }
 
+#[cfg(test)]
+mod peers;
 #[cfg(test)]
 mod tests;

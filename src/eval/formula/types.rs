@@ -1,4 +1,9 @@
 //! Static types: expr-lang's compile-time checks, before any value is known.
+//!
+//! KEDA compiles the formula with every trigger declared a float, so a trigger name is a
+//! float here too, even though it may be nil at run time (`fallback.behavior:
+//! scalingModifiers`). `nil` and `#` are of unknown type, as in expr-lang, and so is anything
+//! that depends on them: those are checked when evaluated.
 
 use super::{FormulaError, Result, ast::*};
 
@@ -10,43 +15,47 @@ pub(super) enum Ty {
     /// An integer or a float (e.g. `cond ? 1 : x`).
     Number,
     Bool,
-    /// A number or a boolean (e.g. `cond ? 1 : true`): checked at evaluation.
+    Array,
+    /// Not known before evaluation (`nil`, `#`, `cond ? 1 : true`).
     Unknown,
 }
 
 impl Ty {
-    pub(super) fn of(value: Value) -> Ty {
+    fn of(value: &Value) -> Ty {
         match value {
             Value::Int(_) => Ty::Int,
             Value::Float(_) => Ty::Float,
             Value::Bool(_) => Ty::Bool,
+            Value::Array(_) => Ty::Array,
+            Value::Nil => Ty::Unknown,
         }
     }
 
-    pub(super) fn is_numeric(self) -> bool {
+    fn is_numeric(self) -> bool {
         matches!(self, Ty::Int | Ty::Float | Ty::Number)
     }
 
-    pub(super) fn may_be_numeric(self) -> bool {
-        self != Ty::Bool
+    fn may_be_numeric(self) -> bool {
+        self.is_numeric() || self == Ty::Unknown
     }
 
-    pub(super) fn may_be_bool(self) -> bool {
+    fn may_be_bool(self) -> bool {
         matches!(self, Ty::Bool | Ty::Unknown)
     }
 
-    pub(super) fn name(self) -> &'static str {
+    fn name(self) -> &'static str {
         match self {
             Ty::Int => "an integer",
             Ty::Float => "a float",
             Ty::Number => "a number",
             Ty::Bool => "a boolean",
-            Ty::Unknown => "a number or a boolean",
+            Ty::Array => "an array",
+            Ty::Unknown => "of a type known only when evaluated",
         }
     }
 
     /// The type of a value that is either `self` or `other`.
-    pub(super) fn join(self, other: Ty) -> Ty {
+    fn join(self, other: Ty) -> Ty {
         match (self, other) {
             (a, b) if a == b => a,
             (a, b) if a.is_numeric() && b.is_numeric() => Ty::Number,
@@ -54,8 +63,8 @@ impl Ty {
         }
     }
 
-    /// The type of `+ - *` (and `min`/`max`) over numeric operands.
-    pub(super) fn arithmetic(self, other: Ty) -> Ty {
+    /// The type of `+ - *` over numeric operands.
+    fn arithmetic(self, other: Ty) -> Ty {
         match (self, other) {
             (Ty::Int, Ty::Int) => Ty::Int,
             (Ty::Float, _) | (_, Ty::Float) => Ty::Float,
@@ -64,7 +73,7 @@ impl Ty {
     }
 }
 
-pub(super) fn need_number(op: &str, ty: Ty, which: &str, column: usize) -> Result<()> {
+fn need_number(op: &str, ty: Ty, which: &str, column: usize) -> Result<()> {
     if ty.may_be_numeric() {
         return Ok(());
     }
@@ -74,7 +83,7 @@ pub(super) fn need_number(op: &str, ty: Ty, which: &str, column: usize) -> Resul
     ))
 }
 
-pub(super) fn need_bool(op: &str, ty: Ty, which: &str, column: usize) -> Result<()> {
+fn need_bool(op: &str, ty: Ty, which: &str, column: usize) -> Result<()> {
     if ty.may_be_bool() {
         return Ok(());
     }
@@ -87,15 +96,15 @@ pub(super) fn need_bool(op: &str, ty: Ty, which: &str, column: usize) -> Result<
     ))
 }
 
-pub(super) fn need_integer(ty: Ty, which: &str, column: usize) -> Result<()> {
-    if ty != Ty::Float {
+pub(super) fn need_integer(float: bool, which: &str, column: usize) -> Result<()> {
+    if !float {
         return Ok(());
     }
     Err(FormulaError::at(
         column,
         format!(
             "`%` needs integers, but its {which} is a float (trigger values are floats in \
-             KEDA, as is every result of `/`, `ceil` and `floor`)"
+             KEDA, as is every result of `/`, `**`, `float`, `round`, `ceil` and `floor`)"
         ),
     ))
 }
@@ -104,9 +113,16 @@ pub(super) fn need_integer(ty: Ty, which: &str, column: usize) -> Result<()> {
 pub(super) fn check(node: &Node) -> Result<Ty> {
     let column = node.column;
     Ok(match &node.kind {
-        Kind::Literal(value) => Ty::of(*value),
+        Kind::Literal(value) => Ty::of(value),
         // KEDA hands trigger values to the formula as floats.
         Kind::Variable(_) => Ty::Float,
+        Kind::Element => Ty::Unknown,
+        Kind::Array(elements) => {
+            for element in elements {
+                check(element)?;
+            }
+            Ty::Array
+        }
         Kind::Unary(UnaryOp::Not, operand) => {
             need_bool("!", check(operand)?, "operand", column)?;
             Ty::Bool
@@ -116,6 +132,15 @@ pub(super) fn check(node: &Node) -> Result<Ty> {
             let symbol = if *op == UnaryOp::Neg { "-" } else { "+" };
             need_number(symbol, ty, "operand", column)?;
             if ty == Ty::Unknown { Ty::Number } else { ty }
+        }
+        Kind::Binary(BinaryOp::Coalesce, lhs, rhs) => {
+            let (l, r) = (check(lhs)?, check(rhs)?);
+            // `nil ?? x` is x; otherwise either side.
+            if lhs.kind == Kind::Literal(Value::Nil) {
+                r
+            } else {
+                l.join(r)
+            }
         }
         Kind::Binary(op, lhs, rhs) => check_binary(*op, check(lhs)?, check(rhs)?, column)?,
         Kind::Conditional(condition, then, otherwise) => {
@@ -132,31 +157,80 @@ pub(super) fn check(node: &Node) -> Result<Ty> {
             }
             check(then)?.join(check(otherwise)?)
         }
-        Kind::Call(function, args) => {
-            let mut result: Option<Ty> = None;
-            for (i, arg) in args.iter().enumerate() {
-                let ty = check(arg)?;
-                let which = format!("argument {}", i + 1);
-                need_number(function.name(), ty, &which, column)?;
-                let ty = if ty == Ty::Unknown { Ty::Number } else { ty };
-                result = Some(match result {
-                    None => ty,
-                    // min/max return one of their arguments, unchanged.
-                    Some(acc) => acc.join(ty),
-                });
-            }
-            match function {
-                Function::Ceil | Function::Floor => Ty::Float,
-                // The parser guarantees at least one argument.
-                _ => result.unwrap_or(Ty::Number),
-            }
-        }
+        Kind::Call(function, args) => check_call(*function, args, column)?,
     })
 }
 
+fn check_call(function: Function, args: &[Node], column: usize) -> Result<Ty> {
+    let name = function.name();
+    let types = args.iter().map(check).collect::<Result<Vec<Ty>>>()?;
+    if function == Function::Count {
+        return check_count(&types, column);
+    }
+    let mut result: Option<Ty> = None;
+    for (i, &ty) in types.iter().enumerate() {
+        let which = format!("argument {}", i + 1);
+        let arrays = matches!(function, Function::Min | Function::Max);
+        if !(arrays && ty == Ty::Array) {
+            need_number(name, ty, &which, column)?;
+        }
+        let ty = if ty.is_numeric() { ty } else { Ty::Unknown };
+        result = Some(match result {
+            None => ty,
+            // min/max return one of their arguments, unchanged.
+            Some(acc) => acc.join(ty),
+        });
+    }
+    Ok(match function {
+        Function::Ceil | Function::Floor | Function::Round | Function::Float => Ty::Float,
+        Function::Abs => match result {
+            Some(ty) if ty.is_numeric() => ty,
+            _ => Ty::Number,
+        },
+        // The parser guarantees at least one argument.
+        _ => result.unwrap_or(Ty::Unknown),
+    })
+}
+
+/// `count(array[, predicate])`: an array, a predicate that gives a boolean; an integer.
+fn check_count(types: &[Ty], column: usize) -> Result<Ty> {
+    let Some(&collection) = types.first() else {
+        return Err(FormulaError::at(
+            column,
+            "`count` takes an array and a predicate, e.g. `count([a, b], {# > 1})`",
+        ));
+    };
+    if !matches!(collection, Ty::Array | Ty::Unknown) {
+        return Err(FormulaError::at(
+            column,
+            format!(
+                "`count` takes an array (`[a, b]`), but its argument 1 is {}",
+                collection.name()
+            ),
+        ));
+    }
+    if let Some(&predicate) = types.get(1)
+        && !predicate.may_be_bool()
+    {
+        return Err(FormulaError::at(
+            column,
+            format!(
+                "the predicate of `count` must give a boolean (e.g. `{{# > 1}}`), but it gives \
+                 {}",
+                predicate.name()
+            ),
+        ));
+    }
+    Ok(Ty::Int)
+}
+
 /// The static type of a binary operation on operands of types `l` and `r`.
-pub(super) fn check_binary(op: BinaryOp, l: Ty, r: Ty, column: usize) -> Result<Ty> {
+fn check_binary(op: BinaryOp, l: Ty, r: Ty, column: usize) -> Result<Ty> {
     let symbol = op.symbol();
+    let numbers = |l: Ty, r: Ty| -> Result<()> {
+        need_number(symbol, l, "left operand", column)?;
+        need_number(symbol, r, "right operand", column)
+    };
     let ty = match op {
         BinaryOp::And | BinaryOp::Or => {
             need_bool(symbol, l, "left operand", column)?;
@@ -164,7 +238,11 @@ pub(super) fn check_binary(op: BinaryOp, l: Ty, r: Ty, column: usize) -> Result<
             Ty::Bool
         }
         BinaryOp::Eq | BinaryOp::Ne => {
-            if (l.is_numeric() && r == Ty::Bool) || (l == Ty::Bool && r.is_numeric()) {
+            let mismatched = (l.is_numeric() && r == Ty::Bool)
+                || (l == Ty::Bool && r.is_numeric())
+                || l == Ty::Array
+                || r == Ty::Array;
+            if mismatched {
                 return Err(FormulaError::at(
                     column,
                     format!(
@@ -178,27 +256,25 @@ pub(super) fn check_binary(op: BinaryOp, l: Ty, r: Ty, column: usize) -> Result<
             Ty::Bool
         }
         BinaryOp::Lt | BinaryOp::Le | BinaryOp::Gt | BinaryOp::Ge => {
-            need_number(symbol, l, "left operand", column)?;
-            need_number(symbol, r, "right operand", column)?;
+            numbers(l, r)?;
             Ty::Bool
         }
         BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul => {
-            need_number(symbol, l, "left operand", column)?;
-            need_number(symbol, r, "right operand", column)?;
+            numbers(l, r)?;
             l.arithmetic(r)
         }
-        BinaryOp::Div => {
-            need_number(symbol, l, "left operand", column)?;
-            need_number(symbol, r, "right operand", column)?;
+        BinaryOp::Div | BinaryOp::Pow => {
+            numbers(l, r)?;
             Ty::Float
         }
         BinaryOp::Rem => {
-            need_number(symbol, l, "left operand", column)?;
-            need_number(symbol, r, "right operand", column)?;
-            need_integer(l, "left operand", column)?;
-            need_integer(r, "right operand", column)?;
+            numbers(l, r)?;
+            need_integer(l == Ty::Float, "left operand", column)?;
+            need_integer(r == Ty::Float, "right operand", column)?;
             Ty::Int
         }
+        // Typed by `check`.
+        BinaryOp::Coalesce => l.join(r),
     };
     Ok(ty)
 }
