@@ -397,6 +397,8 @@ async fn a_down_backend_is_exit_1_and_bad_input_is_exit_2() {
     let report = ran.json();
     let object = &report["scaled_objects"][0];
     assert_eq!(object["triggers"][0]["code"], "Unavailable", "{report}");
+    // KEDA's static fallback: the failed metric is answered with target × 6.
+    assert_eq!(object["replicas"], 6, "{report}");
     assert!(
         object["triggers"][0]["error"]
             .as_str()
@@ -408,7 +410,7 @@ async fn a_down_backend_is_exit_1_and_bad_input_is_exit_2() {
         object["explanation"]
             .as_str()
             .unwrap()
-            .contains("KEDA would ask for 6 replicas"),
+            .contains("fallback (behavior static): triggers[0] (external) could not be read (taken as past failureThreshold); fallback.replicas 6"),
         "{report}"
     );
 
@@ -551,4 +553,164 @@ async fn every_example_gets_a_replica_count_against_k8s_base_sources() {
     assert_eq!(by_name("dagster-run-worker")["replicas"], 1);
     // pg-query.yaml: the base config's dagster_backlog query counts the same 2.
     assert_eq!(by_name("backlog-worker")["triggers"][0]["value"], 2.0);
+}
+
+/// A named redis-list trigger on `source`.
+fn source_trigger(name: &str, source: &str, key: &str) -> String {
+    format!(
+        "    - type: external\n      name: {name}\n      metadata:\n        source: {source}\n        \
+         metric: redis-list\n        keys: \"{key}\"\n        target: \"1\"\n"
+    )
+}
+
+/// One ScaledObject per (name, spec) in one multi-document file, evaluated once; the replicas
+/// of each by name.
+async fn replicas_by_name(
+    s: &Setup,
+    config: &Path,
+    objects: &[(String, String)],
+    extra: &[&str],
+) -> (Run, std::collections::HashMap<String, Option<u64>>) {
+    let docs: Vec<String> = objects
+        .iter()
+        .map(|(name, spec)| scaled_object(name, spec))
+        .collect();
+    let file = write(s.dir.path(), "objects.yaml", &docs.join("---\n"));
+    let ran = eval(config, &file, extra).await;
+    let report = ran.json();
+    let by_name = report["scaled_objects"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{ran:#?}"))
+        .iter()
+        .map(|o| {
+            (
+                o["name"].as_str().unwrap().to_owned(),
+                o["replicas"].as_u64(),
+            )
+        })
+        .collect();
+    (ran, by_name)
+}
+
+/// Formulas of expr-lang's and KEDA's tests, fed by real list lengths: primary 16,
+/// secondary 12, small 3; target 1, so the replicas are the composite value rounded up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn formulas_run_as_expr_lang_runs_them_on_real_values() {
+    let s = setup().await;
+    push(&s.redis, "f:primary", 16).await;
+    push(&s.redis, "f:secondary", 12).await;
+    push(&s.redis, "f:small", 3).await;
+    #[rustfmt::skip]
+    let cases: &[(&str, u64, &str)] = &[
+        ("float(primary + 1)", 17, "keda scaledobject_webhook_test.go:1047"),
+        ("0 < small < 10 ? primary : secondary", 16, "expr parser.go parseComparison"),
+        ("1 < small < 3 ? primary : secondary", 12, "expr_test.go:1391 (a chain is a conjunction)"),
+        ("count([primary,secondary],{#>1}) > 1 ? 5 : 0", 5, "keda scaledobject_webhook_test.go:1158"),
+        ("count([primary, secondary, small], {# > 10}) * 4", 8, "builtin_test.go:724"),
+        ("float(small < 2 ? small+secondary >= 2 ? 5 : 10 : 0)", 1, "keda scaledobject_webhook_test.go:1197"),
+        ("small ** 2", 9, "expr_test.go:847"),
+        ("2 ^ small", 8, "expr_test.go:851"),
+        ("-2 ** 2 + primary", 12, "parser_test.go:104"),
+        ("round(primary / 5)", 3, "builtin_test.go:53"),
+        ("max([primary, secondary], small * 6)", 18, "builtin_test.go:90"),
+        ("min([primary, secondary]) + .5", 13, "builtin_test.go:96, expr_test.go:779"),
+        ("0x10 + 0b1 + 0o7", 24, "parser_test.go:39-63"),
+        ("primary ?? 8", 16, "keda fallback_scaling_modifiers_test.go:105"),
+    ];
+    let objects: Vec<(String, String)> = cases
+        .iter()
+        .enumerate()
+        .map(|(i, (formula, _, _))| {
+            let triggers: String = ["primary", "secondary", "small"]
+                .iter()
+                .map(|n| source_trigger(n, "redis-main", &format!("f:{n}")))
+                .collect();
+            let spec = format!(
+                "  minReplicaCount: 1\n  advanced:\n    scalingModifiers:\n      formula: \
+                 \"{formula}\"\n      target: \"1\"\n  triggers:\n{triggers}"
+            );
+            (format!("f{i}"), spec)
+        })
+        .collect();
+    let (ran, by_name) = replicas_by_name(&s, &s.config, &objects, &[]).await;
+    assert_eq!(ran.code, Some(0), "{ran:#?}");
+    for (i, (formula, expected, at)) in cases.iter().enumerate() {
+        assert_eq!(
+            by_name[&format!("f{i}")],
+            Some(*expected),
+            "{formula:?} ({at})"
+        );
+    }
+}
+
+/// KEDA's e2e test of `fallback.behavior: scalingModifiers`
+/// (tests/internals/fallback/fallback_scaling_modifiers_test.go:94-216): formula
+/// `primary ?? secondary ?? 8`, target 2, fallback replicas 4; primary 16 and secondary 12,
+/// each on a working Redis or on one that is down. And a static fallback of a Value metric.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fallback_behaviors_give_kedas_replicas_when_a_source_is_down() {
+    let s = setup().await;
+    push(&s.redis, "fb:primary", 16).await;
+    push(&s.redis, "fb:secondary", 12).await;
+    let config = write(
+        s.dir.path(),
+        "two.toml",
+        &format!(
+            "{}\n[sources.redis-down]\ntype = \"redis\"\nurl = \"redis://127.0.0.1:{}/0\"\n",
+            redis_config(&s.redis.url()),
+            free_port()
+        ),
+    );
+    let modifiers = |primary: &str, secondary: &str| {
+        format!(
+            "  minReplicaCount: 1\n  maxReplicaCount: 20\n  fallback:\n    failureThreshold: 3\n    \
+             replicas: 4\n    behavior: scalingModifiers\n  advanced:\n    scalingModifiers:\n      \
+             target: \"2\"\n      formula: \"primary ?? secondary ?? 8\"\n  triggers:\n{}{}",
+            source_trigger("primary", primary, "fb:primary"),
+            source_trigger("secondary", secondary, "fb:secondary")
+        )
+    };
+    let value_static = format!(
+        "  minReplicaCount: 1\n  fallback:\n    failureThreshold: 3\n    replicas: 5\n  \
+         triggers:\n{}      metricType: Value\n",
+        source_trigger("down", "redis-down", "fb:primary")
+    );
+    let objects = vec![
+        ("healthy".to_owned(), modifiers("redis-main", "redis-main")),
+        (
+            "primary-down".to_owned(),
+            modifiers("redis-down", "redis-main"),
+        ),
+        (
+            "both-down".to_owned(),
+            modifiers("redis-down", "redis-down"),
+        ),
+        ("value-static".to_owned(), value_static),
+    ];
+    let (ran, by_name) =
+        replicas_by_name(&s, &config, &objects, &["--current-replicas", "2"]).await;
+    // Counts, but from triggers that did not answer.
+    assert_eq!(ran.code, Some(1), "{ran:#?}");
+    assert_eq!(by_name["healthy"], Some(8), "{ran:#?}");
+    assert_eq!(by_name["primary-down"], Some(6), "{ran:#?}");
+    assert_eq!(by_name["both-down"], Some(4), "{ran:#?}");
+    // 2 × 5 / 2 ready = 5 for the Value metric; the HPA: ceil(2 × 5 / 2) = 5.
+    assert_eq!(by_name["value-static"], Some(5), "{ran:#?}");
+    let report = ran.json();
+    let explanation = |name: &str| {
+        let objects = report["scaled_objects"].as_array().unwrap();
+        let o = objects.iter().find(|o| o["name"] == name).unwrap();
+        o["explanation"].as_str().unwrap().to_owned()
+    };
+    assert!(
+        explanation("primary-down").contains(
+            "fallback (behavior scalingModifiers): primary could not be read (taken as past \
+             failureThreshold); nil in the formula, which gives a value"
+        ),
+        "{report}"
+    );
+    assert!(
+        explanation("value-static").contains("fallback (behavior static): down could not be read"),
+        "{report}"
+    );
 }

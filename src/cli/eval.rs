@@ -5,13 +5,15 @@
 //! KEDA would see it through this scaler: each `type: external` trigger's metadata is parsed
 //! by [`parse_trigger`] exactly as the server parses `scalerMetadata` (so an invalid trigger
 //! shows the gRPC status KEDA would get), measured through an [`Engine`] built from the same
-//! config as the server's, and the readings go through [`desired_replicas`]: KEDA's and the
-//! HPA's replica math, explained step by step. Triggers of other types are listed as not
-//! evaluated; a ScaledObject with one has no replica count, since the HPA would take the
-//! highest over metrics this command cannot read.
+//! config as the server's, and the readings go through [`desired_replicas_with_fallback`]:
+//! KEDA's and the HPA's replica math, explained step by step. A trigger that cannot be
+//! measured goes through the ScaledObject's `fallback`, as if it had failed past
+//! `failureThreshold`. Triggers of other types are listed as not evaluated; a ScaledObject
+//! with one has no replica count, since the HPA would take the highest over metrics this
+//! command cannot read.
 //!
-//! Exit 0 when every ScaledObject got a replica count, 1 otherwise, 2 when a file cannot be
-//! read or holds invalid YAML or no ScaledObject.
+//! Exit 0 when every ScaledObject got a replica count and every trigger answered, 1
+//! otherwise, 2 when a file cannot be read or holds invalid YAML or no ScaledObject.
 
 use std::{
     collections::HashMap,
@@ -27,7 +29,10 @@ use super::{Exit, Output, number};
 use crate::{
     config::Config,
     engine::Engine,
-    eval::{ScaledObject, Trigger, TriggerReading, desired_replicas, parse_scaled_objects},
+    eval::{
+        Decision, FailedTrigger, ScaledObject, Trigger, TriggerReading,
+        desired_replicas_with_fallback, parse_scaled_objects,
+    },
     metrics::Metrics,
     server::build_engine,
     trigger::{Catalog, parse_trigger},
@@ -209,69 +214,70 @@ async fn evaluate_object(
             .map(|(index, trigger)| evaluate_trigger(so, index, trigger, catalog, engine)),
     )
     .await;
-    let mut object = ObjectReport {
+    let (replicas, explanation) = match decide(so, &triggers, current_replicas) {
+        Ok(decision) => (Some(decision.replicas), decision.to_string()),
+        Err(why) => (None, format!("no replica count: {why}")),
+    };
+    ObjectReport {
         file: file.to_string(),
         document: so.at.to_string(),
         namespace: so.namespace.clone(),
         name: so.name.clone(),
-        triggers: Vec::new(),
-        replicas: None,
-        explanation: String::new(),
-    };
-    let readings: Option<Vec<TriggerReading>> = so
-        .triggers
-        .iter()
-        .zip(&triggers)
-        .enumerate()
-        .map(|(index, (trigger, report))| {
-            Some(TriggerReading {
-                label: trigger.label(index),
+        triggers,
+        replicas,
+        explanation,
+    }
+}
+
+/// KEDA's and the HPA's replicas from the trigger reports, or why there are none. A trigger
+/// that parsed but could not be measured goes through the ScaledObject's `fallback`; one
+/// that did not parse (GetMetricSpec fails) or that this scaler does not serve leaves the
+/// HPA without that metric, so there is no count.
+fn decide(
+    so: &ScaledObject,
+    triggers: &[TriggerReport],
+    current_replicas: Option<u32>,
+) -> Result<Decision, String> {
+    let mut readings = Vec::new();
+    let mut failed = Vec::new();
+    let mut missing = 0;
+    for (index, (trigger, report)) in so.triggers.iter().zip(triggers).enumerate() {
+        let label = trigger.label(index);
+        match (report.value, report.target, report.activation_target) {
+            (Some(value), Some(target), Some(activation_target)) => {
+                readings.push(TriggerReading {
+                    label,
+                    name: trigger.name.clone(),
+                    value,
+                    target,
+                    activation_target,
+                    metric_type: trigger.metric_type,
+                });
+            }
+            (None, Some(target), _) => failed.push(FailedTrigger {
+                label,
                 name: trigger.name.clone(),
-                value: report.value?,
-                target: report.target?,
-                activation_target: report.activation_target?,
+                target,
                 metric_type: trigger.metric_type,
-            })
-        })
-        .collect();
-    match readings {
-        Some(readings) => match desired_replicas(
-            &readings,
-            so.scaling_modifiers.as_ref(),
-            so.limits,
-            current_replicas,
-        ) {
-            Ok(decision) => {
-                object.replicas = Some(decision.replicas);
-                object.explanation = decision.to_string();
-            }
-            Err(error) => object.explanation = format!("no replica count: {error}"),
-        },
-        None => {
-            let missing = triggers.iter().filter(|t| t.value.is_none()).count();
-            object.explanation = format!(
-                "no replica count: {missing} of {} triggers have no value",
-                triggers.len()
-            );
-            let unmeasured = triggers
-                .iter()
-                .any(|t| t.code.as_deref().is_some_and(|c| c != "NotEvaluated"));
-            if let Some(fallback) = so.fallback.filter(|_| unmeasured) {
-                let replicas = match fallback.replicas_for(current_replicas) {
-                    Some(n) => format!("{n} replicas"),
-                    None => "the current replicas (pass --current-replicas)".to_string(),
-                };
-                object.explanation.push_str(&format!(
-                    "\nfallback: after {} failed reads in a row KEDA would ask for {replicas} \
-                     (behavior {})",
-                    fallback.failure_threshold,
-                    fallback.behavior.as_str()
-                ));
-            }
+            }),
+            _ => missing += 1,
         }
     }
-    object.triggers = triggers;
-    object
+    if missing > 0 {
+        return Err(format!(
+            "{missing} of {} triggers have no metric for the HPA",
+            triggers.len()
+        ));
+    }
+    desired_replicas_with_fallback(
+        &readings,
+        &failed,
+        so.scaling_modifiers.as_ref(),
+        so.limits,
+        current_replicas,
+        so.fallback.as_ref(),
+    )
+    .map_err(|e| e.to_string())
 }
 
 async fn evaluate_trigger(
@@ -336,9 +342,15 @@ async fn evaluate_trigger(
     report
 }
 
-/// Exit 0 when every ScaledObject got a replica count.
+/// Exit 0 when every ScaledObject got a replica count and every trigger answered: a count
+/// that only a fallback gives still needs a look.
 pub fn exit_of(report: &EvalReport) -> Exit {
-    if report.scaled_objects.iter().all(|so| so.replicas.is_some()) {
+    let answered = |so: &ObjectReport| so.triggers.iter().all(|t| t.code.is_none());
+    if report
+        .scaled_objects
+        .iter()
+        .all(|so| so.replicas.is_some() && answered(so))
+    {
         Exit::Ok
     } else {
         Exit::Failed

@@ -170,12 +170,11 @@ impl FromStr for MetricType {
     }
 }
 
-/// `spec.fallback`: the replicas KEDA asks for once a trigger has failed `failure_threshold`
-/// times in a row (KEDA's ScaledObject specification, "fallback").
+/// `spec.fallback`: the replicas KEDA asks for once a trigger has failed more than
+/// `failure_threshold` times in a row (KEDA's ScaledObject specification, "fallback").
 ///
-/// KEDA does this by answering the HPA with `target × replicas` as the failed trigger's
-/// metric, so it works only for `AverageValue` triggers (see [`Trigger`]'s `metric_type`);
-/// with `Value` triggers KEDA treats fallback as disabled.
+/// KEDA answers the HPA with `target × replicas` as the failed trigger's metric, divided by
+/// the ready replicas for a `Value` metric; [`super::fallback`] replays it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fallback {
     pub failure_threshold: u32,
@@ -195,6 +194,9 @@ pub enum FallbackBehavior {
     CurrentReplicasIfHigher,
     /// The lower of the current replicas and `fallback.replicas`.
     CurrentReplicasIfLower,
+    /// A failed trigger is nil in the scalingModifiers formula; `fallback.replicas` when the
+    /// formula gives nil.
+    ScalingModifiers,
 }
 
 impl FallbackBehavior {
@@ -204,6 +206,7 @@ impl FallbackBehavior {
             FallbackBehavior::CurrentReplicas => "currentReplicas",
             FallbackBehavior::CurrentReplicasIfHigher => "currentReplicasIfHigher",
             FallbackBehavior::CurrentReplicasIfLower => "currentReplicasIfLower",
+            FallbackBehavior::ScalingModifiers => "scalingModifiers",
         }
     }
 }
@@ -213,7 +216,7 @@ impl Fallback {
     /// depends on the current replicas and they are not known.
     pub fn replicas_for(&self, current_replicas: Option<u32>) -> Option<u32> {
         match self.behavior {
-            FallbackBehavior::Static => Some(self.replicas),
+            FallbackBehavior::Static | FallbackBehavior::ScalingModifiers => Some(self.replicas),
             FallbackBehavior::CurrentReplicas => current_replicas,
             FallbackBehavior::CurrentReplicasIfHigher => {
                 current_replicas.map(|current| current.max(self.replicas))
@@ -481,6 +484,15 @@ fn parse_object(map: &Mapping, at: DocumentRef) -> Result<ScaledObject> {
         }
         None => None,
     };
+    if fallback.is_some_and(|f| f.behavior == FallbackBehavior::ScalingModifiers)
+        && scaling_modifiers.is_none()
+    {
+        return Err(ctx.error(
+            "spec.fallback.behavior",
+            "scalingModifiers requires spec.advanced.scalingModifiers.formula, as KEDA's \
+             admission webhook does",
+        ));
+    }
     Ok(ScaledObject {
         at,
         name: name.to_owned(),
@@ -631,12 +643,13 @@ fn parse_fallback(ctx: &Ctx, value: &Value) -> Result<Fallback> {
             "currentReplicas" => FallbackBehavior::CurrentReplicas,
             "currentReplicasIfHigher" => FallbackBehavior::CurrentReplicasIfHigher,
             "currentReplicasIfLower" => FallbackBehavior::CurrentReplicasIfLower,
+            "scalingModifiers" => FallbackBehavior::ScalingModifiers,
             other => {
                 return Err(ctx.error(
                     "spec.fallback.behavior",
                     format!(
-                        "expected static, currentReplicas, currentReplicasIfHigher or \
-                         currentReplicasIfLower, got `{other}`"
+                        "expected static, currentReplicas, currentReplicasIfHigher, \
+                         currentReplicasIfLower or scalingModifiers, got `{other}`"
                     ),
                 ));
             }
@@ -700,17 +713,33 @@ fn parse_scaling_modifiers(
             "Utilization is not accepted for the composite metric; use AverageValue or Value",
         ));
     }
-    let formula = Formula::parse(formula).map_err(|e| ctx.error(&formula_field, e.to_string()))?;
-    let names: Vec<&str> = triggers.iter().filter_map(|t| t.name.as_deref()).collect();
-    formula
-        .check_variables(&names)
-        .map_err(|e| ctx.error(&formula_field, e.to_string()))?;
+    let formula = compile_formula(ctx, &formula_field, formula, triggers)?;
     Ok(Some(ScalingModifiers {
         formula,
         target: target_value,
         activation_target,
         metric_type,
     }))
+}
+
+/// The formula parsed, its variables checked against the trigger names, and run once with
+/// every trigger at -1, as KEDA's admission webhook does.
+fn compile_formula(ctx: &Ctx, field: &str, formula: &str, triggers: &[Trigger]) -> Result<Formula> {
+    let formula = Formula::parse(formula).map_err(|e| ctx.error(field, e.to_string()))?;
+    let names: Vec<&str> = triggers.iter().filter_map(|t| t.name.as_deref()).collect();
+    formula
+        .check_variables(&names)
+        .map_err(|e| ctx.error(field, e.to_string()))?;
+    formula.check_admission(&names).map_err(|e| {
+        ctx.error(
+            field,
+            format!(
+                "KEDA's admission webhook runs the formula with every trigger at -1 and \
+                 refuses it: {e}"
+            ),
+        )
+    })?;
+    Ok(formula)
 }
 
 #[cfg(test)]
