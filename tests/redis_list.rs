@@ -407,3 +407,58 @@ async fn shutdown_ends_open_streams_instead_of_waiting_for_them() {
         "the stream ended: {end:?}"
     );
 }
+
+/// KEDA forwards `<key>FromEnv: <value it resolved from the workload's env>`: the scaler reads
+/// it as `<key>`, and refuses both spellings of one key naming both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn from_env_keys_carry_values_as_keda_forwards_them() {
+    let redis = RedisServer::start();
+    let scaler = Scaler::start(&redis_config(&redis.url())).await;
+    let mut client = scaler.client().await;
+    let mut connection = redis.connection().await;
+    push(&mut connection, "env:jobs", 9).await;
+
+    let so = scaled_object(&[
+        ("scalerAddress", "backlog-scaler.keda.svc:9090"),
+        ("source", "redis-main"),
+        ("metric", "redis-list"),
+        ("keysFromEnv", "env:jobs"),
+        ("targetFromEnv", "2"),
+        ("activationTargetFromEnv", "8"),
+    ]);
+    let spec = client
+        .get_metric_spec(so.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    let metric = &spec.metric_specs[0];
+    assert!(
+        metric.metric_name.starts_with("redis-list-env-jobs-"),
+        "{metric:?}"
+    );
+    assert_eq!(metric.target_size_float, 2.0);
+    let values = client
+        .get_metrics(metrics_request(so.clone(), &metric.metric_name))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(values.metric_values[0].metric_value_float, 9.0);
+    // 9 > activationTargetFromEnv 8.
+    assert!(client.is_active(so).await.unwrap().into_inner().result);
+
+    let both = scaled_object(&[
+        ("source", "redis-main"),
+        ("metric", "redis-list"),
+        ("keys", "env:jobs"),
+        ("target", "1"),
+        ("targetFromEnv", "2"),
+    ]);
+    let status = client.get_metric_spec(both).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().starts_with(
+            "metadata key `targetFromEnv`: is set together with `target`, and both mean `target`"
+        ),
+        "{status:?}"
+    );
+}
