@@ -714,3 +714,97 @@ async fn fallback_behaviors_give_kedas_replicas_when_a_source_is_down() {
         "{report}"
     );
 }
+
+/// `*FromEnv` keys as KEDA forwards them: resolved from the scale target's env when its
+/// manifest is among the files (the first container, or `envSourceContainerName`), and said
+/// to be unresolved otherwise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn from_env_keys_are_resolved_from_the_scale_targets_manifest() {
+    let s = setup().await;
+    push(&s.redis, "env:mail", 30).await;
+    let deployment = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: mailer\n  \
+                      namespace: workers\nspec:\n  template:\n    spec:\n      containers:\n        \
+                      - name: app\n          env:\n            - {name: QUEUE_KEYS, value: \
+                      'env:mail'}\n            - {name: PER_WORKER, value: '4'}\n            - \
+                      {name: SECRET_TARGET, valueFrom: {secretKeyRef: {name: t, key: t}}}\n";
+    let env_trigger = |target_key: &str, target_var: &str| {
+        format!(
+            "  scaleTargetRef:\n    name: mailer\n  triggers:\n    - type: external\n      \
+             metadata:\n        source: redis-main\n        metric: redis-list\n        \
+             keysFromEnv: QUEUE_KEYS\n        {target_key}: {target_var}\n"
+        )
+    };
+    // `scaled_object` writes its own scaleTargetRef; these documents carry theirs.
+    let object = |name: &str, spec: &str| {
+        format!(
+            "apiVersion: keda.sh/v1alpha1\nkind: ScaledObject\nmetadata:\n  name: {name}\n  \
+             namespace: workers\nspec:\n{spec}"
+        )
+    };
+    let with_target = write(
+        s.dir.path(),
+        "with.yaml",
+        &[
+            deployment.to_owned(),
+            object("resolved", &env_trigger("targetFromEnv", "PER_WORKER")),
+            object("secret", &env_trigger("targetFromEnv", "SECRET_TARGET")),
+            object(
+                "both",
+                &format!(
+                    "{}        target: \"1\"\n",
+                    env_trigger("targetFromEnv", "PER_WORKER")
+                ),
+            ),
+        ]
+        .join("---\n"),
+    );
+    let ran = eval(&s.config, &with_target, &[]).await;
+    let report = ran.json();
+    let by_name = |name: &str| {
+        let objects = report["scaled_objects"].as_array().unwrap();
+        objects.iter().find(|o| o["name"] == name).unwrap().clone()
+    };
+    // 30 listed in env:mail, 4 per worker: ceil(30 / 4) = 8.
+    let resolved = by_name("resolved");
+    assert_eq!(resolved["replicas"], 8, "{report}");
+    assert_eq!(resolved["triggers"][0]["target"], 4.0, "{report}");
+    let secret = &by_name("secret")["triggers"][0];
+    assert_eq!(secret["code"], "Unresolved", "{report}");
+    assert_eq!(
+        secret["error"],
+        "`targetFromEnv: SECRET_TARGET` is not known: `SECRET_TARGET` comes from secretKeyRef t \
+         (valueFrom), which eval cannot read",
+        "{report}"
+    );
+    let both = &by_name("both")["triggers"][0];
+    assert_eq!(both["code"], "InvalidArgument", "{report}");
+    assert!(
+        both["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("metadata key `targetFromEnv`: is set together with `target`"),
+        "{report}"
+    );
+    assert_eq!(ran.code, Some(1), "{ran:#?}");
+
+    // Without the Deployment among the files, nothing can be resolved.
+    let alone = write(
+        s.dir.path(),
+        "alone.yaml",
+        &object("resolved", &env_trigger("targetFromEnv", "PER_WORKER")),
+    );
+    let ran = eval(&s.config, &alone, &[]).await;
+    let report = ran.json();
+    let trigger = &report["scaled_objects"][0]["triggers"][0];
+    assert_eq!(trigger["code"], "Unresolved", "{report}");
+    assert!(
+        trigger["error"].as_str().unwrap().contains(
+            "Deployment workers/mailer (the scale target, whose env KEDA reads) is not among the files"
+        ),
+        "{report}"
+    );
+    assert!(
+        report["scaled_objects"][0]["replicas"].is_null(),
+        "{report}"
+    );
+}

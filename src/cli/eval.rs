@@ -2,10 +2,11 @@
 //! run of ScaledObjects against the live backends.
 //!
 //! Every ScaledObject of every file (several documents, `kind: List`) is evaluated the way
-//! KEDA would see it through this scaler: each `type: external` trigger's metadata is parsed
-//! by [`parse_trigger`] exactly as the server parses `scalerMetadata` (so an invalid trigger
-//! shows the gRPC status KEDA would get), measured through an [`Engine`] built from the same
-//! config as the server's, and the readings go through [`desired_replicas_with_fallback`]:
+//! KEDA would see it through this scaler: each `type: external` trigger's metadata, its
+//! `*FromEnv` keys resolved from the scale target's manifest when it is among the files
+//! ([`resolve_from_env`]), is parsed by [`parse_trigger`] exactly as the server parses
+//! `scalerMetadata` (so an invalid trigger shows the gRPC status KEDA would get), measured
+//! through an [`Engine`] built from the same config as the server's, and the readings go through [`desired_replicas_with_fallback`]:
 //! KEDA's and the HPA's replica math, explained step by step. A trigger that cannot be
 //! measured goes through the ScaledObject's `fallback`, as if it had failed past
 //! `failureThreshold`. Triggers of other types are listed as not evaluated; a ScaledObject
@@ -30,12 +31,12 @@ use crate::{
     config::Config,
     engine::Engine,
     eval::{
-        Decision, FailedTrigger, ScaledObject, Trigger, TriggerReading,
-        desired_replicas_with_fallback, parse_scaled_objects,
+        Decision, FailedTrigger, ScaledObject, Trigger, TriggerReading, Workload,
+        desired_replicas_with_fallback, parse_scaled_objects, resolve_from_env,
     },
     metrics::Metrics,
     server::build_engine,
-    trigger::{Catalog, parse_trigger},
+    trigger::{Catalog, TriggerSpec, parse_trigger},
 };
 
 /// What `eval` was asked.
@@ -95,7 +96,8 @@ pub struct TriggerReport {
     /// IsActive's answer.
     pub active: Option<bool>,
     /// The gRPC code KEDA would get instead of a value (`InvalidArgument`, `Unavailable`, …),
-    /// or `NotEvaluated` for a trigger this scaler does not serve.
+    /// `NotEvaluated` for a trigger this scaler does not serve, or `Unresolved` for `*FromEnv`
+    /// keys whose value the files do not tell.
     pub code: Option<String>,
     /// The message that comes with it: the server's own status message.
     pub error: Option<String>,
@@ -122,6 +124,7 @@ struct ParsedFile {
     name: String,
     objects: Vec<ScaledObject>,
     skipped: Vec<Skipped>,
+    workloads: Vec<Workload>,
 }
 
 /// Reads and parses every file; the first unreadable or invalid one is the error (one line).
@@ -159,6 +162,7 @@ fn read_files(files: &[PathBuf]) -> Result<Vec<ParsedFile>, String> {
                 name,
                 objects: parsed.scaled_objects,
                 skipped,
+                workloads: parsed.workloads,
             })
         })
         .collect()
@@ -189,29 +193,43 @@ pub async fn evaluate(
         scaled_objects: Vec::new(),
         skipped: Vec::new(),
     };
+    // A scale target's manifest may be in any of the files.
+    let workloads: Vec<Workload> = files.iter().flat_map(|f| f.workloads.clone()).collect();
+    let context = Context {
+        catalog: &catalog,
+        engine: &engine,
+        workloads: &workloads,
+    };
     for file in files {
         let objects = file
             .objects
             .iter()
-            .map(|so| evaluate_object(&file.name, so, &catalog, &engine, current_replicas));
+            .map(|so| evaluate_object(&file.name, so, &context, current_replicas));
         report.scaled_objects.extend(join_all(objects).await);
         report.skipped.extend(file.skipped);
     }
     Ok(report)
 }
 
+/// What every trigger is evaluated against.
+struct Context<'a> {
+    catalog: &'a Catalog,
+    engine: &'a Engine,
+    /// The workloads among the files, for `*FromEnv` keys.
+    workloads: &'a [Workload],
+}
+
 async fn evaluate_object(
     file: &str,
     so: &ScaledObject,
-    catalog: &Catalog,
-    engine: &Engine,
+    context: &Context<'_>,
     current_replicas: Option<u32>,
 ) -> ObjectReport {
     let triggers: Vec<TriggerReport> = join_all(
         so.triggers
             .iter()
             .enumerate()
-            .map(|(index, trigger)| evaluate_trigger(so, index, trigger, catalog, engine)),
+            .map(|(index, trigger)| evaluate_trigger(so, index, trigger, context)),
     )
     .await;
     let (replicas, explanation) = match decide(so, &triggers, current_replicas) {
@@ -284,14 +302,14 @@ async fn evaluate_trigger(
     so: &ScaledObject,
     index: usize,
     trigger: &Trigger,
-    catalog: &Catalog,
-    engine: &Engine,
+    context: &Context<'_>,
 ) -> TriggerReport {
     let label = trigger.label(index);
+    let failed = |code: &str, error: String| {
+        TriggerReport::failed(label.clone(), &trigger.trigger_type, code, error)
+    };
     if trigger.trigger_type != "external" {
-        return TriggerReport::failed(
-            label,
-            &trigger.trigger_type,
+        return failed(
             "NotEvaluated",
             format!(
                 "not evaluated: type `{}` is measured by KEDA itself, not by backlog-scaler \
@@ -300,23 +318,35 @@ async fn evaluate_trigger(
             ),
         );
     }
-    let metadata: HashMap<String, String> = trigger
-        .metadata
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    let spec = match parse_trigger(&metadata, &so.namespace, catalog) {
+    // What KEDA would forward: `*FromEnv` keys resolved from the scale target's env.
+    let resolved = resolve_from_env(
+        &trigger.metadata,
+        so.scale_target.as_ref(),
+        &so.namespace,
+        context.workloads,
+    );
+    if !resolved.unresolved.is_empty() {
+        return failed("Unresolved", resolved.unresolved.join("; "));
+    }
+    let metadata: HashMap<String, String> = resolved.metadata.into_iter().collect();
+    let spec = match parse_trigger(&metadata, &so.namespace, context.catalog) {
         Ok(spec) => spec,
         Err(error) => {
             let status = Status::from(error);
-            return TriggerReport::failed(
-                label,
-                &trigger.trigger_type,
-                &format!("{:?}", status.code()),
-                status.message().to_string(),
-            );
+            let code = format!("{:?}", status.code());
+            return failed(&code, status.message().to_string());
         }
     };
+    measure(label, trigger, &spec, context.engine).await
+}
+
+/// The value of a parsed trigger, or the status KEDA would get.
+async fn measure(
+    label: String,
+    trigger: &Trigger,
+    spec: &TriggerSpec,
+    engine: &Engine,
+) -> TriggerReport {
     let mut report = TriggerReport {
         label,
         trigger_type: trigger.trigger_type.clone(),

@@ -11,6 +11,7 @@
 //! - [`replicas`]: readings → a [`Decision`]: per-metric proposals, activity, idle and
 //!   scale-to-zero, the HPA's 10 % tolerance and the replica bounds, each step recorded.
 //! - [`fallback`]: triggers that cannot be read, through KEDA's `fallback` behaviors.
+//! - [`workload`]: `*FromEnv` trigger keys, resolved from the scale target's manifest.
 //!
 //! Nothing here measures or talks to a backend: a trigger's value and target come in as a
 //! [`TriggerReading`], which the caller builds from the trigger's parsed metadata
@@ -52,6 +53,7 @@ pub mod fallback;
 pub mod formula;
 pub mod replicas;
 pub mod scaledobject;
+pub mod workload;
 
 pub use fallback::{FailedTrigger, FallbackStep};
 pub use formula::{Formula, FormulaError};
@@ -64,3 +66,4 @@ pub use scaledobject::{
     ScaledObjectError, ScaledObjectFile, ScalingModifiers, SkippedDocument, Trigger,
     parse_scaled_objects,
 };
+pub use workload::{ResolvedMetadata, ScaleTarget, Workload, resolve_from_env};

@@ -22,7 +22,10 @@ use std::{collections::BTreeMap, fmt, str::FromStr};
 use serde::Deserialize;
 use serde_yaml_ng::{Mapping, Value};
 
-use super::formula::Formula;
+use super::{
+    formula::Formula,
+    workload::{ScaleTarget, Workload, parse_workload},
+};
 
 /// The only apiVersion of KEDA's ScaledObject.
 pub const API_VERSION: &str = "keda.sh/v1alpha1";
@@ -57,6 +60,9 @@ impl fmt::Display for DocumentRef {
 pub struct ScaledObjectFile {
     pub scaled_objects: Vec<ScaledObject>,
     pub skipped: Vec<SkippedDocument>,
+    /// The skipped documents that are workloads with a pod template: where `*FromEnv` keys
+    /// come from.
+    pub workloads: Vec<Workload>,
 }
 
 /// A document (or List item) that is not a `keda.sh/v1alpha1` ScaledObject.
@@ -75,6 +81,8 @@ pub struct ScaledObject {
     /// `metadata.namespace`, `default` when unset (as `kubectl apply` without `-n`).
     pub namespace: String,
     pub limits: ReplicaLimits,
+    /// `spec.scaleTargetRef`, when it names a workload.
+    pub scale_target: Option<ScaleTarget>,
     /// In spec order; never empty.
     pub triggers: Vec<Trigger>,
     pub fallback: Option<Fallback>,
@@ -276,6 +284,7 @@ pub fn parse_scaled_objects(yaml: &str) -> Result<ScaledObjectFile> {
     let mut file = ScaledObjectFile {
         scaled_objects: Vec::new(),
         skipped: Vec::new(),
+        workloads: Vec::new(),
     };
     for (index, document) in serde_yaml_ng::Deserializer::from_str(yaml).enumerate() {
         let at = DocumentRef {
@@ -341,10 +350,13 @@ fn classify(value: &Value, at: DocumentRef, file: &mut ScaledObjectFile) -> Resu
                 other.unwrap_or("(none)")
             ),
         }),
-        (Some(kind), api_version) => file.skipped.push(SkippedDocument {
-            at,
-            reason: format!("kind {kind} ({})", api_version.unwrap_or("no apiVersion")),
-        }),
+        (Some(kind), api_version) => {
+            file.workloads.extend(parse_workload(map));
+            file.skipped.push(SkippedDocument {
+                at,
+                reason: format!("kind {kind} ({})", api_version.unwrap_or("no apiVersion")),
+            });
+        }
         (None, _) => file.skipped.push(SkippedDocument {
             at,
             reason: "no `kind`: not a Kubernetes object".to_owned(),
@@ -469,21 +481,13 @@ fn parse_object(map: &Mapping, at: DocumentRef) -> Result<ScaledObject> {
     let spec = get(map, "spec").ok_or_else(|| ctx.error("spec", "required"))?;
     let spec = ctx.mapping(spec, "spec")?;
     let limits = parse_limits(&ctx, spec)?;
+    let scale_target = parse_scale_target(&ctx, spec)?;
     let triggers = parse_triggers(&ctx, spec)?;
     let fallback = match get(spec, "fallback") {
         Some(fallback) => Some(parse_fallback(&ctx, fallback)?),
         None => None,
     };
-    let scaling_modifiers = match get(spec, "advanced") {
-        Some(advanced) => {
-            let advanced = ctx.mapping(advanced, "spec.advanced")?;
-            match get(advanced, "scalingModifiers") {
-                Some(modifiers) => parse_scaling_modifiers(&ctx, modifiers, &triggers)?,
-                None => None,
-            }
-        }
-        None => None,
-    };
+    let scaling_modifiers = parse_advanced(&ctx, spec, &triggers)?;
     if fallback.is_some_and(|f| f.behavior == FallbackBehavior::ScalingModifiers)
         && scaling_modifiers.is_none()
     {
@@ -498,10 +502,33 @@ fn parse_object(map: &Mapping, at: DocumentRef) -> Result<ScaledObject> {
         name: name.to_owned(),
         namespace: namespace.to_owned(),
         limits,
+        scale_target,
         triggers,
         fallback,
         scaling_modifiers,
     })
+}
+
+/// `spec.scaleTargetRef`: `name`, `kind` (default `Deployment`), `envSourceContainerName`.
+fn parse_scale_target(ctx: &Ctx, spec: &Mapping) -> Result<Option<ScaleTarget>> {
+    let Some(target) = get(spec, "scaleTargetRef") else {
+        return Ok(None);
+    };
+    let target = ctx.mapping(target, "spec.scaleTargetRef")?;
+    let field = |key: &str| -> Result<Option<String>> {
+        get(target, key)
+            .map(|v| ctx.string(v, &format!("spec.scaleTargetRef.{key}")))
+            .transpose()
+            .map(|v| v.filter(|s| !s.is_empty()).map(str::to_owned))
+    };
+    let Some(name) = field("name")? else {
+        return Ok(None);
+    };
+    Ok(Some(ScaleTarget {
+        kind: field("kind")?.unwrap_or_else(|| "Deployment".to_owned()),
+        name,
+        env_source_container: field("envSourceContainerName")?,
+    }))
 }
 
 fn parse_limits(ctx: &Ctx, spec: &Mapping) -> Result<ReplicaLimits> {
@@ -661,6 +688,22 @@ fn parse_fallback(ctx: &Ctx, value: &Value) -> Result<Fallback> {
         replicas,
         behavior,
     })
+}
+
+/// `spec.advanced.scalingModifiers`, if any.
+fn parse_advanced(
+    ctx: &Ctx,
+    spec: &Mapping,
+    triggers: &[Trigger],
+) -> Result<Option<ScalingModifiers>> {
+    let Some(advanced) = get(spec, "advanced") else {
+        return Ok(None);
+    };
+    let advanced = ctx.mapping(advanced, "spec.advanced")?;
+    match get(advanced, "scalingModifiers") {
+        Some(modifiers) => parse_scaling_modifiers(ctx, modifiers, triggers),
+        None => Ok(None),
+    }
 }
 
 /// `None` when neither `formula` nor `target` is set: KEDA then uses no modifiers.
