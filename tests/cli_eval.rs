@@ -808,3 +808,52 @@ async fn from_env_keys_are_resolved_from_the_scale_targets_manifest() {
         "{report}"
     );
 }
+
+/// ScaledJobs: the Jobs KEDA creates in one polling interval under each scalingStrategy
+/// (pkg/scaling/executor/scale_jobs.go), from a real list: 30 queued, target 5 (maxScale 6),
+/// maxReplicaCount 8, 4 Jobs running and 1 pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scaled_jobs_get_kedas_job_counts_per_strategy() {
+    let s = setup().await;
+    push(&s.redis, "jobs:queue", 30).await;
+    let job = |name: &str, strategy: &str| {
+        format!(
+            "apiVersion: keda.sh/v1alpha1\nkind: ScaledJob\nmetadata:\n  name: {name}\n  \
+             namespace: workers\nspec:\n  maxReplicaCount: 8\n  scalingStrategy:\n{strategy}  \
+             jobTargetRef:\n    template:\n      spec:\n        containers: [{{name: w, image: w}}]\n  \
+             triggers:\n{}",
+            list_trigger(Some("queue"), "jobs:queue", "5", "")
+        )
+    };
+    #[rustfmt::skip]
+    let cases: &[(&str, &str, u64)] = &[
+        ("default", "    strategy: default\n", 2),  // 6 - 4
+        ("custom", "    strategy: custom\n    customScalingQueueLengthDeduction: 1\n    customScalingRunningJobPercentage: \"0.5\"\n", 3), // 6 - 1 - floor(4 × 0.5)
+        ("accurate", "    strategy: accurate\n", 4), // 6 + 4 - 1 > 8: 8 - 4
+        ("eager", "    strategy: eager\n", 3),       // min(8 - 4 - 1, 6)
+    ];
+    let docs: Vec<String> = cases.iter().map(|(n, st, _)| job(n, st)).collect();
+    let file = write(s.dir.path(), "jobs.yaml", &docs.join("---\n"));
+    let ran = eval(
+        &s.config,
+        &file,
+        &["--running-jobs", "4", "--pending-jobs", "1"],
+    )
+    .await;
+    assert_eq!(ran.code, Some(0), "{ran:#?}");
+    let report = ran.json();
+    let jobs = report["scaled_jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), cases.len(), "{report}");
+    for (job, (name, _, expected)) in jobs.iter().zip(cases) {
+        assert_eq!(job["name"], *name, "{report}");
+        assert_eq!(job["jobs"], *expected, "{name}: {report}");
+        assert_eq!(job["triggers"][0]["value"], 30.0, "{report}");
+    }
+    assert!(
+        jobs[0]["explanation"]
+            .as_str()
+            .unwrap()
+            .contains("KEDA creates min(30, 2) = 2 Jobs this polling interval"),
+        "{report}"
+    );
+}

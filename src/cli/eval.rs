@@ -26,13 +26,17 @@ use futures::future::join_all;
 use serde::Serialize;
 use tonic::Status;
 
+mod jobs;
+
+pub use jobs::{JobCounts, JobReport};
+
 use super::{Exit, Output, number};
 use crate::{
     config::Config,
     engine::Engine,
     eval::{
-        Decision, FailedTrigger, ScaledObject, Trigger, TriggerReading, Workload,
-        desired_replicas_with_fallback, parse_scaled_objects, resolve_from_env,
+        Decision, FailedTrigger, ScaleTarget, ScaledJob, ScaledObject, Trigger, TriggerReading,
+        Workload, desired_replicas_with_fallback, parse_scaled_objects, resolve_from_env,
     },
     metrics::Metrics,
     server::build_engine,
@@ -47,6 +51,9 @@ pub struct EvalOptions {
     /// The workload's current replicas: enables the HPA's tolerance and is the base of
     /// `Value` metrics.
     pub current_replicas: Option<u32>,
+    /// The Jobs of each ScaledJob already running and pending (`--running-jobs`,
+    /// `--pending-jobs`).
+    pub jobs: JobCounts,
     pub output: Output,
 }
 
@@ -54,6 +61,7 @@ pub struct EvalOptions {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct EvalReport {
     pub scaled_objects: Vec<ObjectReport>,
+    pub scaled_jobs: Vec<JobReport>,
     /// Documents that are not ScaledObjects, and why.
     pub skipped: Vec<Skipped>,
 }
@@ -123,6 +131,7 @@ impl TriggerReport {
 struct ParsedFile {
     name: String,
     objects: Vec<ScaledObject>,
+    jobs: Vec<ScaledJob>,
     skipped: Vec<Skipped>,
     workloads: Vec<Workload>,
 }
@@ -144,13 +153,13 @@ fn read_files(files: &[PathBuf]) -> Result<Vec<ParsedFile>, String> {
                     reason: s.reason,
                 })
                 .collect();
-            if parsed.scaled_objects.is_empty() {
+            if parsed.scaled_objects.is_empty() && parsed.scaled_jobs.is_empty() {
                 let what: Vec<String> = skipped
                     .iter()
                     .map(|s| format!("{}: {}", s.document, s.reason))
                     .collect();
                 return Err(format!(
-                    "{name}: no keda.sh/v1alpha1 ScaledObject (found: {})",
+                    "{name}: no keda.sh/v1alpha1 ScaledObject or ScaledJob (found: {})",
                     if what.is_empty() {
                         "nothing".to_string()
                     } else {
@@ -161,6 +170,7 @@ fn read_files(files: &[PathBuf]) -> Result<Vec<ParsedFile>, String> {
             Ok(ParsedFile {
                 name,
                 objects: parsed.scaled_objects,
+                jobs: parsed.scaled_jobs,
                 skipped,
                 workloads: parsed.workloads,
             })
@@ -179,18 +189,16 @@ fn read_text(path: &Path) -> std::io::Result<String> {
 }
 
 /// Evaluates every ScaledObject of `files` against the sources of `config`.
-pub async fn evaluate(
-    config: &Config,
-    files: &[PathBuf],
-    current_replicas: Option<u32>,
-) -> Result<EvalReport, String> {
-    let files = read_files(files)?;
+pub async fn evaluate(config: &Config, options: &EvalOptions) -> Result<EvalReport, String> {
+    let current_replicas = options.current_replicas;
+    let files = read_files(&options.files)?;
     let catalog = Catalog::new(&config.sources, &config.server.limits);
     // Cold reads only: every measurement is read once, bounded by its source's timeout, so
     // no refresher runs.
     let engine = build_engine(config, Metrics::new(config.measurements.max_live));
     let mut report = EvalReport {
         scaled_objects: Vec::new(),
+        scaled_jobs: Vec::new(),
         skipped: Vec::new(),
     };
     // A scale target's manifest may be in any of the files.
@@ -206,13 +214,18 @@ pub async fn evaluate(
             .iter()
             .map(|so| evaluate_object(&file.name, so, &context, current_replicas));
         report.scaled_objects.extend(join_all(objects).await);
+        let jobs = file
+            .jobs
+            .iter()
+            .map(|job| jobs::evaluate_job(&file.name, job, &context, options.jobs));
+        report.scaled_jobs.extend(join_all(jobs).await);
         report.skipped.extend(file.skipped);
     }
     Ok(report)
 }
 
 /// What every trigger is evaluated against.
-struct Context<'a> {
+pub(super) struct Context<'a> {
     catalog: &'a Catalog,
     engine: &'a Engine,
     /// The workloads among the files, for `*FromEnv` keys.
@@ -225,13 +238,12 @@ async fn evaluate_object(
     context: &Context<'_>,
     current_replicas: Option<u32>,
 ) -> ObjectReport {
-    let triggers: Vec<TriggerReport> = join_all(
-        so.triggers
-            .iter()
-            .enumerate()
-            .map(|(index, trigger)| evaluate_trigger(so, index, trigger, context)),
-    )
-    .await;
+    let triggers: Vec<TriggerReport> =
+        join_all(so.triggers.iter().enumerate().map(|(index, trigger)| {
+            let target = so.scale_target.as_ref();
+            evaluate_trigger(&so.namespace, target, index, trigger, context)
+        }))
+        .await;
     let (replicas, explanation) = match decide(so, &triggers, current_replicas) {
         Ok(decision) => (Some(decision.replicas), decision.to_string()),
         Err(why) => (None, format!("no replica count: {why}")),
@@ -298,8 +310,10 @@ fn decide(
     .map_err(|e| e.to_string())
 }
 
-async fn evaluate_trigger(
-    so: &ScaledObject,
+/// One trigger of an object in `namespace` scaling `target`.
+pub(super) async fn evaluate_trigger(
+    namespace: &str,
+    target: Option<&ScaleTarget>,
     index: usize,
     trigger: &Trigger,
     context: &Context<'_>,
@@ -319,17 +333,12 @@ async fn evaluate_trigger(
         );
     }
     // What KEDA would forward: `*FromEnv` keys resolved from the scale target's env.
-    let resolved = resolve_from_env(
-        &trigger.metadata,
-        so.scale_target.as_ref(),
-        &so.namespace,
-        context.workloads,
-    );
+    let resolved = resolve_from_env(&trigger.metadata, target, namespace, context.workloads);
     if !resolved.unresolved.is_empty() {
         return failed("Unresolved", resolved.unresolved.join("; "));
     }
     let metadata: HashMap<String, String> = resolved.metadata.into_iter().collect();
-    let spec = match parse_trigger(&metadata, &so.namespace, context.catalog) {
+    let spec = match parse_trigger(&metadata, namespace, context.catalog) {
         Ok(spec) => spec,
         Err(error) => {
             let status = Status::from(error);
@@ -375,12 +384,16 @@ async fn measure(
 /// Exit 0 when every ScaledObject got a replica count and every trigger answered: a count
 /// that only a fallback gives still needs a look.
 pub fn exit_of(report: &EvalReport) -> Exit {
-    let answered = |so: &ObjectReport| so.triggers.iter().all(|t| t.code.is_none());
-    if report
+    let answered = |triggers: &[TriggerReport]| triggers.iter().all(|t| t.code.is_none());
+    let objects = report
         .scaled_objects
         .iter()
-        .all(|so| so.replicas.is_some() && answered(so))
-    {
+        .all(|so| so.replicas.is_some() && answered(&so.triggers));
+    let jobs = report
+        .scaled_jobs
+        .iter()
+        .all(|job| job.jobs.is_some() && answered(&job.triggers));
+    if objects && jobs {
         Exit::Ok
     } else {
         Exit::Failed
@@ -395,31 +408,7 @@ pub fn render_text(report: &EvalReport) -> String {
             "ScaledObject {}/{} ({}, {})\n",
             so.namespace, so.name, so.file, so.document
         ));
-        for t in &so.triggers {
-            match (&t.metric_name, t.value, &t.error) {
-                (Some(metric), Some(value), _) => out.push_str(&format!(
-                    "  trigger {}: metric {metric}, value {}, target {}, activationTarget {}, {}\n",
-                    t.label,
-                    number(value),
-                    t.target.map_or("?".into(), number),
-                    t.activation_target.map_or("?".into(), number),
-                    if t.active == Some(true) {
-                        "active"
-                    } else {
-                        "not active"
-                    },
-                )),
-                (metric, _, error) => {
-                    let metric = metric
-                        .as_ref()
-                        .map(|m| format!("metric {m}, "))
-                        .unwrap_or_default();
-                    let code = t.code.as_deref().unwrap_or("Unknown");
-                    let error = error.as_deref().unwrap_or("no value");
-                    out.push_str(&format!("  trigger {}: {metric}{code}: {error}\n", t.label));
-                }
-            }
-        }
+        render_triggers(&so.triggers, &mut out);
         match so.replicas {
             Some(n) => out.push_str(&format!("  replicas: {n}\n")),
             None => out.push_str("  replicas: none\n"),
@@ -428,6 +417,7 @@ pub fn render_text(report: &EvalReport) -> String {
             out.push_str(&format!("    {line}\n"));
         }
     }
+    jobs::render_text(&report.scaled_jobs, &mut out);
     for skipped in &report.skipped {
         out.push_str(&format!(
             "skipped {}, {}: {}\n",
@@ -437,13 +427,42 @@ pub fn render_text(report: &EvalReport) -> String {
     out
 }
 
+/// One line per trigger: its value, or the code and message KEDA would get.
+pub(super) fn render_triggers(triggers: &[TriggerReport], out: &mut String) {
+    for t in triggers {
+        match (&t.metric_name, t.value, &t.error) {
+            (Some(metric), Some(value), _) => out.push_str(&format!(
+                "  trigger {}: metric {metric}, value {}, target {}, activationTarget {}, {}\n",
+                t.label,
+                number(value),
+                t.target.map_or("?".into(), number),
+                t.activation_target.map_or("?".into(), number),
+                if t.active == Some(true) {
+                    "active"
+                } else {
+                    "not active"
+                },
+            )),
+            (metric, _, error) => {
+                let metric = metric
+                    .as_ref()
+                    .map(|m| format!("metric {m}, "))
+                    .unwrap_or_default();
+                let code = t.code.as_deref().unwrap_or("Unknown");
+                let error = error.as_deref().unwrap_or("no value");
+                out.push_str(&format!("  trigger {}: {metric}{code}: {error}\n", t.label));
+            }
+        }
+    }
+}
+
 pub fn render_json(report: &EvalReport) -> String {
     serde_json::to_string_pretty(report).expect("eval results serialize")
 }
 
 /// Runs `eval` and prints the result on stdout (a bad file: one line on stderr, exit 2).
 pub async fn run(config: &Config, options: &EvalOptions) -> Exit {
-    let report = match evaluate(config, &options.files, options.current_replicas).await {
+    let report = match evaluate(config, options).await {
         Ok(report) => report,
         Err(error) => {
             eprintln!("backlog-scaler: {error}");

@@ -11,6 +11,7 @@
 //! - [`replicas`]: readings → a [`Decision`]: per-metric proposals, activity, idle and
 //!   scale-to-zero, the HPA's 10 % tolerance and the replica bounds, each step recorded.
 //! - [`fallback`]: triggers that cannot be read, through KEDA's `fallback` behaviors.
+//! - [`scaledjob`]: the Jobs KEDA creates for a ScaledJob in one polling interval.
 //! - [`workload`]: `*FromEnv` trigger keys, resolved from the scale target's manifest.
 //!
 //! Nothing here measures or talks to a backend: a trigger's value and target come in as a
@@ -52,6 +53,7 @@
 pub mod fallback;
 pub mod formula;
 pub mod replicas;
+pub mod scaledjob;
 pub mod scaledobject;
 pub mod workload;
 
@@ -61,6 +63,7 @@ pub use replicas::{
     Clamp, CompositeValue, Decision, MetricProposal, ReplicaError, Rule, TriggerActivity,
     TriggerReading, desired_replicas, desired_replicas_with_fallback,
 };
+pub use scaledjob::{JobDecision, JobReading, ScaledJob, ScalingStrategy, jobs_to_create};
 pub use scaledobject::{
     DocumentRef, Fallback, FallbackBehavior, MetricType, ReplicaLimits, ScaledObject,
     ScaledObjectError, ScaledObjectFile, ScalingModifiers, SkippedDocument, Trigger,

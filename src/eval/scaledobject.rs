@@ -24,6 +24,7 @@ use serde_yaml_ng::{Mapping, Value};
 
 use super::{
     formula::Formula,
+    scaledjob::{ScaledJob, parse_scaled_job},
     workload::{ScaleTarget, Workload, parse_workload},
 };
 
@@ -59,6 +60,8 @@ impl fmt::Display for DocumentRef {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ScaledObjectFile {
     pub scaled_objects: Vec<ScaledObject>,
+    /// `keda.sh/v1alpha1` ScaledJobs, in file order.
+    pub scaled_jobs: Vec<ScaledJob>,
     pub skipped: Vec<SkippedDocument>,
     /// The skipped documents that are workloads with a pod template: where `*FromEnv` keys
     /// come from.
@@ -254,7 +257,7 @@ pub struct ScalingModifiers {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct ScaledObjectError {
     pub at: DocumentRef,
-    /// `namespace/name` once known.
+    /// `ScaledObject namespace/name` (or `ScaledJob ...`) once known.
     pub object: Option<String>,
     /// The field as a path, e.g. `spec.triggers[0].metricType`; `None` for YAML syntax errors.
     pub field: Option<String>,
@@ -265,7 +268,7 @@ impl fmt::Display for ScaledObjectError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.at)?;
         if let Some(object) = &self.object {
-            write!(f, " (ScaledObject {object})")?;
+            write!(f, " ({object})")?;
         }
         if let Some(field) = &self.field {
             write!(f, ": {field}")?;
@@ -274,7 +277,7 @@ impl fmt::Display for ScaledObjectError {
     }
 }
 
-type Result<T, E = ScaledObjectError> = std::result::Result<T, E>;
+pub(super) type Result<T, E = ScaledObjectError> = std::result::Result<T, E>;
 
 /// Reads every ScaledObject in `yaml` (one or more documents, or `kind: List`s).
 ///
@@ -283,6 +286,7 @@ type Result<T, E = ScaledObjectError> = std::result::Result<T, E>;
 pub fn parse_scaled_objects(yaml: &str) -> Result<ScaledObjectFile> {
     let mut file = ScaledObjectFile {
         scaled_objects: Vec::new(),
+        scaled_jobs: Vec::new(),
         skipped: Vec::new(),
         workloads: Vec::new(),
     };
@@ -343,6 +347,9 @@ fn classify(value: &Value, at: DocumentRef, file: &mut ScaledObjectFile) -> Resu
         (Some("ScaledObject"), Some(API_VERSION)) => {
             file.scaled_objects.push(parse_object(map, at)?);
         }
+        (Some("ScaledJob"), Some(API_VERSION)) => {
+            file.scaled_jobs.push(parse_scaled_job(map, at)?);
+        }
         (Some("ScaledObject"), other) => file.skipped.push(SkippedDocument {
             at,
             reason: format!(
@@ -366,13 +373,13 @@ fn classify(value: &Value, at: DocumentRef, file: &mut ScaledObjectFile) -> Resu
 }
 
 /// Where errors of one object point.
-struct Ctx {
-    at: DocumentRef,
-    object: Option<String>,
+pub(super) struct Ctx {
+    pub(super) at: DocumentRef,
+    pub(super) object: Option<String>,
 }
 
 impl Ctx {
-    fn error(&self, field: &str, reason: impl Into<String>) -> ScaledObjectError {
+    pub(super) fn error(&self, field: &str, reason: impl Into<String>) -> ScaledObjectError {
         ScaledObjectError {
             at: self.at,
             object: self.object.clone(),
@@ -382,7 +389,7 @@ impl Ctx {
     }
 
     /// `value` as a mapping.
-    fn mapping<'v>(&self, value: &'v Value, field: &str) -> Result<&'v Mapping> {
+    pub(super) fn mapping<'v>(&self, value: &'v Value, field: &str) -> Result<&'v Mapping> {
         value
             .as_mapping()
             .ok_or_else(|| self.error(field, format!("must be a mapping, got {}", describe(value))))
@@ -390,7 +397,7 @@ impl Ctx {
 
     /// `value` as a string. Kubernetes refuses other scalars in string fields, so this does
     /// too, saying how to fix it.
-    fn string<'v>(&self, value: &'v Value, field: &str) -> Result<&'v str> {
+    pub(super) fn string<'v>(&self, value: &'v Value, field: &str) -> Result<&'v str> {
         if let Some(s) = value.as_str() {
             return Ok(s);
         }
@@ -410,7 +417,7 @@ impl Ctx {
     }
 
     /// A replica count: a whole number in Kubernetes' `int32` range, not negative.
-    fn replica_count(&self, value: &Value, field: &str) -> Result<u32> {
+    pub(super) fn replica_count(&self, value: &Value, field: &str) -> Result<u32> {
         value
             .as_i64()
             .filter(|n| (0..=MAX_REPLICA_COUNT).contains(n))
@@ -428,7 +435,7 @@ impl Ctx {
 
     /// A finite number written as a string (`target: "2"`). No surrounding spaces: KEDA's
     /// float parsing refuses them too.
-    fn number_string(&self, value: &Value, field: &str) -> Result<f64> {
+    pub(super) fn number_string(&self, value: &Value, field: &str) -> Result<f64> {
         let text = self.string(value, field)?;
         match text.parse::<f64>() {
             Ok(n) if n.is_finite() => Ok(n),
@@ -439,12 +446,12 @@ impl Ctx {
 
 /// `map[key]`, treating an explicit `null` (`key:` with nothing after it) as absent, as
 /// Kubernetes does.
-fn get<'v>(map: &'v Mapping, key: &str) -> Option<&'v Value> {
+pub(super) fn get<'v>(map: &'v Mapping, key: &str) -> Option<&'v Value> {
     map.get(key).filter(|v| !v.is_null())
 }
 
 /// How a YAML value reads in an error message.
-fn describe(value: &Value) -> String {
+pub(super) fn describe(value: &Value) -> String {
     match value {
         Value::Null => "null".to_owned(),
         Value::Bool(b) => format!("the boolean `{b}`"),
@@ -476,7 +483,7 @@ fn parse_object(map: &Mapping, at: DocumentRef) -> Result<ScaledObject> {
     } else {
         namespace
     };
-    ctx.object = Some(format!("{namespace}/{name}"));
+    ctx.object = Some(format!("ScaledObject {namespace}/{name}"));
 
     let spec = get(map, "spec").ok_or_else(|| ctx.error("spec", "required"))?;
     let spec = ctx.mapping(spec, "spec")?;
@@ -567,7 +574,7 @@ fn parse_limits(ctx: &Ctx, spec: &Mapping) -> Result<ReplicaLimits> {
     })
 }
 
-fn parse_triggers(ctx: &Ctx, spec: &Mapping) -> Result<Vec<Trigger>> {
+pub(super) fn parse_triggers(ctx: &Ctx, spec: &Mapping) -> Result<Vec<Trigger>> {
     let required = "required: KEDA needs at least one trigger";
     let list = get(spec, "triggers").ok_or_else(|| ctx.error("spec.triggers", required))?;
     let list = list.as_sequence().ok_or_else(|| {

@@ -170,13 +170,21 @@ spec:
 fn other_documents_are_skipped_and_reported() {
     let yaml = format!(
         "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: w}}\n---\n{}\n---\n---\n\
-         apiVersion: keda.sh/v1alpha1\nkind: ScaledJob\nmetadata: {{name: j}}\n---\n\
+         apiVersion: keda.sh/v1alpha1\nkind: ScaledJob\nmetadata: {{name: j}}\nspec:\n{}---\n\
          apiVersion: keda.k8s.io/v1alpha1\nkind: ScaledObject\nmetadata: {{name: old}}\n---\n\
          - just\n- a list\n---\nfoo: bar\n---\n{}",
         object("first", ONE_TRIGGER),
+        ONE_TRIGGER,
         object("second", ONE_TRIGGER)
     );
     let file = parse_scaled_objects(&yaml).unwrap_or_else(|e| panic!("{e}"));
+    // ScaledJobs are read too, on their own list.
+    let jobs: Vec<(usize, &str)> = file
+        .scaled_jobs
+        .iter()
+        .map(|j| (j.at.document, j.name.as_str()))
+        .collect();
+    assert_eq!(jobs, [(4, "j")]);
     let found: Vec<(usize, &str)> = file
         .scaled_objects
         .iter()
@@ -193,7 +201,6 @@ fn other_documents_are_skipped_and_reported() {
         [
             (1, "kind Deployment (apps/v1)"),
             (3, "empty document"),
-            (4, "kind ScaledJob (keda.sh/v1alpha1)"),
             (
                 5,
                 "a ScaledObject of apiVersion `keda.k8s.io/v1alpha1`, not keda.sh/v1alpha1"
