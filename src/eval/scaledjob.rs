@@ -138,19 +138,7 @@ pub fn jobs_to_create(
     let max = job.max_replica_count;
     let per_trigger: Vec<(f64, f64, bool)> = readings
         .iter()
-        .map(|r| {
-            let target = if r.metric_type == MetricType::AverageValue {
-                r.target
-            } else {
-                0.0
-            };
-            let max_value = if target != 0.0 {
-                (r.value / target).min(max as f64)
-            } else {
-                0.0
-            };
-            (r.value, max_value, r.active)
-        })
+        .map(|r| (r.value, max_value(r, max), r.active))
         .collect();
     let (mut active, queue, max_value) = combine(&job.multiple_scalers_calculation, &per_trigger);
     if job.min_replica_count > 0 {
@@ -192,6 +180,17 @@ pub fn jobs_to_create(
         scale_to,
         rule,
         jobs,
+    }
+}
+
+/// KEDA's `CalculateQueueLengthAndMaxValue`: `min(value / target, maxReplicaCount)`, with
+/// the target of an `AverageValue` metric only (0, so 0, otherwise).
+fn max_value(r: &JobReading, max_replica_count: i64) -> f64 {
+    match r.metric_type {
+        MetricType::AverageValue if r.target != 0.0 => {
+            (r.value / r.target).min(max_replica_count as f64)
+        }
+        _ => 0.0,
     }
 }
 
