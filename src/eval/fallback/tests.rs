@@ -212,3 +212,26 @@ fn without_a_fallback_there_is_no_count() {
         desired_replicas_with_fallback(&ok, &[], Some(&m), limits(1, 20), None, None).unwrap_err();
     assert_eq!(e, ReplicaError::NilWithoutFallback);
 }
+
+/// k8s/examples/guarded-worker.yaml's formula under its fallback.
+#[test]
+fn the_guarded_worker_example_falls_back_as_its_comments_say() {
+    let fb = fallback(FallbackBehavior::ScalingModifiers, 4);
+    let m = modifiers(
+        "(pg_waiting ?? 0) < 1 ? backlog ?? nil : 0",
+        20.0,
+        MetricType::AverageValue,
+    );
+    let run = |ok: &[TriggerReading], down: &[FailedTrigger]| {
+        desired_replicas_with_fallback(ok, down, Some(&m), limits(1, 30), None, Some(&fb)).unwrap()
+    };
+    let backlog = read("backlog", 100.0, 20.0);
+    let pg_down = failed("pg_waiting", 1.0, MetricType::AverageValue);
+    // PgBouncer unreadable: no one waiting, 100 / 20.
+    assert_eq!(run(std::slice::from_ref(&backlog), &[pg_down]).replicas, 5);
+    // Backlog unreadable: nil, so fallback.replicas.
+    let waiting = read("pg_waiting", 0.0, 1.0);
+    let backlog_down = failed("backlog", 20.0, MetricType::AverageValue);
+    let d = run(&[waiting], &[backlog_down]);
+    assert_eq!(outcome(&d), (80.0, 4));
+}
