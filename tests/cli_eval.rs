@@ -817,12 +817,19 @@ async fn scaled_jobs_get_kedas_job_counts_per_strategy() {
     let s = setup().await;
     push(&s.redis, "jobs:queue", 30).await;
     let job = |name: &str, strategy: &str| {
+        // The `env` strategy reads its keys from the Job template's env, as KEDA resolves
+        // `keysFromEnv` for a ScaledJob.
+        let trigger = match name {
+            "env" => "    - type: external\n      metadata:\n        source: redis-main\n        \
+                      metric: redis-list\n        keysFromEnv: QUEUE\n        target: \"5\"\n"
+                .to_owned(),
+            _ => list_trigger(Some("queue"), "jobs:queue", "5", ""),
+        };
         format!(
             "apiVersion: keda.sh/v1alpha1\nkind: ScaledJob\nmetadata:\n  name: {name}\n  \
              namespace: workers\nspec:\n  maxReplicaCount: 8\n  scalingStrategy:\n{strategy}  \
-             jobTargetRef:\n    template:\n      spec:\n        containers: [{{name: w, image: w}}]\n  \
-             triggers:\n{}",
-            list_trigger(Some("queue"), "jobs:queue", "5", "")
+             jobTargetRef:\n    template:\n      spec:\n        containers: [{{name: w, image: \
+             w, env: [{{name: QUEUE, value: 'jobs:queue'}}]}}]\n  triggers:\n{trigger}"
         )
     };
     #[rustfmt::skip]
@@ -831,6 +838,7 @@ async fn scaled_jobs_get_kedas_job_counts_per_strategy() {
         ("custom", "    strategy: custom\n    customScalingQueueLengthDeduction: 1\n    customScalingRunningJobPercentage: \"0.5\"\n", 3), // 6 - 1 - floor(4 × 0.5)
         ("accurate", "    strategy: accurate\n", 4), // 6 + 4 - 1 > 8: 8 - 4
         ("eager", "    strategy: eager\n", 3),       // min(8 - 4 - 1, 6)
+        ("env", "    strategy: default\n", 2),
     ];
     let docs: Vec<String> = cases.iter().map(|(n, st, _)| job(n, st)).collect();
     let file = write(s.dir.path(), "jobs.yaml", &docs.join("---\n"));

@@ -23,8 +23,9 @@ use std::fmt;
 
 use serde_yaml_ng::{Mapping, Value};
 
-use super::scaledobject::{
-    Ctx, DocumentRef, MetricType, Result, Trigger, describe, get, parse_triggers,
+use super::{
+    scaledobject::{Ctx, DocumentRef, MetricType, Result, Trigger, describe, get, parse_triggers},
+    workload::{ScaleTarget, Workload, parse_container},
 };
 
 /// KEDA's default `maxReplicaCount` of a ScaledJob.
@@ -42,6 +43,9 @@ pub struct ScaledJob {
     /// `scalingStrategy.multipleScalersCalculation`: `max` (default), `min`, `avg` or `sum`.
     pub multiple_scalers_calculation: String,
     pub triggers: Vec<Trigger>,
+    /// `spec.jobTargetRef.template`'s containers, where KEDA resolves `*FromEnv` keys, as a
+    /// workload of kind `ScaledJob`, and `envSourceContainerName` as its target.
+    pub env_source: (ScaleTarget, Workload),
 }
 
 /// `spec.scalingStrategy.strategy`, as KEDA's `NewScalingStrategy` selects it.
@@ -290,6 +294,7 @@ pub(super) fn parse_scaled_job(map: &Mapping, at: DocumentRef) -> Result<ScaledJ
     let min_replica_count = count("minReplicaCount", 0)?;
     let max_replica_count = count("maxReplicaCount", DEFAULT_MAX_REPLICA_COUNT)?;
     let (strategy, multiple_scalers_calculation) = parse_strategy(&ctx, spec)?;
+    let env_source = job_env_source(spec, &name, &namespace);
     Ok(ScaledJob {
         at,
         name,
@@ -299,7 +304,38 @@ pub(super) fn parse_scaled_job(map: &Mapping, at: DocumentRef) -> Result<ScaledJ
         strategy,
         multiple_scalers_calculation,
         triggers: parse_triggers(&ctx, spec)?,
+        env_source,
     })
+}
+
+/// The Job template's containers, as the workload whose env `*FromEnv` keys come from.
+fn job_env_source(spec: &Mapping, name: &str, namespace: &str) -> (ScaleTarget, Workload) {
+    let containers = get(spec, "jobTargetRef")
+        .and_then(|r| {
+            r.get("template")?
+                .get("spec")?
+                .get("containers")?
+                .as_sequence()
+        })
+        .into_iter()
+        .flatten()
+        .filter_map(parse_container)
+        .collect();
+    let target = ScaleTarget {
+        kind: "ScaledJob".to_owned(),
+        name: name.to_owned(),
+        env_source_container: get(spec, "envSourceContainerName")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned),
+    };
+    let workload = Workload {
+        kind: "ScaledJob".to_owned(),
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+        containers,
+    };
+    (target, workload)
 }
 
 /// `spec.scalingStrategy`, as KEDA's `NewScalingStrategy` reads it.

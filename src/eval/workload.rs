@@ -165,7 +165,7 @@ pub fn parse_workload(value: &Mapping) -> Option<Workload> {
     })
 }
 
-fn parse_container(value: &Value) -> Option<Container> {
+pub(super) fn parse_container(value: &Value) -> Option<Container> {
     let name = value.get("name")?.as_str()?.to_owned();
     let env = value
         .get("env")

@@ -36,9 +36,15 @@ pub(super) async fn evaluate_job(
     context: &Context<'_>,
     counts: JobCounts,
 ) -> JobReport {
+    // KEDA resolves `*FromEnv` keys from the Job template's containers.
+    let (target, workload) = &job.env_source;
+    let context = Context {
+        workloads: std::slice::from_ref(workload),
+        ..*context
+    };
     let triggers: Vec<TriggerReport> =
         join_all(job.triggers.iter().enumerate().map(|(index, trigger)| {
-            evaluate_trigger(&job.namespace, None, index, trigger, context)
+            evaluate_trigger(&job.namespace, Some(target), index, trigger, &context)
         }))
         .await;
     let (jobs, explanation) = decide(job, &triggers, counts);
