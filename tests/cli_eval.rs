@@ -864,4 +864,20 @@ async fn scaled_jobs_get_kedas_job_counts_per_strategy() {
             .contains("KEDA creates min(30, 2) = 2 Jobs this polling interval"),
         "{report}"
     );
+    // The text output says the same.
+    let text = run(&[
+        "eval".to_string(),
+        "--config".into(),
+        s.config.display().to_string(),
+        "--scaledobject".into(),
+        file.display().to_string(),
+        "--running-jobs".into(),
+        "4".into(),
+    ])
+    .await;
+    assert_eq!(text.code, Some(0), "{text:#?}");
+    assert!(
+        text.stdout.contains("ScaledJob workers/default (") && text.stdout.contains("  jobs: 2\n"),
+        "{text:#?}"
+    );
 }
