@@ -195,6 +195,44 @@ fn expr_lang_parser_test_go() {
     }
 }
 
+#[test]
+fn expr_lang_checker_test_go() {
+    // checker/checker_test.go, TestCheck: these type-check; `Float` is a float variable
+    // there, as a trigger value is here.
+    let float = &[("Float", Some(0.5))];
+    #[rustfmt::skip]
+    let cases: &[(&str, Value, &str)] = &[
+        ("nil == nil", Bool(true), "checker/checker_test.go:27"),
+        ("1 + 2 + Float + 3 + 4 < 0", Bool(false), "checker/checker_test.go:47"),
+        ("-1 + +1 == 0", Bool(true), "checker/checker_test.go:49"),
+        ("1 / 2 == 0", Bool(false), "checker/checker_test.go:50"),
+        ("2**3 + 1 != 0", Bool(true), "checker/checker_test.go:51"),
+        ("2^3 + 1 != 0", Bool(true), "checker/checker_test.go:52"),
+        ("Float == 1", Bool(false), "checker/checker_test.go:53"),
+        ("Float < 1.0", Bool(true), "checker/checker_test.go:54"),
+        ("Float <= 1.0", Bool(true), "checker/checker_test.go:55"),
+        ("Float > 1.0", Bool(false), "checker/checker_test.go:56"),
+        ("Float >= 1.0", Bool(false), "checker/checker_test.go:57"),
+        ("[1, 2, 3] == []", Bool(false), "checker/checker_test.go:74"),
+    ];
+    for (formula, expected, at) in cases {
+        assert_eq!(
+            run(formula, float).as_ref(),
+            Ok(expected),
+            "{formula:?} ({at})"
+        );
+    }
+    // checker_test.go:1010-1015, TestCheck_dont_panic_on_nil_arguments_for_builtins: a
+    // compile error, not a run-time one.
+    for formula in ["abs(nil)", "float(nil)"] {
+        let e = Formula::parse(formula).unwrap_err();
+        assert!(
+            e.message.contains("takes a number, not nil"),
+            "{formula:?}: {e}"
+        );
+    }
+}
+
 /// expr-lang's run-time rules for nil (vm/runtime: `Equal` takes nil, the arithmetic and
 /// ordering helpers panic on it) and KEDA's: a trigger past its failureThreshold is nil
 /// (pkg/scaling/modifiers/formula.go, `scalingModifierTriggerValue`).

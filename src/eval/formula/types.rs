@@ -163,6 +163,14 @@ pub(super) fn check(node: &Node) -> Result<Ty> {
 
 fn check_call(function: Function, args: &[Node], column: usize) -> Result<Ty> {
     let name = function.name();
+    // expr-lang's checker refuses a literal nil where a function takes one number.
+    let one_number = !matches!(function, Function::Min | Function::Max | Function::Count);
+    if one_number && args.iter().any(|a| a.kind == Kind::Literal(Value::Nil)) {
+        return Err(FormulaError::at(
+            column,
+            format!("`{name}` takes a number, not nil"),
+        ));
+    }
     let types = args.iter().map(check).collect::<Result<Vec<Ty>>>()?;
     if function == Function::Count {
         return check_count(&types, column);
@@ -238,10 +246,13 @@ fn check_binary(op: BinaryOp, l: Ty, r: Ty, column: usize) -> Result<Ty> {
             Ty::Bool
         }
         BinaryOp::Eq | BinaryOp::Ne => {
+            // Arrays compare with arrays (element by element), as in expr-lang.
+            let array_mismatch =
+                |a: Ty, b: Ty| a == Ty::Array && !matches!(b, Ty::Array | Ty::Unknown);
             let mismatched = (l.is_numeric() && r == Ty::Bool)
                 || (l == Ty::Bool && r.is_numeric())
-                || l == Ty::Array
-                || r == Ty::Array;
+                || array_mismatch(l, r)
+                || array_mismatch(r, l);
             if mismatched {
                 return Err(FormulaError::at(
                     column,
