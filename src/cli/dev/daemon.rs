@@ -1,5 +1,6 @@
 //! Process supervision: a server in a process group of its own, with a parent-death signal,
-//! waited for at start and stopped in order.
+//! waited for at start, and stopped by an async [`Daemon::stop`] that never blocks a runtime
+//! thread.
 
 use std::{
     os::unix::process::CommandExt,
@@ -16,7 +17,8 @@ use super::START_TIMEOUT;
 // this the process group is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A server process, leader of its own process group, stopped and waited for on drop.
+/// A server process, leader of its own process group. Its owner stops it with
+/// [`Daemon::stop`]; a drop without that (a panic) kills the group without waiting.
 pub(super) struct Daemon {
     name: &'static str,
     child: Child,
@@ -115,33 +117,66 @@ impl Daemon {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-}
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if !matches!(self.child.try_wait(), Ok(None)) {
+    /// Asks the process group to stop, waits for the process, and kills the group when it
+    /// lingers past [`STOP_TIMEOUT`]. Waits by polling on the runtime's timer, so a slow
+    /// PostgreSQL shutdown holds no worker thread.
+    pub(super) async fn stop(&mut self) {
+        if !self.running() {
             return;
         }
-        let pid = self.child.id() as libc::pid_t;
-        // The whole group: initdb's bootstrap server goes with initdb. (PostgreSQL's backends
-        // lead sessions of their own; the postmaster stops them.)
-        // SAFETY: kill has no memory effects; `pid` is our child, not yet reaped, and leads
-        // its process group.
-        unsafe { libc::kill(-pid, self.stop_signal) };
-        let deadline = std::time::Instant::now() + STOP_TIMEOUT;
-        while std::time::Instant::now() < deadline {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        self.signal_group(self.stop_signal);
+        if self.exited_within(STOP_TIMEOUT).await {
+            return;
         }
         eprintln!(
             "backlog-scaler dev: {} did not stop within {STOP_TIMEOUT:?}; killing its process group",
             self.name
         );
-        // SAFETY: as above; the negative pid names the group the child leads.
-        unsafe { libc::kill(-pid, libc::SIGKILL) };
-        let _ = self.child.wait();
+        self.signal_group(libc::SIGKILL);
+        if !self.exited_within(STOP_TIMEOUT).await {
+            eprintln!(
+                "backlog-scaler dev: {} (pid {}) survived SIGKILL for {STOP_TIMEOUT:?}",
+                self.name,
+                self.pid()
+            );
+        }
+    }
+
+    fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// True once the process has exited (and is reaped), false if it still runs at `limit`.
+    async fn exited_within(&mut self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if !self.running() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        !self.running()
+    }
+
+    /// Sends `signal` to the whole group: initdb's bootstrap server goes with initdb.
+    /// (PostgreSQL's backends lead sessions of their own; the postmaster stops them.)
+    fn signal_group(&self, signal: libc::c_int) {
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: kill has no memory effects; `pid` is our child, not yet reaped (the callers
+        // checked), and leads its process group, which the negative pid names.
+        unsafe { libc::kill(-pid, signal) };
+    }
+}
+
+impl Drop for Daemon {
+    /// The last resort when [`Daemon::stop`] was not awaited: SIGKILL to the group and no
+    /// wait, since a drop may run on a runtime thread. The parent-death signal covers the
+    /// rest when `dev` itself exits.
+    fn drop(&mut self) {
+        if self.running() {
+            self.signal_group(libc::SIGKILL);
+        }
     }
 }
 

@@ -26,20 +26,16 @@ mod samples;
 mod table;
 mod workload;
 
-use std::{
-    io::{IsTerminal, Write},
-    time::Duration,
-};
+use std::{future::Future, path::PathBuf, pin::Pin, time::Duration};
 
 use futures::future::join_all;
-use tokio::{sync::oneshot, time::Instant};
+use tokio::{sync::oneshot, task::JoinHandle, time::Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::Exit;
 use crate::server;
-use environment::Environment;
-use samples::grpcurl_lines;
-use table::Panel;
+use environment::{Environment, Started};
+use table::{Panel, Screen};
 
 /// What `dev` was asked.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -61,64 +57,72 @@ const HTTP_PORT: u16 = 8080;
 // loaded 2-core machine, so 30 s only trips on a real failure.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
+// The server drains within the sample config's `shutdown_grace` (2 s); past this something
+// is wrong and its task is aborted.
+const SERVER_STOP: Duration = Duration::from_secs(5);
+
 /// Runs `dev` until `options.duration` ends or `shutdown` resolves (install it with
 /// [`super::shutdown_signal`] before calling, so a signal during start-up is not lost).
-pub async fn run(options: DevOptions, shutdown: impl std::future::Future<Output = ()>) -> Exit {
+pub async fn run(options: DevOptions, shutdown: impl Future<Output = ()>) -> Exit {
     let mut shutdown = std::pin::pin!(shutdown);
-    // Dropping a half-built environment (a signal during start-up) stops what it started.
+    // Owned here, not by the start-up future: a signal during start-up drops that future, and
+    // what it started is still stopped and waited for below.
+    let mut started = Started::default();
     let environment = tokio::select! {
-        started = Environment::start() => match started {
-            Ok(environment) => environment,
-            Err(message) => {
-                eprintln!("backlog-scaler dev: {message}");
-                return Exit::Failed;
-            }
-        },
-        _ = &mut shutdown => {
-            eprintln!("backlog-scaler dev: stopped while starting; nothing left behind");
-            return Exit::Ok;
-        }
+        environment = Environment::start(&mut started) => Some(environment),
+        _ = &mut shutdown => None,
     };
-    let exit = serve(&environment, options, shutdown).await;
-    let directory = environment.workdir.path.clone();
-    drop(environment);
-    println!(
-        "stopped: servers stopped and waited for, {} removed",
-        directory.display()
-    );
+    let (exit, ending) = match environment {
+        Some(Ok(environment)) => (serve(&environment, options, shutdown).await, Ending::Served),
+        Some(Err(message)) => {
+            eprintln!("backlog-scaler dev: {message}");
+            (Exit::Failed, Ending::DidNotStart)
+        }
+        None => (Exit::Ok, Ending::StoppedWhileStarting),
+    };
+    match (started.stop().await, ending) {
+        (Err(message), _) => eprintln!("backlog-scaler dev: {message}"),
+        (Ok(_), Ending::StoppedWhileStarting) => {
+            eprintln!("backlog-scaler dev: stopped while starting; nothing left behind");
+        }
+        (Ok(Some(directory)), Ending::Served) => println!(
+            "stopped: servers stopped and waited for, {} removed",
+            directory.display()
+        ),
+        (Ok(_), _) => {}
+    }
     exit
+}
+
+/// How far `run` got before stopping, for its last line.
+enum Ending {
+    Served,
+    DidNotStart,
+    StoppedWhileStarting,
 }
 
 /// Serves the scaler, runs the workload and shows the table until it is time to stop.
 async fn serve(
     environment: &Environment,
     options: DevOptions,
-    mut shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+    shutdown: Pin<&mut impl Future<Output = ()>>,
 ) -> Exit {
-    let (listener, grpc_note) = match bind_grpc().await {
-        Ok(bound) => bound,
+    let prepared = bind_grpc().await.and_then(|(listener, grpc_note)| {
+        let grpc = listener
+            .local_addr()
+            .map_err(|e| format!("reading the gRPC address: {e}"))?;
+        let (http_port, http_note) = preferred_port(HTTP_PORT);
+        let (config_path, config) = write_config(environment, grpc.port(), http_port)?;
+        let intro = environment.intro(grpc, grpc_note, http_port, http_note, &config_path);
+        Ok((listener, config, Screen::new(intro, grpc, &options)))
+    });
+    let (listener, config, screen) = match prepared {
+        Ok(prepared) => prepared,
         Err(message) => {
             eprintln!("backlog-scaler dev: {message}");
             return Exit::Failed;
         }
     };
-    let grpc = listener
-        .local_addr()
-        .expect("a bound listener has an address");
-    let (http_port, http_note) = preferred_port(HTTP_PORT);
-    let config_path = environment.workdir.path.join("config.toml");
-    let config_text = environment.config(grpc.port(), http_port);
-    let config = std::fs::write(&config_path, &config_text)
-        .map_err(|e| format!("cannot write {}: {e}", config_path.display()))
-        .and_then(|()| crate::config::Config::from_toml(&config_text).map_err(|e| e.to_string()));
-    let config = match config {
-        Ok(config) => config,
-        Err(message) => {
-            eprintln!("backlog-scaler dev: the sample config: {message}");
-            return Exit::Failed;
-        }
-    };
-
     let (stop_server, server_stopped) = oneshot::channel::<()>();
     let mut server = tokio::spawn(server::run(config, listener, async move {
         let _ = server_stopped.await;
@@ -129,66 +133,72 @@ async fn serve(
         &environment.postgres_url(workload::APPLICATION_NAME),
         stop_workload.clone(),
     );
-
-    let interactive = options.duration.is_none() && std::io::stdout().is_terminal();
-    let intro = environment.intro(grpc, grpc_note, http_port, http_note, &config_path);
-    let grpcurl = grpcurl_lines(grpc);
-    if !interactive {
-        println!("{intro}\n{grpcurl}");
+    let exit = show_until_stopped(&screen, options.duration, shutdown, &mut server).await;
+    stop_workload.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(3), join_all(workload)).await;
+    let _ = stop_server.send(());
+    if !server.is_finished()
+        && tokio::time::timeout(SERVER_STOP, &mut server)
+            .await
+            .is_err()
+    {
+        server.abort();
     }
-    let mut exit = Exit::Ok;
+    exit
+}
+
+/// Redraws the table every second until `shutdown`, the end of `duration`, or the server
+/// stopping by itself (a failure).
+async fn show_until_stopped(
+    screen: &Screen,
+    duration: Option<Duration>,
+    mut shutdown: Pin<&mut impl Future<Output = ()>>,
+    server: &mut JoinHandle<anyhow::Result<()>>,
+) -> Exit {
     let started = Instant::now();
-    let deadline = options.duration.map(|d| started + d);
+    let deadline = duration.map(|d| started + d);
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     let mut panel: Option<Panel> = None;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
-            _ = &mut shutdown => break,
-            served = &mut server => {
+            _ = &mut shutdown => return Exit::Ok,
+            served = &mut *server => {
                 eprintln!("backlog-scaler dev: the server stopped: {}", match served {
                     Ok(Ok(())) => "without an error".to_string(),
                     Ok(Err(error)) => format!("{error:#}"),
                     Err(error) => error.to_string(),
                 });
-                exit = Exit::Failed;
-                break;
+                return Exit::Failed;
             }
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
-            break;
+            return Exit::Ok;
         }
         if panel.is_none() {
-            panel = Panel::connect(grpc).await;
+            panel = Panel::connect(screen.grpc).await;
         }
         let table = match panel.as_mut() {
             Some(panel) => panel.table().await,
             None => "connecting to the scaler...\n".to_string(),
         };
-        let elapsed = started.elapsed().as_secs();
-        let mut stdout = std::io::stdout().lock();
-        let _ = if interactive {
-            // Home, clear, redraw: a table that updates in place, no TUI library needed.
-            write!(
-                stdout,
-                "\x1b[H\x1b[2J{intro}\n\nt+{elapsed}s, every second (Ctrl-C stops and cleans up)\n{table}\n{grpcurl}"
-            )
-        } else {
-            write!(stdout, "--- t+{elapsed}s\n{table}")
-        };
-        let _ = stdout.flush();
+        screen.draw(started.elapsed().as_secs(), &table);
     }
+}
 
-    stop_workload.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(3), join_all(workload)).await;
-    let _ = stop_server.send(());
-    if tokio::time::timeout(Duration::from_secs(5), &mut server)
-        .await
-        .is_err()
-    {
-        server.abort();
-    }
-    exit
+/// Writes the sample config into the environment's directory and parses it as `serve` would.
+fn write_config(
+    environment: &Environment,
+    grpc_port: u16,
+    http_port: u16,
+) -> Result<(PathBuf, crate::config::Config), String> {
+    let path = environment.dir.join("config.toml");
+    let text = environment.config(grpc_port, http_port);
+    std::fs::write(&path, &text)
+        .map_err(|e| format!("the sample config: cannot write {}: {e}", path.display()))?;
+    let config =
+        crate::config::Config::from_toml(&text).map_err(|e| format!("the sample config: {e}"))?;
+    Ok((path, config))
 }
 
 /// 127.0.0.1:9090, or a free port when it is busy (and a note saying so).

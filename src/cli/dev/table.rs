@@ -1,12 +1,19 @@
 //! The live table: each sample trigger read through a real gRPC client and turned into
 //! replicas with KEDA's math.
 
-use std::time::Duration;
+use std::{
+    io::{IsTerminal, Write},
+    net::SocketAddr,
+    time::Duration,
+};
 
 use futures::future::join_all;
 use tonic::transport::Channel;
 
-use super::samples::{SAMPLES, Sample, scaled_object};
+use super::{
+    DevOptions,
+    samples::{SAMPLES, Sample, grpcurl_lines, scaled_object},
+};
 use crate::{
     cli::{columns, number},
     eval::{MetricType, ReplicaLimits, TriggerReading, desired_replicas},
@@ -19,6 +26,49 @@ const LIMITS: ReplicaLimits = ReplicaLimits {
     max_replica_count: 10,
     idle_replica_count: None,
 };
+
+/// Where the table goes: redrawn in place on a terminal, else printed again each second.
+pub(super) struct Screen {
+    pub(super) grpc: SocketAddr,
+    interactive: bool,
+    intro: String,
+    grpcurl: String,
+}
+
+impl Screen {
+    /// Prints the intro at once unless the table will be redrawn in place (then every
+    /// redraw shows it).
+    pub(super) fn new(intro: String, grpc: SocketAddr, options: &DevOptions) -> Screen {
+        let interactive = options.duration.is_none() && std::io::stdout().is_terminal();
+        let grpcurl = grpcurl_lines(grpc);
+        if !interactive {
+            println!("{intro}\n{grpcurl}");
+        }
+        Screen {
+            grpc,
+            interactive,
+            intro,
+            grpcurl,
+        }
+    }
+
+    /// Shows `table`, read `elapsed` seconds after the start.
+    pub(super) fn draw(&self, elapsed: u64, table: &str) {
+        let mut stdout = std::io::stdout().lock();
+        let _ = if self.interactive {
+            // Home, clear, redraw: a table that updates in place, no TUI library needed.
+            write!(
+                stdout,
+                "\x1b[H\x1b[2J{intro}\n\nt+{elapsed}s, every second (Ctrl-C stops and cleans up)\n{table}\n{grpcurl}",
+                intro = self.intro,
+                grpcurl = self.grpcurl,
+            )
+        } else {
+            write!(stdout, "--- t+{elapsed}s\n{table}")
+        };
+        let _ = stdout.flush();
+    }
+}
 
 /// The gRPC client and what GetMetricSpec said about each sample.
 pub(super) struct Panel {
