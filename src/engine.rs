@@ -45,7 +45,7 @@ use tokio::{
     task::JoinHandle,
     time::{Instant, MissedTickBehavior},
 };
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{debug, error, warn};
 
 use crate::{
@@ -93,6 +93,9 @@ struct Inner {
     epoch: Instant,
     ready: watch::Sender<bool>,
     metrics: Arc<Metrics>,
+    /// Every task the engine spawns (refreshers, cold reads), so [`Engine::stopped`] can wait
+    /// for them.
+    tasks: TaskTracker,
 }
 
 /// Health of a source as of its latest read or probe.
@@ -232,6 +235,7 @@ impl Engine {
                 epoch: Instant::now(),
                 ready: watch::Sender::new(false),
                 metrics,
+                tasks: TaskTracker::new(),
             }),
         }
     }
@@ -246,7 +250,7 @@ impl Engine {
                 let inner = self.inner.clone();
                 let state = state.clone();
                 let shutdown = shutdown.clone();
-                tokio::spawn(async move {
+                self.inner.tasks.spawn(async move {
                     loop {
                         let run = refresh_loop(inner.clone(), state.clone(), shutdown.clone());
                         match AssertUnwindSafe(run).catch_unwind().await {
@@ -257,6 +261,13 @@ impl Engine {
                 })
             })
             .collect()
+    }
+
+    /// Waits until every task the engine spawned has ended: the refreshers once the token
+    /// given to [`Engine::start`] is cancelled, cold reads within their source's timeout.
+    pub async fn stopped(&self) {
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
     }
 
     /// The current value of a measurement: from memory when warm, after one shared backend
@@ -366,7 +377,9 @@ impl Engine {
                 cold.scheduled = true;
                 let at = cold.last_start.map_or(now, |last| last + COLD_BATCH_WINDOW);
                 let (inner, state) = (self.inner.clone(), state.clone());
-                tokio::spawn(scheduled_cold_read(inner, state, at));
+                self.inner
+                    .tasks
+                    .spawn(scheduled_cold_read(inner, state, at));
                 return;
             }
             cold.in_flight += 1;
@@ -435,7 +448,11 @@ impl Drop for ColdRead {
         let (inner, state) = (self.inner.clone(), self.state.clone());
         let queries = std::mem::take(&mut self.queries);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move { read_cold(&inner, &state, &queries).await });
+            let tasks = inner.tasks.clone();
+            tasks.spawn_on(
+                async move { read_cold(&inner, &state, &queries).await },
+                &runtime,
+            );
         }
     }
 }
