@@ -148,8 +148,9 @@ impl Console {
                 "PgBouncer refused the console session ({message}): {ADVICE}"
             ))
         } else if matches!(code, "28P01" | "28000") || message.contains("authentication failed") {
-            self.unavailable(
-                "authentication failed: check the user and password of the source's URL \
+            Error::credentials_refused(
+                &self.source,
+                "check the user and password of the source's URL \
                  (PgBouncer's auth_file or auth_query)",
             )
         } else if code == "3D000"

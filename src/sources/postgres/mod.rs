@@ -29,7 +29,7 @@ use crate::{
     Error, Result,
     error::ConfigError,
     metadata::{Metadata, Parsed, metric_names},
-    sources::{AUTHENTICATION_FAILED, Backend, CheckReport, Query, Section, Source, typed},
+    sources::{Backend, CheckReport, Query, Section, Source, typed},
 };
 
 pub mod activity;
@@ -485,9 +485,9 @@ impl PostgresSource {
         match (code, kind) {
             ("57014", _) => unavailable("the read hit statement_timeout".into()),
             ("55P03", _) => unavailable("the read hit lock_timeout".into()),
-            ("28P01" | "28000", _) => unavailable(format!(
-                "{AUTHENTICATION_FAILED}: check the source's user and password"
-            )),
+            ("28P01" | "28000", _) => {
+                Error::credentials_refused(&self.name, "check the source's user and password")
+            }
             (c, _) if c.starts_with("08") || c.starts_with("57P") || c == "53300" => unavailable(
                 format!("the server refused the session ({code}: {message})"),
             ),

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use futures::future::join_all;
 use redis::{Value, cluster_async::ClusterConnection};
 
-use super::{RedisRead, describe};
+use super::{RedisRead, unavailable};
 use crate::{Error, Result};
 
 /// The hash slot of a key (CRC16/XMODEM of the key or its `{hash tag}`, mod 16384), as
@@ -65,16 +65,14 @@ pub async fn pipeline_per_slot(
                     Some(code)
                         if super::query::server_error_makes_source_unavailable(code).is_some() =>
                     {
-                        let reason = super::query::server_error_makes_source_unavailable(code)
-                            .unwrap_or_default();
-                        Error::unavailable(source, format!("{reason} ({code})"))
+                        super::query::unavailable_reply(source, code)
                     }
                     // The node answered: a command of the group failed on its data.
                     Some(code) if !e.is_io_error() && !e.is_timeout() => {
                         let keys: Vec<&str> = indices.iter().map(|i| reads[*i].key()).collect();
                         Error::rejected(source, format!("reading keys {keys:?} failed: {code}"))
                     }
-                    _ => Error::unavailable(source, describe(&e)),
+                    _ => unavailable(source, &e),
                 }
             })?;
             Ok::<_, Error>((indices, replies))

@@ -144,7 +144,7 @@ impl RedisSource {
     }
 
     fn unavailable(&self, error: &redis::RedisError) -> Error {
-        Error::unavailable(&self.name, describe(error))
+        unavailable(&self.name, error)
     }
 
     /// Sends `reads` as one pipeline per node; errors of single commands come back as
@@ -332,15 +332,28 @@ fn one_pipeline(reads: &[RedisRead]) -> redis::Pipeline {
     pipe
 }
 
+/// The source `source` cannot be read because of `error`: refused credentials apart.
+fn unavailable(source: &str, error: &redis::RedisError) -> Error {
+    match refused_credentials(error) {
+        Some(advice) => Error::credentials_refused(source, advice),
+        None => Error::unavailable(source, describe(error)),
+    }
+}
+
+/// What to check when `error` is Redis refusing the source's credentials.
+fn refused_credentials(error: &redis::RedisError) -> Option<String> {
+    let refused = error.kind() == redis::ErrorKind::AuthenticationFailed
+        || matches!(error.code(), Some("WRONGPASS" | "NOAUTH"));
+    let code = error.code().unwrap_or("AUTH");
+    refused.then(|| format!("check the source's username and password ({code})"))
+}
+
 /// A short, secret-free description of a Redis client error.
 fn describe(error: &redis::RedisError) -> String {
     if error.is_timeout() {
         "timed out".to_string()
-    } else if error.kind() == redis::ErrorKind::AuthenticationFailed
-        || matches!(error.code(), Some("WRONGPASS" | "NOAUTH"))
-    {
-        let code = error.code().unwrap_or("AUTH");
-        format!("{AUTHENTICATION_FAILED}: check the source's username and password ({code})")
+    } else if let Some(advice) = refused_credentials(error) {
+        format!("{AUTHENTICATION_FAILED}: {advice}")
     } else if error.is_connection_refusal() {
         "connection refused".to_string()
     } else if error.is_io_error() || error.is_connection_dropped() {

@@ -485,13 +485,27 @@ pub fn server_error_makes_source_unavailable(code: &str) -> Option<&'static str>
     }
 }
 
+/// The error for a server error code that [`server_error_makes_source_unavailable`] names:
+/// refused credentials as their own variant, the rest UNAVAILABLE.
+pub(super) fn unavailable_reply(source: &str, code: &str) -> Error {
+    match code {
+        "NOAUTH" | "WRONGPASS" => Error::credentials_refused(
+            source,
+            format!("check the source's username and password ({code})"),
+        ),
+        _ => {
+            let reason = server_error_makes_source_unavailable(code).unwrap_or_default();
+            Error::unavailable(source, format!("{reason} ({code})"))
+        }
+    }
+}
+
 pub(super) fn reply_error(source: &str, key: &str, expected: &str, reply: &Value) -> Error {
     match reply {
         Value::ServerError(error)
             if server_error_makes_source_unavailable(error.code()).is_some() =>
         {
-            let reason = server_error_makes_source_unavailable(error.code()).unwrap_or_default();
-            Error::unavailable(source, format!("{reason} ({})", error.code()))
+            unavailable_reply(source, error.code())
         }
         Value::ServerError(error) if error.code() == "NOPERM" => Error::rejected(
             source,
