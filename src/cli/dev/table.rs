@@ -122,6 +122,7 @@ impl Panel {
     }
 }
 
+/// One sample's row: GetMetrics and IsActive read now, and the replicas they make.
 async fn row(
     mut client: ExternalScalerClient<Channel>,
     sample: &Sample,
@@ -166,6 +167,19 @@ async fn row(
         .to_string(),
         Err(status) => format!("{:?}", status.code()),
     };
+    let replicas = replicas(sample, value, target);
+    vec![
+        sample.label.into(),
+        metric_name,
+        number(value),
+        number(target),
+        active,
+        replicas,
+    ]
+}
+
+/// What KEDA's math makes of one sample's reading, within [`LIMITS`].
+fn replicas(sample: &Sample, value: f64, target: f64) -> String {
     let activation_target = sample
         .metadata
         .iter()
@@ -180,16 +194,8 @@ async fn row(
         activation_target,
         metric_type: MetricType::AverageValue,
     };
-    let replicas = match desired_replicas(&[reading], None, LIMITS, None) {
+    match desired_replicas(&[reading], None, LIMITS, None) {
         Ok(decision) => decision.replicas.to_string(),
         Err(error) => error.to_string(),
-    };
-    vec![
-        sample.label.into(),
-        metric_name,
-        number(value),
-        number(target),
-        active,
-        replicas,
-    ]
+    }
 }
