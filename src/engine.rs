@@ -45,7 +45,10 @@ use tokio::{
     task::JoinHandle,
     time::{Instant, MissedTickBehavior},
 };
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio_util::{
+    sync::CancellationToken,
+    task::{TaskTracker, task_tracker::TaskTrackerToken},
+};
 use tracing::{debug, error, warn};
 
 use crate::{
@@ -391,6 +394,7 @@ impl Engine {
             state: state.clone(),
             queries,
             finished: false,
+            _counted: self.inner.tasks.token(),
         }
         .run()
         .await;
@@ -431,6 +435,10 @@ struct ColdRead {
     state: Arc<SourceState>,
     queries: Vec<Query>,
     finished: bool,
+    /// Counts the read as one of the engine's tasks while a request runs it, so
+    /// [`Engine::stopped`] waits for it too: the request's future may be dropped (and the read
+    /// handed to a task) only after the gRPC server has returned.
+    _counted: TaskTrackerToken,
 }
 
 impl ColdRead {
