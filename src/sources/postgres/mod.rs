@@ -38,18 +38,19 @@ pub mod config;
 pub mod metrics;
 pub mod query;
 pub mod statements;
+pub mod tls;
 
 use activity::{ACTIVITY_SQL, ActivitySnapshot, LIMITS_SQL, Session};
 use config::PostgresSettings;
 use metrics::NamedQueries;
 pub use query::PgQuery;
-use statements::{StatementEntry, StatementKey, StatementSnapshot};
+use statements::{SnapshotScope, StatementEntry, StatementKey, StatementSnapshot};
 
 /// The `application_name` of the scaler's sessions; pg-activity never counts them.
 pub const APPLICATION_NAME: &str = "backlog-scaler";
 
-/// A snapshot older than this is no base for a rate (the source was idle); a cold read
-/// then takes two snapshots.
+/// A snapshot older than this (or three `statements_interval`s, if longer) is no base for a
+/// rate (the source was idle); a cold read then takes two snapshots.
 const SNAPSHOT_REUSE_LIMIT: Duration = Duration::from_secs(30);
 
 /// The shortest window a rate is computed over: shorter windows make noisy rates.
@@ -76,10 +77,15 @@ pub struct PostgresSource {
     pool: Pool,
     timeout: Duration,
     queries: NamedQueries,
+    /// What `check` says of the connections' TLS.
+    tls_description: String,
     /// `server_version_num`, read once (0 until then).
     server_version: AtomicI64,
-    /// The latest pg_stat_statements snapshot, the base of the next rate.
-    last_snapshot: Mutex<Option<Arc<StatementSnapshot>>>,
+    /// How long a pg_stat_statements window answers before the next snapshot is taken.
+    statements_interval: Duration,
+    /// The latest two pg_stat_statements snapshots of each scope: the current rates, and
+    /// the base of the next window.
+    windows: Mutex<HashMap<SnapshotScope, StatementWindow>>,
 }
 
 /// What a read was for, to turn server errors into advice.
@@ -96,9 +102,8 @@ enum ReadKind<'a> {
 #[derive(Default)]
 struct ReadPlan<'q> {
     activity: bool,
-    statements: bool,
-    /// Some statements filter by text, so the snapshot carries the query texts.
-    needs_text: bool,
+    /// What the pg_stat_statements snapshot reads, if a trigger needs one.
+    statements: Option<SnapshotScope>,
     singles: Vec<&'q PgQuery>,
 }
 
@@ -106,19 +111,20 @@ impl<'q> ReadPlan<'q> {
     fn of(queries: impl Iterator<Item = &'q PgQuery>) -> Self {
         let mut plan = ReadPlan::default();
         let mut seen = HashSet::new();
+        let mut statement_filters = Vec::new();
         for query in queries {
             match query {
                 PgQuery::Activity { .. } => plan.activity = true,
-                PgQuery::Statements { filter, .. } => {
-                    plan.statements = true;
-                    plan.needs_text |= filter.query_contains.is_some();
-                }
+                PgQuery::Statements { filter, .. } => statement_filters.push(filter),
                 single => {
                     if seen.insert(single) {
                         plan.singles.push(single);
                     }
                 }
             }
+        }
+        if !statement_filters.is_empty() {
+            plan.statements = Some(SnapshotScope::of(statement_filters.into_iter()));
         }
         plan
     }
@@ -171,10 +177,11 @@ impl PostgresSource {
         let manager_config = ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         };
-        let manager = match settings.tls {
+        let manager = match &settings.tls.config {
             Some(tls) => {
+                // Never a plain session when TLS was asked for, whatever the URL said.
                 connection.ssl_mode(SslMode::Require);
-                let tls = tokio_postgres_rustls::MakeRustlsConnect::new((*tls).clone());
+                let tls = tokio_postgres_rustls::MakeRustlsConnect::new((**tls).clone());
                 Manager::from_config(connection, tls, manager_config)
             }
             None => Manager::from_config(connection, NoTls, manager_config),
@@ -192,8 +199,10 @@ impl PostgresSource {
             pool,
             timeout,
             queries: settings.queries,
+            tls_description: settings.tls.describe(),
             server_version: AtomicI64::new(0),
-            last_snapshot: Mutex::new(None),
+            statements_interval: settings.statements_interval,
+            windows: Mutex::new(HashMap::new()),
         })
     }
 
@@ -216,9 +225,9 @@ impl PostgresSource {
             }
         };
         let window = async {
-            match plan.statements {
-                true => Some(self.statement_window(plan.needs_text).await),
-                false => None,
+            match &plan.statements {
+                Some(scope) => Some(self.statement_window(scope).await),
+                None => None,
             }
         };
         let singles = join_all(plan.singles.iter().map(|q| self.read_single(q)));
@@ -258,33 +267,32 @@ impl PostgresSource {
         })
     }
 
-    /// Two snapshots of pg_stat_statements to compute rates between: the source's previous
-    /// one (if recent) and a new one. A cold source takes two, a short window apart, so the
+    /// Two snapshots of pg_stat_statements of the same scope to compute rates between. A
+    /// window answers for `statements_interval`; then the next one starts where it ended.
+    /// A cold source (or scope) takes two snapshots, [`MIN_RATE_WINDOW`] apart, so its
     /// first answer is a measured rate too.
-    async fn statement_window(&self, needs_text: bool) -> Result<StatementWindow> {
-        let mut last = self.last_snapshot.lock().await;
-        let previous = match last.take() {
-            Some(previous) if previous.taken.elapsed() <= SNAPSHOT_REUSE_LIMIT => previous,
-            _ => Arc::new(self.snapshot(needs_text).await?),
+    async fn statement_window(&self, scope: &SnapshotScope) -> Result<StatementWindow> {
+        let mut windows = self.windows.lock().await;
+        let reuse_limit = SNAPSHOT_REUSE_LIMIT.max(self.statements_interval * 3);
+        windows.retain(|_, (_, current)| current.taken.elapsed() <= reuse_limit);
+        let previous = match windows.get(scope) {
+            Some(window) if window.1.taken.elapsed() < self.statements_interval => {
+                return Ok(window.clone());
+            }
+            Some((_, current)) => current.clone(),
+            None => Arc::new(self.snapshot(scope).await?),
         };
         let age = previous.taken.elapsed();
         if age < MIN_RATE_WINDOW {
             tokio::time::sleep(MIN_RATE_WINDOW - age).await;
         }
-        match self.snapshot(needs_text).await {
-            Ok(current) => {
-                let current = Arc::new(current);
-                *last = Some(current.clone());
-                Ok((previous, current))
-            }
-            Err(error) => {
-                *last = Some(previous);
-                Err(error)
-            }
-        }
+        let current = Arc::new(self.snapshot(scope).await?);
+        let window = (previous, current);
+        windows.insert(scope.clone(), window.clone());
+        Ok(window)
     }
 
-    async fn snapshot(&self, needs_text: bool) -> Result<StatementSnapshot> {
+    async fn snapshot(&self, scope: &SnapshotScope) -> Result<StatementSnapshot> {
         let kind = ReadKind::Statements;
         let tx = self.begin(kind).await?;
         let version = self.server_version(&tx).await?;
@@ -299,7 +307,17 @@ impl PostgresSource {
         } else {
             statements::SNAPSHOT_SQL_PG13
         };
-        let rows = tx.query(sql, &[(&needs_text, Type::BOOL)]).await?;
+        let rows = tx
+            .query(
+                sql,
+                &[
+                    (&scope.texts, Type::BOOL),
+                    (&scope.databases, Type::TEXT_ARRAY),
+                    (&scope.users, Type::TEXT_ARRAY),
+                    (&scope.query_ids, Type::INT8_ARRAY),
+                ],
+            )
+            .await?;
         let taken = Instant::now();
         let stats_reset = if version >= 140000 {
             tx.query(statements::RESET_SQL, &[])
