@@ -123,7 +123,7 @@ async fn assert_idle(replicas: &[Replica]) {
                     ("activationTarget", "0"),
                 ];
                 let active = trigger_active(&replica.address, source, &idle).await;
-                assert_eq!(active.unwrap(), false, "{source}: idle is not active");
+                assert!(!active.unwrap(), "{source}: idle is not active");
             }
             for measure in [
                 "clients-active",

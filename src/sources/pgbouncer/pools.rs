@@ -238,6 +238,37 @@ mod tests {
     }
 
     #[test]
+    fn the_scalers_own_clients_and_server_links_are_left_out() {
+        use crate::sources::pgbouncer::own::OwnUse;
+        let mut s = snapshot();
+        let web = ("app".to_string(), "web".to_string());
+        s.own.pools.insert(
+            web.clone(),
+            OwnUse {
+                clients_active: 2,
+                clients_waiting: 1,
+                servers_active: 5,
+            },
+        );
+        s.own.others_max_wait.insert(web, 1.5);
+        let app_web = filter(Some("app"), Some("web"));
+        assert_eq!(s.measure(PoolMeasure::ClientsActive, &app_web), 8.0);
+        assert_eq!(s.measure(PoolMeasure::ClientsWaiting, &app_web), 3.0);
+        assert_eq!(s.measure(PoolMeasure::ServersActive, &app_web), 0.0);
+        assert_eq!(s.measure(PoolMeasure::PoolUtilization, &app_web), 0.0);
+        assert_eq!(s.measure(PoolMeasure::MaxWaitSeconds, &app_web), 1.5);
+        // Other pools keep their counts; a count never goes below zero.
+        let all = filter(None, None);
+        assert_eq!(s.measure(PoolMeasure::ServersActive, &all), 1.0);
+        s.own
+            .pools
+            .get_mut(&("app".into(), "web".into()))
+            .unwrap()
+            .servers_active = 50;
+        assert_eq!(s.measure(PoolMeasure::ServersActive, &app_web), 0.0);
+    }
+
+    #[test]
     fn missing_columns_are_named() {
         let error = parse_pools(&[record(&[("database", "app"), ("user", "web")])]).unwrap_err();
         assert!(

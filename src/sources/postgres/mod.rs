@@ -2,8 +2,10 @@
 //! run queue, and operator-named queries.
 //!
 //! One refresh of a source costs at most one pg_stat_activity read, one pg_stat_statements
-//! snapshot and one statement per distinct Dagster or named query, whatever the number of
-//! triggers. Every read runs in its own `BEGIN READ ONLY` transaction with `SET LOCAL`
+//! snapshot (and only once per `statements_interval`) and one statement per distinct Dagster
+//! or named query, whatever the number of triggers. No measure counts the scaler itself:
+//! pg-activity leaves out sessions named [`APPLICATION_NAME`], pg-statements the role the
+//! source logs in as ([`statements::SNAPSHOT_SQL`]). Every read runs in its own `BEGIN READ ONLY` transaction with `SET LOCAL`
 //! statement and lock timeouts, through unnamed statements (`query_typed`), so it works
 //! through PgBouncer in transaction pooling mode and nothing the scaler runs can write or hang.
 

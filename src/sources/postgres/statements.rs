@@ -218,6 +218,31 @@ mod tests {
     }
 
     #[test]
+    fn the_snapshot_scope_narrows_only_where_every_trigger_does() {
+        let filter = |database: Option<&str>, ids: &[i64], text: Option<&str>| StatementFilter {
+            database: database.map(str::to_string),
+            user: None,
+            query_ids: ids.to_vec(),
+            query_contains: text.map(str::to_string),
+        };
+        let both = [
+            filter(Some("b"), &[7], None),
+            filter(Some("a"), &[3, 7], Some("x")),
+        ];
+        let scope = SnapshotScope::of(both.iter());
+        assert!(scope.texts);
+        assert_eq!(
+            scope.databases,
+            Some(vec!["a".to_string(), "b".to_string()])
+        );
+        assert_eq!(scope.users, None);
+        assert_eq!(scope.query_ids, Some(vec![3, 7]));
+        let one_wide = [filter(Some("a"), &[1], None), filter(None, &[], None)];
+        let scope = SnapshotScope::of(one_wide.iter());
+        assert_eq!(scope, SnapshotScope::default());
+    }
+
+    #[test]
     fn rates_from_deltas() {
         let base = tokio::time::Instant::now();
         let mut a = snapshot(
