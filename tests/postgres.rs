@@ -596,6 +596,8 @@ async fn libpq_sslmodes_verify_what_they_say_and_sessions_are_encrypted() {
         "{stdout}"
     );
     assert!(stdout.contains("not encrypted"), "{stdout}");
+    // The watcher session logs in as the scaler's role: check says the role is shared.
+    assert!(stdout.contains("`postgres` is shared"), "{stdout}");
 }
 
 #[test]
