@@ -269,15 +269,23 @@ impl PostgresSource {
         })
     }
 
-    /// Two snapshots of pg_stat_statements of the same scope to compute rates between. A
-    /// window answers for `statements_interval`; then the next one starts where it ended.
-    /// A cold source (or scope) takes two snapshots, [`MIN_RATE_WINDOW`] apart, so its
-    /// first answer is a measured rate too.
+    /// Two snapshots of pg_stat_statements to compute rates between, the later one of
+    /// `scope` (or of a scope that covers it). A window answers for `statements_interval`;
+    /// then the next one starts where it ended. A cold source (or a scope no recent snapshot
+    /// covers) takes two snapshots, [`MIN_RATE_WINDOW`] apart, so its first answer is a
+    /// measured rate too.
     async fn statement_window(&self, scope: &SnapshotScope) -> Result<StatementWindow> {
         let mut windows = self.windows.lock().await;
         let reuse_limit = SNAPSHOT_REUSE_LIMIT.max(self.statements_interval * 3);
         windows.retain(|_, (_, current)| current.taken.elapsed() <= reuse_limit);
-        let previous = match windows.get(scope) {
+        // The latest window that holds everything this scope needs: its own, or a wider one
+        // (a trigger new to the source is served by the window of the others).
+        let latest = windows
+            .iter()
+            .filter(|(covering, _)| covering.covers(scope))
+            .map(|(_, window)| window)
+            .max_by_key(|(_, current)| current.taken);
+        let previous = match latest {
             Some(window) if window.1.taken.elapsed() < self.statements_interval => {
                 return Ok(window.clone());
             }

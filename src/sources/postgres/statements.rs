@@ -59,6 +59,23 @@ pub struct SnapshotScope {
 }
 
 impl SnapshotScope {
+    /// Whether a snapshot of this scope holds every entry (and text) one of `other` would:
+    /// then it serves `other`'s triggers too, and is a sound base for `other`'s next rate
+    /// (an entry the narrower snapshot holds was in the wider one, if it existed).
+    pub fn covers(&self, other: &SnapshotScope) -> bool {
+        fn wider<T: PartialEq>(mine: &Option<Vec<T>>, theirs: &Option<Vec<T>>) -> bool {
+            match (mine, theirs) {
+                (None, _) => true,
+                (Some(_), None) => false,
+                (Some(mine), Some(theirs)) => theirs.iter().all(|t| mine.contains(t)),
+            }
+        }
+        (self.texts || !other.texts)
+            && wider(&self.databases, &other.databases)
+            && wider(&self.users, &other.users)
+            && wider(&self.query_ids, &other.query_ids)
+    }
+
     /// The scope that serves every one of `filters` (at least one).
     pub fn of<'f>(filters: impl Iterator<Item = &'f StatementFilter> + Clone) -> SnapshotScope {
         fn every<T: Ord + Clone>(values: impl Iterator<Item = Option<Vec<T>>>) -> Option<Vec<T>> {
@@ -240,6 +257,17 @@ mod tests {
         let one_wide = [filter(Some("a"), &[1], None), filter(None, &[], None)];
         let scope = SnapshotScope::of(one_wide.iter());
         assert_eq!(scope, SnapshotScope::default());
+
+        let everything = SnapshotScope {
+            texts: true,
+            ..SnapshotScope::default()
+        };
+        let narrow = SnapshotScope::of(both.iter());
+        assert!(everything.covers(&narrow) && everything.covers(&scope));
+        assert!(!scope.covers(&everything), "no texts");
+        assert!(!narrow.covers(&everything) && narrow.covers(&narrow));
+        let just_a = SnapshotScope::of([filter(Some("a"), &[3], Some("x"))].iter());
+        assert!(narrow.covers(&just_a) && !just_a.covers(&narrow));
     }
 
     #[test]
