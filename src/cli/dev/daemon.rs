@@ -190,3 +190,74 @@ fn tail(text: &str) -> String {
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     lines[lines.len().saturating_sub(3)..].join(" | ")
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    };
+
+    use super::*;
+
+    /// A process group that ignores SIGTERM for a moment, as a PostgreSQL finishing its
+    /// shutdown does.
+    fn slow_to_stop() -> Daemon {
+        let mut command = Command::new("sh");
+        command.args(["-c", "trap '' TERM; sleep 0.5"]);
+        Daemon::spawn("slow", command, libc::SIGTERM, PathBuf::from("/dev/null")).unwrap()
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn stop_waits_for_the_process_while_the_runtime_keeps_running() {
+        let mut daemon = slow_to_stop();
+        let ticks = Arc::new(AtomicUsize::new(0));
+        let ticker = tokio::spawn({
+            let ticks = ticks.clone();
+            async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    ticks.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        });
+        let started = std::time::Instant::now();
+        daemon.stop().await;
+        let waited = started.elapsed();
+        ticker.abort();
+        assert!(!daemon.running(), "stop returned while the process runs");
+        assert!(
+            waited >= Duration::from_millis(400),
+            "did not wait: {waited:?}"
+        );
+        // The only runtime thread ran other tasks all along: about one tick per 10 ms.
+        let ticks = ticks.load(Ordering::SeqCst);
+        assert!(
+            ticks >= 10,
+            "{ticks} ticks in {waited:?}: stop held the runtime thread"
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_dropped_daemon_is_killed_at_once() {
+        let daemon = slow_to_stop();
+        let pid = daemon.pid() as libc::pid_t;
+        let started = std::time::Instant::now();
+        drop(daemon);
+        assert!(
+            started.elapsed() < Duration::from_millis(100),
+            "drop waited"
+        );
+        // SIGKILL cannot be ignored: the group is gone (a zombie until reaped) long before
+        // the half second it would otherwise take.
+        let mut status = 0;
+        // SAFETY: waitpid writes only `status`; `pid` is this test's own child.
+        let reaped = unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert_eq!(reaped, pid);
+        assert!(libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGKILL);
+        assert!(
+            started.elapsed() < Duration::from_millis(400),
+            "not killed at once"
+        );
+    }
+}
