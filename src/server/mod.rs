@@ -111,7 +111,8 @@ pub async fn run(
 
 /// Serves on `listeners` until `shutdown` resolves, then drains within `server.shutdown_grace`:
 /// returns once the listeners, the StreamIsActive streams, the refreshers and every other task
-/// it started have ended (or, past the grace, with a warning naming what was left).
+/// it started have ended (or, past the grace, with a warning saying how many of its own tasks
+/// were left).
 pub async fn serve(
     config: Config,
     listeners: Listeners,
@@ -129,7 +130,8 @@ pub async fn serve(
     tokio::select! {
         served = served_and_joined => served?,
         _ = async { shared.stop.cancelled().await; tokio::time::sleep(grace).await } => {
-            warn!(?grace, "in-flight RPCs or background tasks did not finish within shutdown_grace; exiting anyway");
+            let tasks_left = shared.tasks.len();
+            warn!(?grace, tasks_left, "in-flight RPCs or background tasks did not finish within shutdown_grace; exiting anyway");
             // The refreshers stopped at the token unless a read hung; end them anyway.
             for refresher in refreshers {
                 refresher.abort();
