@@ -98,22 +98,23 @@ impl Environment {
     async fn prepare_postgres(&self) -> Result<(), String> {
         let url = self.postgres_url("backlog-scaler-dev");
         let deadline = Instant::now() + START_TIMEOUT;
-        let client = loop {
+        let (client, connection) = loop {
             match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
-                Ok((client, connection)) => {
-                    tokio::spawn(connection);
-                    break client;
-                }
+                Ok(connected) => break connected,
                 Err(error) if Instant::now() >= deadline => {
                     return Err(format!("postgres does not accept sessions: {error}"));
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }
         };
-        client
-            .batch_execute(workload::SCHEMA_SQL)
-            .await
-            .map_err(|e| format!("preparing the database: {e}"))
+        // The session's I/O runs beside the statements and ends when the client is dropped.
+        let prepared = async move {
+            let prepared = client.batch_execute(workload::SCHEMA_SQL).await;
+            drop(client);
+            prepared
+        };
+        let (prepared, _) = tokio::join!(prepared, connection);
+        prepared.map_err(|e| format!("preparing the database: {e}"))
     }
 
     pub(super) fn redis_url(&self) -> String {
