@@ -24,8 +24,13 @@ use redis::Value;
 use serde::{Deserialize, Serialize};
 use tracing::debug;
 
-use super::query::{
-    BULLMQ_DELAY_FACTOR, RedisRead, field_text, find_group, group_entry, integer, reply_error, text,
+use super::{
+    libraries::BULLMQ_DELAY_FACTOR,
+    read::RedisRead,
+    reply::{
+        Replies, bulk, field_text, find_group, first_member, follow_up, group_entry, integer,
+        job_id, reply_error, sorted_set_first, text,
+    },
 };
 use crate::{Error, Result};
 
@@ -51,9 +56,6 @@ pub enum WaitingQueue {
         group: String,
     },
 }
-
-/// Replies, each beside the read it answers.
-type Replies<'a> = [(&'a RedisRead, &'a Value)];
 
 /// RQ's job hashes: `rq:job:<id>` (`Job.redis_job_namespace_prefix`).
 const RQ_JOB_PREFIX: &str = "rq:job:";
@@ -429,72 +431,6 @@ fn first_entry_id(source: &str, read: &RedisRead, reply: &Value) -> Result<Optio
             _ => None,
         })),
         other => Err(reply_error(source, read.key(), read.expected_type(), other)),
-    }
-}
-
-// === replies ===
-
-/// The reply to a follow-up read. The source sends every follow-up read a query asks for,
-/// so a missing one is a bug.
-fn follow_up<'a>(replies: &Replies<'a>, read: &RedisRead) -> Result<&'a Value> {
-    replies
-        .iter()
-        .find(|(asked, _)| *asked == read)
-        .map(|(_, reply)| *reply)
-        .ok_or_else(|| Error::Internal(format!("no reply to the follow-up read {read:?}")))
-}
-
-/// A job id as [`text`] reads it for the follow-up reads; `None` if it is not UTF-8.
-fn job_id(bytes: Vec<u8>) -> Option<String> {
-    String::from_utf8(bytes).ok()
-}
-
-/// A list element (LINDEX) or hash field (HGET): `None` when the key, the index or the
-/// field does not exist.
-fn bulk(source: &str, read: &RedisRead, reply: &Value) -> Result<Option<Vec<u8>>> {
-    match reply {
-        Value::Nil => Ok(None),
-        Value::BulkString(bytes) => Ok(Some(bytes.clone())),
-        other => Err(reply_error(source, read.key(), read.expected_type(), other)),
-    }
-}
-
-/// The first member of a ZRANGE … WITHSCORES reply, in RESP2 (`[member, score]`) or RESP3
-/// (`[[member, score]]`) form, with its score.
-fn sorted_set_first(
-    source: &str,
-    read: &RedisRead,
-    reply: &Value,
-) -> Result<Option<(String, Option<f64>)>> {
-    match reply {
-        Value::Array(items) => Ok(first_with_score(items)),
-        other => Err(reply_error(source, read.key(), read.expected_type(), other)),
-    }
-}
-
-fn first_with_score(items: &[Value]) -> Option<(String, Option<f64>)> {
-    let pair = match items {
-        [Value::Array(pair), ..] => pair.as_slice(),
-        flat => flat,
-    };
-    match pair {
-        [member, score, ..] => text(member).map(|member| (member, score_of(score))),
-        _ => None,
-    }
-}
-
-/// The member of a ZRANGE reply, or `None` (for an error too: `combine` reports it).
-fn first_member(reply: &Value) -> Option<String> {
-    match reply {
-        Value::Array(items) => first_with_score(items).map(|(member, _)| member),
-        _ => None,
-    }
-}
-
-fn score_of(value: &Value) -> Option<f64> {
-    match value {
-        Value::Double(score) => Some(*score),
-        other => text(other)?.parse().ok(),
     }
 }
 
