@@ -57,7 +57,9 @@ async fn produce(program: &str, script: &str, args: Vec<String>) -> Value {
 }
 
 async fn run_script(mut command: Command, script: &str, args: Vec<String>) -> Value {
-    command.arg(project().join("tests/compat").join(script)).args(&args);
+    command
+        .arg(project().join("tests/compat").join(script))
+        .args(&args);
     let output = tokio::task::spawn_blocking(move || {
         command
             .output()
@@ -728,7 +730,10 @@ async fn assert_counts_like_the_library(
     without.push(("includeActive", "false"));
     for pairs in [pairs.to_vec(), without] {
         let value = trigger_value(scaler, source, &pairs).await.unwrap();
-        assert_eq!(value, expected.waiting, "{pairs:?} counts waiting jobs only");
+        assert_eq!(
+            value, expected.waiting,
+            "{pairs:?} counts waiting jobs only"
+        );
     }
 }
 
@@ -775,9 +780,30 @@ async fn sidekiq_include_active_counts_the_work_set_with_and_without_a_namespace
     sidekiq(port, "", &["push", "other", "2", RELEASE]).await;
     sidekiq(port, "app", &["push", "work", "3", RELEASE]).await;
     let cases = [
-        ("", "work", Work { waiting: 2.0, running: 2.0 }),
-        ("", "other", Work { waiting: 1.0, running: 1.0 }),
-        ("app", "work", Work { waiting: 2.0, running: 1.0 }),
+        (
+            "",
+            "work",
+            Work {
+                waiting: 2.0,
+                running: 2.0,
+            },
+        ),
+        (
+            "",
+            "other",
+            Work {
+                waiting: 1.0,
+                running: 1.0,
+            },
+        ),
+        (
+            "app",
+            "work",
+            Work {
+                waiting: 2.0,
+                running: 1.0,
+            },
+        ),
     ];
     for (namespace, queue, expected) in cases {
         let mut pairs = vec![("metric", "sidekiq"), ("queue", queue)];
@@ -806,16 +832,30 @@ async fn rq_include_active_counts_started_jobs_behind_sentinel() {
     let mut workers = Workers::new();
     for queue in ["work", "other"] {
         let mut worker = library_command("python3");
-        worker
-            .arg(project().join("tests/compat/rq_work.py"))
-            .args([&port.to_string(), "serve", queue]);
+        worker.arg(project().join("tests/compat/rq_work.py")).args([
+            &port.to_string(),
+            "serve",
+            queue,
+        ]);
         workers.start(worker);
     }
     rq(port, &["push", "work", "3", RELEASE]).await;
     rq(port, &["push", "other", "2", RELEASE]).await;
     for (queue, expected) in [
-        ("work", Work { waiting: 2.0, running: 1.0 }),
-        ("other", Work { waiting: 1.0, running: 1.0 }),
+        (
+            "work",
+            Work {
+                waiting: 2.0,
+                running: 1.0,
+            },
+        ),
+        (
+            "other",
+            Work {
+                waiting: 1.0,
+                running: 1.0,
+            },
+        ),
     ] {
         let pairs = [("metric", "rq"), ("queue", queue)];
         assert_counts_like_the_library(&scaler, "redis-ha", &pairs, expected, async || {
@@ -823,7 +863,13 @@ async fn rq_include_active_counts_started_jobs_behind_sentinel() {
         })
         .await;
     }
-    let _: () = sentinel.master.connection().await.set(RELEASE, 1).await.unwrap();
+    let _: () = sentinel
+        .master
+        .connection()
+        .await
+        .set(RELEASE, 1)
+        .await
+        .unwrap();
 }
 
 const CELERY_PREFIX: &str = "tenant-a:";
@@ -859,8 +905,20 @@ async fn celery_include_active_counts_the_queue_s_unacked_messages() {
     celery(port, &["push", "work", "5", RELEASE]).await;
     celery(port, &["push", "other", "2", RELEASE]).await;
     for (queue, expected) in [
-        ("work", Work { waiting: 3.0, running: 2.0 }),
-        ("other", Work { waiting: 1.0, running: 1.0 }),
+        (
+            "work",
+            Work {
+                waiting: 3.0,
+                running: 2.0,
+            },
+        ),
+        (
+            "other",
+            Work {
+                waiting: 1.0,
+                running: 1.0,
+            },
+        ),
     ] {
         let pairs = [
             ("metric", "celery"),
@@ -897,8 +955,20 @@ async fn bullmq_include_active_counts_the_jobs_workers_hold() {
     bullmq(port, "work", &["push", "5", RELEASE]).await;
     bullmq(port, "other", &["push", "2", RELEASE]).await;
     for (queue, expected) in [
-        ("work", Work { waiting: 3.0, running: 2.0 }),
-        ("other", Work { waiting: 1.0, running: 1.0 }),
+        (
+            "work",
+            Work {
+                waiting: 3.0,
+                running: 2.0,
+            },
+        ),
+        (
+            "other",
+            Work {
+                waiting: 1.0,
+                running: 1.0,
+            },
+        ),
     ] {
         let pairs = [("metric", "bullmq"), ("queue", queue)];
         assert_counts_like_the_library(&scaler, "redis-main", &pairs, expected, async || {
