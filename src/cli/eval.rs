@@ -30,7 +30,7 @@ use crate::{
     eval::{ScaledObject, Trigger, TriggerReading, desired_replicas, parse_scaled_objects},
     metrics::Metrics,
     server::build_engine,
-    trigger::{Catalog, parse_trigger},
+    trigger::{Catalog, TriggerSpec, parse_trigger},
 };
 
 /// What `eval` was asked.
@@ -336,20 +336,12 @@ async fn evaluate_trigger(
         error: None,
     };
     let waiting = waiting_only(&metadata, &so.namespace, catalog);
-    let (measured, waiting) = futures::join!(engine.measure(&spec.source, &spec.query), async {
-        match &waiting {
-            Some(waiting) => engine.measure(&waiting.source, &waiting.query).await.ok(),
-            None => None,
-        }
-    });
+    let (measured, parts) = measure_in_parts(engine, &spec, waiting.as_ref()).await;
     match measured {
         Ok(value) => {
             report.value = Some(value);
             report.active = Some(spec.is_active(value));
-            report.parts = waiting.map(|waiting| ValueParts {
-                waiting,
-                in_progress: (value - waiting).max(0.0),
-            });
+            report.parts = parts;
         }
         Err(error) => {
             let status = Status::from(error);
@@ -360,12 +352,35 @@ async fn evaluate_trigger(
     report
 }
 
+/// The trigger's value and, given the same trigger without `includeActive` (`waiting`), its
+/// two parts: both measured at once, so both come from the same reads where they can.
+async fn measure_in_parts(
+    engine: &Engine,
+    spec: &TriggerSpec,
+    waiting: Option<&TriggerSpec>,
+) -> (crate::Result<f64>, Option<ValueParts>) {
+    let (measured, waiting) = futures::join!(engine.measure(&spec.source, &spec.query), async {
+        match waiting {
+            Some(waiting) => engine.measure(&waiting.source, &waiting.query).await.ok(),
+            None => None,
+        }
+    });
+    let parts = match (&measured, waiting) {
+        (Ok(value), Some(waiting)) => Some(ValueParts {
+            waiting,
+            in_progress: (value - waiting).max(0.0),
+        }),
+        _ => None,
+    };
+    (measured, parts)
+}
+
 /// With `includeActive: "true"`, the same trigger without it (its value is the waiting part).
 fn waiting_only(
     metadata: &HashMap<String, String>,
     namespace: &str,
     catalog: &Catalog,
-) -> Option<crate::trigger::TriggerSpec> {
+) -> Option<TriggerSpec> {
     let flag = metadata.get("includeActive")?;
     if !flag.eq_ignore_ascii_case("true") {
         return None;
