@@ -103,15 +103,11 @@ impl InProgress {
                 replies.len()
             )));
         };
-        let reply_members = || {
-            members(reply)
-                .ok_or_else(|| reply_error(source, read.key(), read.expected_type(), reply))
-        };
+        let wrong_type = || reply_error(source, read.key(), read.expected_type(), reply);
         match self {
             InProgress::Rq { key } => Ok(integer(source, key, "a sorted set", reply)? as f64),
             InProgress::Sidekiq { prefix, queue } => {
-                let identities = identities(reply)
-                    .ok_or_else(|| reply_error(source, read.key(), read.expected_type(), reply))?;
+                let identities = identities(reply).ok_or_else(wrong_type)?;
                 let mut count = 0;
                 for identity in identities {
                     count += sidekiq_process(source, prefix, &identity, queue, follow_up_replies)?;
@@ -124,7 +120,7 @@ impl InProgress {
                 separator,
             } => {
                 let mut count = 0;
-                for value in reply_members()? {
+                for value in members(reply).ok_or_else(wrong_type)? {
                     let Some((exchange, routing_key)) = unacked_route(&value) else {
                         debug!(
                             source,
