@@ -737,6 +737,26 @@ async fn assert_counts_like_the_library(
     }
 }
 
+/// A scaler reading `redis` as a user that may only read and connect: a write among its
+/// reads would fail the trigger (NOPERM).
+async fn read_only_scaler(redis: &RedisServer) -> Scaler {
+    let _: () = redis::cmd("ACL")
+        .arg(&[
+            "SETUSER",
+            "reader",
+            "on",
+            "nopass",
+            "~*",
+            "+@read",
+            "+@connection",
+        ])
+        .query_async(&mut redis.connection().await)
+        .await
+        .unwrap();
+    let url = format!("redis://reader@127.0.0.1:{}/0", redis.port);
+    Scaler::start(&redis_config(&url)).await
+}
+
 /// The `waiting` and `running` (+ `reserved`) of a worker script's `count` line.
 fn work(counted: &Value) -> Work {
     let number = |key: &str| counted[key].as_f64().unwrap_or(0.0);
@@ -768,7 +788,7 @@ async fn sidekiq(port: u16, namespace: &str, args: &[&str]) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sidekiq_include_active_counts_the_work_set_with_and_without_a_namespace() {
     let redis = RedisServer::start();
-    let scaler = Scaler::start(&redis_config(&redis.url())).await;
+    let scaler = read_only_scaler(&redis).await;
     let port = redis.port;
     let mut workers = Workers::new();
     // Queue `work` without a namespace, queue `other` busy beside it, and queue `work` again
@@ -890,7 +910,7 @@ async fn celery(port: u16, args: &[&str]) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn celery_include_active_counts_the_queue_s_unacked_messages() {
     let redis = RedisServer::start();
-    let scaler = Scaler::start(&redis_config(&redis.url())).await;
+    let scaler = read_only_scaler(&redis).await;
     let port = redis.port;
     let mut workers = Workers::new();
     // acks_late and a prefetch multiplier of 1 (celery_work.py): each worker holds as many
@@ -942,7 +962,7 @@ async fn bullmq(port: u16, queue: &str, args: &[&str]) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bullmq_include_active_counts_the_jobs_workers_hold() {
     let redis = RedisServer::start();
-    let scaler = Scaler::start(&redis_config(&redis.url())).await;
+    let scaler = read_only_scaler(&redis).await;
     let port = redis.port;
     let mut workers = Workers::new();
     for (queue, concurrency) in [("work", "2"), ("other", "1")] {
