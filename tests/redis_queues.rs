@@ -922,8 +922,17 @@ async fn celery_include_active_counts_the_queue_s_unacked_messages() {
             .args(["serve", queue, concurrency]);
         workers.start(worker);
     }
+    // Celery's default beside them: a task is acknowledged when it starts, and the worker
+    // then prefetches the next one.
+    let mut early = celery_command(port);
+    early
+        .env("CELERY_ACKS_LATE", "0")
+        .arg(project().join("tests/compat/celery_work.py"))
+        .args(["serve", "early", "1"]);
+    workers.start(early);
     celery(port, &["push", "work", "5", RELEASE]).await;
     celery(port, &["push", "other", "2", RELEASE]).await;
+    celery(port, &["push", "early", "4", RELEASE]).await;
     for (queue, expected) in [
         (
             "work",
@@ -950,6 +959,28 @@ async fn celery_include_active_counts_the_queue_s_unacked_messages() {
         })
         .await;
     }
+    // Without acks_late the running task is nowhere in Redis: only the prefetched one counts.
+    let pairs = [
+        ("metric", "celery"),
+        ("queue", "early"),
+        ("keyPrefix", CELERY_PREFIX),
+        ("includeActive", "true"),
+    ];
+    let library = serde_json::json!({"waiting": 2, "running": 1, "reserved": 1});
+    let _ = poll_until(
+        "without acks_late: the waiting tasks and the prefetched one",
+        WORKERS_SETTLE_WITHIN,
+        async || {
+            let before = celery(port, &["count", "early"]).await;
+            let value = trigger_value(&scaler, "redis-main", &pairs).await;
+            let after = celery(port, &["count", "early"]).await;
+            (before, value, after)
+        },
+        |(before, value, after)| {
+            *before == library && *after == library && value.as_ref().is_ok_and(|v| *v == 3.0)
+        },
+    )
+    .await;
     let _: () = redis.connection().await.set(RELEASE, 1).await.unwrap();
 }
 

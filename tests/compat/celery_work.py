@@ -1,4 +1,4 @@
-"""A real Celery worker (acks_late, prefetch multiplier 1) and the library's own count of a
+"""A real Celery worker (acks_late unless CELERY_ACKS_LATE=0, prefetch multiplier 1) and the library's own count of a
 queue's work: waiting (kombu's queue size) and in progress (the queue's tasks in
 `inspect().active()` and `.reserved()`).
 
@@ -21,7 +21,8 @@ from redis import Redis
 
 PORT = os.environ["CELERY_PORT"]
 app = Celery("celery_work", broker=f"redis://127.0.0.1:{PORT}/0")
-app.conf.task_acks_late = True
+# CELERY_ACKS_LATE=0: Celery's default, a task acknowledged when it starts.
+app.conf.task_acks_late = os.environ.get("CELERY_ACKS_LATE") != "0"
 app.conf.worker_prefetch_multiplier = 1
 app.conf.broker_connection_retry_on_startup = True
 if os.environ.get("CELERY_PREFIX"):
