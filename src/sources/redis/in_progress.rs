@@ -166,8 +166,9 @@ fn sidekiq_process_reads(prefix: &str, identity: &str) -> [RedisRead; 3] {
 }
 
 /// What `Sidekiq::WorkSet` yields for one process and `queue`: the entries of `:workers`
-/// while the process key exists (6.4.1 checks it), and every entry of `:work` (from 6.4.2
-/// on, which relies on the hash's own expiry).
+/// while the process key exists (6.4.1 checks it), and every entry of `:work` (6.5 on read
+/// it unchecked; 6.4.2 still checks the process key, but writes `:work` with its 60 s expiry
+/// just before the key's own, so the hash never outlives the key).
 fn sidekiq_process(
     source: &str,
     prefix: &str,
