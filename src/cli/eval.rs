@@ -40,7 +40,7 @@ use crate::{
     },
     metrics::Metrics,
     server::build_engine,
-    trigger::{Catalog, TriggerSpec, parse_trigger},
+    trigger::{Catalog, TriggerSpec, from_env_keys, parse_trigger},
 };
 
 /// What `eval` was asked.
@@ -103,12 +103,23 @@ pub struct TriggerReport {
     pub activation_target: Option<f64>,
     /// IsActive's answer.
     pub active: Option<bool>,
+    /// With `includeActive: "true"`: the value's two parts, waiting and in progress.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parts: Option<ValueParts>,
     /// The gRPC code KEDA would get instead of a value (`InvalidArgument`, `Unavailable`, …),
     /// `NotEvaluated` for a trigger this scaler does not serve, or `Unresolved` for `*FromEnv`
     /// keys whose value the files do not tell.
     pub code: Option<String>,
     /// The message that comes with it: the server's own status message.
     pub error: Option<String>,
+}
+
+/// A value of waiting + in progress, split: the waiting part is the same trigger measured
+/// without `includeActive`, at the same time.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ValueParts {
+    pub waiting: f64,
+    pub in_progress: f64,
 }
 
 impl TriggerReport {
@@ -121,6 +132,7 @@ impl TriggerReport {
             target: None,
             activation_target: None,
             active: None,
+            parts: None,
             code: Some(code.to_string()),
             error: Some(error),
         }
@@ -346,14 +358,20 @@ pub(super) async fn evaluate_trigger(
             return failed(&code, status.message().to_string());
         }
     };
-    measure(label, trigger, &spec, context.engine).await
+    // `includeActive` may have come as `includeActiveFromEnv`.
+    let waiting = from_env_keys(&metadata)
+        .ok()
+        .and_then(|metadata| waiting_only(&metadata, namespace, context.catalog));
+    measure(label, trigger, &spec, waiting.as_ref(), context.engine).await
 }
 
-/// The value of a parsed trigger, or the status KEDA would get.
+/// The value of a parsed trigger (and its parts, given `waiting`: see [`measure_in_parts`]),
+/// or the status KEDA would get.
 async fn measure(
     label: String,
     trigger: &Trigger,
     spec: &TriggerSpec,
+    waiting: Option<&TriggerSpec>,
     engine: &Engine,
 ) -> TriggerReport {
     let mut report = TriggerReport {
@@ -364,13 +382,16 @@ async fn measure(
         target: Some(spec.target),
         activation_target: Some(spec.activation_target),
         active: None,
+        parts: None,
         code: None,
         error: None,
     };
-    match engine.measure(&spec.source, &spec.query).await {
+    let (measured, parts) = measure_in_parts(engine, spec, waiting).await;
+    match measured {
         Ok(value) => {
             report.value = Some(value);
             report.active = Some(spec.is_active(value));
+            report.parts = parts;
         }
         Err(error) => {
             let status = Status::from(error);
@@ -379,6 +400,44 @@ async fn measure(
         }
     }
     report
+}
+
+/// The trigger's value and, given the same trigger without `includeActive` (`waiting`), its
+/// two parts: both measured at once, so both come from the same reads where they can.
+async fn measure_in_parts(
+    engine: &Engine,
+    spec: &TriggerSpec,
+    waiting: Option<&TriggerSpec>,
+) -> (crate::Result<f64>, Option<ValueParts>) {
+    let (measured, waiting) = futures::join!(engine.measure(&spec.source, &spec.query), async {
+        match waiting {
+            Some(waiting) => engine.measure(&waiting.source, &waiting.query).await.ok(),
+            None => None,
+        }
+    });
+    let parts = match (&measured, waiting) {
+        (Ok(value), Some(waiting)) => Some(ValueParts {
+            waiting,
+            in_progress: (value - waiting).max(0.0),
+        }),
+        _ => None,
+    };
+    (measured, parts)
+}
+
+/// With `includeActive: "true"`, the same trigger without it (its value is the waiting part).
+fn waiting_only(
+    metadata: &HashMap<String, String>,
+    namespace: &str,
+    catalog: &Catalog,
+) -> Option<TriggerSpec> {
+    let flag = metadata.get("includeActive")?;
+    if !flag.eq_ignore_ascii_case("true") {
+        return None;
+    }
+    let mut waiting = metadata.clone();
+    waiting.remove("includeActive");
+    parse_trigger(&waiting, namespace, catalog).ok()
 }
 
 /// Exit 0 when every ScaledObject got a replica count and every trigger answered: a count
@@ -434,7 +493,15 @@ pub(super) fn render_triggers(triggers: &[TriggerReport], out: &mut String) {
             (Some(metric), Some(value), _) => out.push_str(&format!(
                 "  trigger {}: metric {metric}, value {}, target {}, activationTarget {}, {}\n",
                 t.label,
-                number(value),
+                match t.parts {
+                    Some(parts) => format!(
+                        "{} = {} waiting + {} in progress",
+                        number(value),
+                        number(parts.waiting),
+                        number(parts.in_progress)
+                    ),
+                    None => number(value),
+                },
                 t.target.map_or("?".into(), number),
                 t.activation_target.map_or("?".into(), number),
                 if t.active == Some(true) {

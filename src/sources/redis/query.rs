@@ -2,7 +2,8 @@
 //! value — a backlog counted the way each queue library counts it, or (with
 //! `measure: latency`, in [`super::latency`]) how long the oldest waiting job has waited.
 //!
-//! A query never talks to Redis itself. It lists the [`RedisRead`]s it needs; the source
+//! A query never talks to Redis itself. It lists the [`RedisRead`]s ([`super::read`]) it
+//! needs; the source
 //! de-duplicates the reads of every query of a refresh, sends them in one pipeline per node,
 //! and hands each query its replies. A query may then ask for follow-up reads that depend on
 //! those replies (a job id, then its hash): they go out, de-duplicated too, as a second
@@ -13,14 +14,14 @@ use redis::Value;
 use serde::Serialize;
 use tracing::debug;
 
-use super::latency::WaitingQueue;
+use super::{
+    in_progress::InProgress,
+    latency::WaitingQueue,
+    libraries::BULLMQ_DELAY_FACTOR,
+    read::RedisRead,
+    reply::{field_int, fields, find_group, integer, sum},
+};
 use crate::{Error, Result, sources::QueryKind};
-
-/// kombu's default separator between a Celery queue name and its priority step.
-pub const CELERY_SEPARATOR: &str = "\x06\x16";
-
-/// BullMQ scores delayed jobs as due_ms · 0x1000 + a 12-bit counter (`getDelayedScore`).
-pub const BULLMQ_DELAY_FACTOR: i64 = 0x1000;
 
 /// One Redis measurement, as the trigger asked for it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
@@ -45,10 +46,23 @@ pub enum RedisQuery {
         include_active: bool,
         count_when_paused: bool,
     },
-    /// `celery` (kombu's Redis transport): the queue key and its priority sub-queues.
-    Celery { keys: Vec<String> },
-    /// `sidekiq` and `rq`: one list per queue.
-    QueueList { library: QueueLibrary, key: String },
+    /// `celery` (kombu's Redis transport): the queue key and its priority sub-queues
+    /// (+ the queue's unacknowledged messages, with `includeActive`).
+    Celery {
+        keys: Vec<String>,
+        /// Left out of the serialization when absent, so the metric names of triggers
+        /// without `includeActive` stay as they were.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        in_progress: Option<InProgress>,
+    },
+    /// `sidekiq` and `rq`: one list per queue (+ the jobs in progress, with `includeActive`).
+    QueueList {
+        library: QueueLibrary,
+        key: String,
+        /// As for `Celery`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        in_progress: Option<InProgress>,
+    },
     /// `measure: latency` of `sidekiq`, `rq`, `bullmq` and `redis-stream`: seconds since the
     /// oldest job that waits to be taken was enqueued. A variant of its own, so the backlog
     /// variants above serialize (and their metric names hash) exactly as before the key
@@ -84,126 +98,6 @@ pub enum QueueLibrary {
     Rq,
 }
 
-/// One read command against one key. Reads are the unit of de-duplication and routing.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum RedisRead {
-    Llen(String),
-    Zcard(String),
-    /// ZCOUNT key -inf max.
-    ZcountUpTo(String, i64),
-    Xlen(String),
-    XinfoGroups(String),
-    XinfoStream(String),
-    Hexists(String, &'static str),
-    /// LINDEX key index: the element a queue's consumer takes next (a job, or a job id).
-    Lindex(String, i64),
-    /// LRANGE key start stop: the first few elements of a list.
-    Lrange(String, i64, i64),
-    /// ZRANGE key 0 0 WITHSCORES: the member with the lowest score.
-    ZrangeFirst(String),
-    Hget(String, &'static str),
-    /// XPENDING key group, the summary form: count, smallest and greatest id, consumers.
-    XpendingSummary(String, String),
-    /// XRANGE key start + COUNT 1: the first entry at or after `start`.
-    XrangeFirst(String, String),
-}
-
-impl RedisRead {
-    /// The key the read touches; the node that serves it is chosen by this key.
-    pub fn key(&self) -> &str {
-        match self {
-            RedisRead::Llen(key)
-            | RedisRead::Zcard(key)
-            | RedisRead::ZcountUpTo(key, _)
-            | RedisRead::Xlen(key)
-            | RedisRead::XinfoGroups(key)
-            | RedisRead::XinfoStream(key)
-            | RedisRead::Hexists(key, _)
-            | RedisRead::Lindex(key, _)
-            | RedisRead::Lrange(key, ..)
-            | RedisRead::ZrangeFirst(key)
-            | RedisRead::Hget(key, _)
-            | RedisRead::XpendingSummary(key, _)
-            | RedisRead::XrangeFirst(key, _) => key,
-        }
-    }
-
-    /// The type of value the key must hold, for messages.
-    pub fn expected_type(&self) -> &'static str {
-        match self {
-            RedisRead::Llen(_) | RedisRead::Lindex(..) | RedisRead::Lrange(..) => "a list",
-            RedisRead::Zcard(_) | RedisRead::ZcountUpTo(..) | RedisRead::ZrangeFirst(_) => {
-                "a sorted set"
-            }
-            RedisRead::Xlen(_)
-            | RedisRead::XinfoGroups(_)
-            | RedisRead::XinfoStream(_)
-            | RedisRead::XpendingSummary(..)
-            | RedisRead::XrangeFirst(..) => "a stream",
-            RedisRead::Hexists(..) | RedisRead::Hget(..) => "a hash",
-        }
-    }
-
-    pub fn command(&self) -> redis::Cmd {
-        let mut cmd;
-        match self {
-            RedisRead::Llen(key) => {
-                cmd = redis::cmd("LLEN");
-                cmd.arg(key);
-            }
-            RedisRead::Zcard(key) => {
-                cmd = redis::cmd("ZCARD");
-                cmd.arg(key);
-            }
-            RedisRead::ZcountUpTo(key, max) => {
-                cmd = redis::cmd("ZCOUNT");
-                cmd.arg(key).arg("-inf").arg(*max);
-            }
-            RedisRead::Xlen(key) => {
-                cmd = redis::cmd("XLEN");
-                cmd.arg(key);
-            }
-            RedisRead::XinfoGroups(key) => {
-                cmd = redis::cmd("XINFO");
-                cmd.arg("GROUPS").arg(key);
-            }
-            RedisRead::XinfoStream(key) => {
-                cmd = redis::cmd("XINFO");
-                cmd.arg("STREAM").arg(key);
-            }
-            RedisRead::Hexists(key, field) => {
-                cmd = redis::cmd("HEXISTS");
-                cmd.arg(key).arg(*field);
-            }
-            RedisRead::Lindex(key, index) => {
-                cmd = redis::cmd("LINDEX");
-                cmd.arg(key).arg(*index);
-            }
-            RedisRead::Lrange(key, start, stop) => {
-                cmd = redis::cmd("LRANGE");
-                cmd.arg(key).arg(*start).arg(*stop);
-            }
-            RedisRead::ZrangeFirst(key) => {
-                cmd = redis::cmd("ZRANGE");
-                cmd.arg(key).arg(0).arg(0).arg("WITHSCORES");
-            }
-            RedisRead::Hget(key, field) => {
-                cmd = redis::cmd("HGET");
-                cmd.arg(key).arg(*field);
-            }
-            RedisRead::XpendingSummary(key, group) => {
-                cmd = redis::cmd("XPENDING");
-                cmd.arg(key).arg(group);
-            }
-            RedisRead::XrangeFirst(key, start) => {
-                cmd = redis::cmd("XRANGE");
-                cmd.arg(key).arg(start).arg("+").arg("COUNT").arg(1);
-            }
-        }
-        cmd
-    }
-}
-
 impl QueryKind for RedisQuery {
     const TAG: &'static str = "Redis";
 
@@ -211,7 +105,7 @@ impl QueryKind for RedisQuery {
         match self {
             RedisQuery::List { keys }
             | RedisQuery::Zset { keys, .. }
-            | RedisQuery::Celery { keys } => keys.first().cloned().unwrap_or_default(),
+            | RedisQuery::Celery { keys, .. } => keys.first().cloned().unwrap_or_default(),
             RedisQuery::Stream { stream, .. } => stream.clone(),
             RedisQuery::Bullmq { queue_key, .. } => queue_key.clone(),
             RedisQuery::QueueList { key, .. } => key.clone(),
@@ -225,8 +119,11 @@ impl RedisQuery {
     /// [`combine`](Self::combine) expects replies.
     pub fn reads(&self, now_ms: i64) -> Vec<RedisRead> {
         match self {
-            RedisQuery::List { keys } | RedisQuery::Celery { keys } => {
-                keys.iter().cloned().map(RedisRead::Llen).collect()
+            RedisQuery::List { keys } => keys.iter().cloned().map(RedisRead::Llen).collect(),
+            RedisQuery::Celery { keys, in_progress } => {
+                let mut reads: Vec<RedisRead> = keys.iter().cloned().map(RedisRead::Llen).collect();
+                reads.extend(in_progress.iter().flat_map(|p| p.reads(now_ms)));
+                reads
             }
             RedisQuery::Zset { keys, due_only } => keys
                 .iter()
@@ -266,7 +163,13 @@ impl RedisQuery {
                 }
                 reads
             }
-            RedisQuery::QueueList { key, .. } => vec![RedisRead::Llen(key.clone())],
+            RedisQuery::QueueList {
+                key, in_progress, ..
+            } => {
+                let mut reads = vec![RedisRead::Llen(key.clone())];
+                reads.extend(in_progress.iter().flat_map(|p| p.reads(now_ms)));
+                reads
+            }
             RedisQuery::Latency { queue } => queue.reads(),
         }
     }
@@ -276,7 +179,12 @@ impl RedisQuery {
     pub fn follow_up_reads(&self, replies: &[(&RedisRead, &Value)]) -> Vec<RedisRead> {
         match self {
             RedisQuery::Latency { queue } => queue.follow_up_reads(replies),
-            _ => Vec::new(),
+            _ => match self.waiting_and_in_progress() {
+                Some((waiting_reads, Some(in_progress))) if replies.len() >= waiting_reads => {
+                    in_progress.follow_up_reads(&replies[waiting_reads..])
+                }
+                _ => Vec::new(),
+            },
         }
     }
 
@@ -294,10 +202,22 @@ impl RedisQuery {
             RedisQuery::Latency { queue } => {
                 queue.combine(source, now_ms, replies, follow_up_replies)
             }
-            RedisQuery::List { .. }
-            | RedisQuery::Celery { .. }
-            | RedisQuery::QueueList { .. }
-            | RedisQuery::Zset { .. } => sum(source, replies),
+            RedisQuery::Celery { .. } | RedisQuery::QueueList { .. } => {
+                match self.waiting_and_in_progress() {
+                    Some((waiting_reads, in_progress)) if replies.len() >= waiting_reads => {
+                        let (waiting, rest) = replies.split_at(waiting_reads);
+                        let active = match in_progress {
+                            Some(in_progress) => {
+                                in_progress.count(source, rest, follow_up_replies)?
+                            }
+                            None => 0.0,
+                        };
+                        Ok(sum(source, waiting)? + active)
+                    }
+                    _ => Err(mismatch(self, replies)),
+                }
+            }
+            RedisQuery::List { .. } | RedisQuery::Zset { .. } => sum(source, replies),
             RedisQuery::Stream {
                 stream,
                 group,
@@ -326,15 +246,16 @@ impl RedisQuery {
     }
 }
 
-/// The sum of integer replies; a reply of another shape names its key and the type it should
-/// have.
-fn sum(source: &str, replies: &[(&RedisRead, &Value)]) -> Result<f64> {
-    let mut total: i64 = 0;
-    for (read, reply) in replies {
-        let count = integer(source, read.key(), read.expected_type(), reply)?;
-        total = total.saturating_add(count);
+impl RedisQuery {
+    /// For the queues that may count jobs in progress: how many of the first reads count
+    /// the waiting jobs, and what counts the jobs in progress.
+    fn waiting_and_in_progress(&self) -> Option<(usize, Option<&InProgress>)> {
+        match self {
+            RedisQuery::Celery { keys, in_progress } => Some((keys.len(), in_progress.as_ref())),
+            RedisQuery::QueueList { in_progress, .. } => Some((1, in_progress.as_ref())),
+            _ => None,
+        }
     }
-    Ok(total as f64)
 }
 
 /// A bug: the replies do not fit the reads the query asked for.
@@ -387,126 +308,6 @@ fn stream_group(
         StreamMode::Lag => lag,
         _ => lag + pending,
     } as f64)
-}
-
-/// The fields of `group` in an XINFO GROUPS reply; `None` when the stream does not exist, an
-/// error when the group does not.
-pub(super) fn find_group(
-    source: &str,
-    stream: &str,
-    group: &str,
-    groups_reply: &Value,
-) -> Result<Option<Vec<(String, Value)>>> {
-    let groups = match groups_reply {
-        Value::Array(groups) => groups,
-        Value::ServerError(error) if error.details().is_some_and(|d| d.contains("no such key")) => {
-            return Ok(None);
-        }
-        other => return Err(reply_error(source, stream, "a stream", other)),
-    };
-    match group_entry(groups, group) {
-        Some(info) => Ok(Some(info)),
-        None => Err(Error::rejected(
-            source,
-            format!("stream `{stream}` has no consumer group `{group}`"),
-        )),
-    }
-}
-
-/// The fields of `group` among the entries of an XINFO GROUPS reply.
-pub(super) fn group_entry(groups: &[Value], group: &str) -> Option<Vec<(String, Value)>> {
-    groups
-        .iter()
-        .map(fields)
-        .find(|info| field_text(info, "name").as_deref() == Some(group))
-}
-
-fn fields(value: &Value) -> Vec<(String, Value)> {
-    match value {
-        Value::Map(pairs) => pairs
-            .iter()
-            .filter_map(|(k, v)| Some((text(k)?, v.clone())))
-            .collect(),
-        Value::Array(items) => items
-            .chunks(2)
-            .filter_map(|pair| match pair {
-                [k, v] => Some((text(k)?, v.clone())),
-                _ => None,
-            })
-            .collect(),
-        _ => Vec::new(),
-    }
-}
-
-pub(super) fn text(value: &Value) -> Option<String> {
-    match value {
-        Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
-        Value::SimpleString(s) => Some(s.clone()),
-        _ => None,
-    }
-}
-
-pub(super) fn field_text(info: &[(String, Value)], name: &str) -> Option<String> {
-    info.iter()
-        .find(|(k, _)| k == name)
-        .and_then(|(_, v)| text(v))
-}
-
-fn field_int(info: &[(String, Value)], name: &str) -> Option<i64> {
-    info.iter()
-        .find(|(k, _)| k == name)
-        .and_then(|(_, v)| match v {
-            Value::Int(n) => Some(*n),
-            other => text(other)?.parse().ok(),
-        })
-}
-
-/// An integer reply; a WRONGTYPE error names the key and the type it should have.
-pub(super) fn integer(source: &str, key: &str, expected: &str, reply: &Value) -> Result<i64> {
-    match reply {
-        Value::Int(n) => Ok(*n),
-        other => Err(reply_error(source, key, expected, other)),
-    }
-}
-
-/// Server errors that say "not now" or "not with these credentials" rather than "not this
-/// data": the source is unavailable, whatever key was read.
-pub fn server_error_makes_source_unavailable(code: &str) -> Option<&'static str> {
-    match code {
-        "NOAUTH" | "WRONGPASS" => {
-            Some("authentication failed: check the source's username and password")
-        }
-        "LOADING" => Some("Redis is loading its data set"),
-        "MASTERDOWN" => Some("the replica has lost its master"),
-        "CLUSTERDOWN" => Some("the cluster is down"),
-        "TRYAGAIN" | "MOVED" | "ASK" => Some("the cluster is resharding or a node is unreachable"),
-        "BUSY" => Some("Redis is busy running a script"),
-        _ => None,
-    }
-}
-
-pub(super) fn reply_error(source: &str, key: &str, expected: &str, reply: &Value) -> Error {
-    match reply {
-        Value::ServerError(error)
-            if server_error_makes_source_unavailable(error.code()).is_some() =>
-        {
-            let reason = server_error_makes_source_unavailable(error.code()).unwrap_or_default();
-            Error::unavailable(source, format!("{reason} ({})", error.code()))
-        }
-        Value::ServerError(error) if error.code() == "NOPERM" => Error::rejected(
-            source,
-            format!("the ACL user may not read key `{key}` (NOPERM): grant it +@read on the key"),
-        ),
-        Value::ServerError(error) if error.code() == "WRONGTYPE" => Error::rejected(
-            source,
-            format!("key `{key}` holds another type of value, not {expected}"),
-        ),
-        Value::ServerError(error) => Error::rejected(
-            source,
-            format!("reading key `{key}` failed: {}", error.code()),
-        ),
-        other => Error::Internal(format!("unexpected Redis reply for key `{key}`: {other:?}")),
-    }
 }
 
 #[cfg(test)]
@@ -678,6 +479,76 @@ mod tests {
 
     fn query_with_queue(queue: &str) -> RedisQuery {
         parse(&[("metric", "celery"), ("queue", queue)]).unwrap()
+    }
+
+    #[test]
+    fn include_active_adds_the_jobs_in_progress_and_keeps_other_names() {
+        let plain = parse(&[("metric", "sidekiq"), ("queue", "default")]).unwrap();
+        let spelled = parse(&[
+            ("metric", "sidekiq"),
+            ("queue", "default"),
+            ("includeActive", "false"),
+        ])
+        .unwrap();
+        assert_eq!(plain, spelled);
+        // What every trigger without the key serialized to (and its metric name hashed)
+        // before `includeActive` existed.
+        assert_eq!(
+            serde_json::to_string(&plain).unwrap(),
+            r#"{"metric":"queue-list","library":"sidekiq","key":"queue:default"}"#
+        );
+        let celery = parse(&[("metric", "celery"), ("queue", "q"), ("prioritySteps", "0")]);
+        assert_eq!(
+            serde_json::to_string(&celery.unwrap()).unwrap(),
+            r#"{"metric":"celery","keys":["q"]}"#
+        );
+        let rq = parse(&[
+            ("metric", "rq"),
+            ("queue", "high"),
+            ("includeActive", "true"),
+        ]);
+        let rq = rq.unwrap();
+        assert_eq!(
+            rq.reads(1_000_000),
+            vec![
+                RedisRead::Llen("rq:queue:high".into()),
+                RedisRead::ZcountAbove("rq:wip:high".into(), 1_000)
+            ]
+        );
+        assert_eq!(
+            combine(&rq, &ints(&[5, 2])).unwrap(),
+            7.0,
+            "5 waiting + 2 started"
+        );
+        let sidekiq = parse(&[
+            ("metric", "sidekiq"),
+            ("queue", "default"),
+            ("namespace", "app"),
+            ("includeActive", "TRUE"),
+        ])
+        .unwrap();
+        assert_eq!(
+            sidekiq.reads(0),
+            vec![
+                RedisRead::Llen("app:queue:default".into()),
+                RedisRead::Smembers("app:processes".into())
+            ]
+        );
+        for metric in ["sidekiq", "rq", "celery"] {
+            let error = parse(&[("metric", metric), ("queue", "q"), ("includeActive", "1")]);
+            assert!(
+                matches!(&error, Err(Error::InvalidMetadata { key, .. }) if key == "includeActive"),
+                "{metric}: {error:?}"
+            );
+            let error = parse(&[
+                ("metric", metric),
+                ("queue", "q"),
+                ("includeActive", "true"),
+                ("measure", "latency"),
+            ])
+            .unwrap_err();
+            assert!(error.to_string().contains("measure: latency"), "{error}");
+        }
     }
 
     #[test]
