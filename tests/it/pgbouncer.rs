@@ -3,7 +3,7 @@
 //! client. The oracle is PgBouncer itself: the tests read `SHOW POOLS` / `SHOW STATS` as the
 //! stats user and compare.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -6,7 +6,7 @@
 //! (the kernel accepts the bytes, nothing answers), and the http port's
 //! `backlog_scaler_measurements` shows the server side holding every one of them.
 
-mod common;
+use crate::common;
 
 use std::{
     collections::HashMap,

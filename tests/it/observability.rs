@@ -2,7 +2,7 @@
 //! traffic must have produced, the outage it lived through, and a scrape promtool accepts.
 //! Also `/healthz` and `/readyz`, and the namespace fence seen from the outside.
 
-mod common;
+use crate::common;
 
 use std::{process::Command, time::Duration};
 

@@ -16,7 +16,7 @@
 //! no session working on the server, and does not hold up the source's other triggers; and a
 //! server whose `max_connections` are taken answers UNAVAILABLE with its own reason.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

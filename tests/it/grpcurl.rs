@@ -1,7 +1,7 @@
 //! The scaler as grpcurl (v1.8, reflection v1alpha — the same client stack ghz uses) sees it:
 //! services listed by reflection, and RPCs called with nothing but reflection.
 
-mod common;
+use crate::common;
 
 use std::{path::PathBuf, process::Command};
 

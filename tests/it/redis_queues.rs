@@ -2,7 +2,7 @@
 //! queue libraries (BullMQ on node, Celery/kombu and RQ on Python) wherever one exists: the
 //! scaler's value must equal the library's own count of pending work.
 
-mod common;
+use crate::common;
 
 use std::{
     path::Path,

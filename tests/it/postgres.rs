@@ -2,7 +2,7 @@
 //! PgBouncer in transaction pooling mode in front of it, the scaler in-process, and a tonic
 //! client. Every check runs through both paths: `pg-direct` and `pg-bouncer`.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -3,8 +3,7 @@
 //! SIGTERM, it leaves no process and no directory behind. The grpcurl lines it prints work
 //! as printed.
 
-#[path = "common/cli_run.rs"]
-mod cli_run;
+use crate::common::cli_run;
 
 use std::{
     io::{BufRead, BufReader},

@@ -1,7 +1,7 @@
 //! Redis topologies end to end: Redis Cluster (keys across slots, a migrated slot), Sentinel
 //! (a forced failover), TLS with a CA made in the test, ACL credentials, and a node outage.
 
-mod common;
+use crate::common;
 
 use std::{
     process::Command,

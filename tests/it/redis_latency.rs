@@ -5,7 +5,7 @@
 //! min(timestamp)` of BullMQ's waiting and prioritized jobs, the entry id's time), drop when
 //! a worker takes the oldest job, and read 0 when nothing waits.
 
-mod common;
+use crate::common;
 
 use std::{
     process::Command,

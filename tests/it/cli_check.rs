@@ -2,9 +2,8 @@
 //! with their findings, a down source or refused credentials fail it (never printing the
 //! password), and a bad config is exit 2 before anything is probed.
 
-#[path = "common/cli_run.rs"]
-mod cli_run;
-mod common;
+use crate::common;
+use crate::common::cli_run;
 
 use cli_run::{run, write};
 use common::{RedisServer, free_port, postgres::PostgresServer};

@@ -3,7 +3,7 @@
 //! under mTLS the client sends its certificate only if the server's CertificateRequest names
 //! its CA. Certificates are made in the test; rotation happens in place, as cert-manager does.
 
-mod common;
+use crate::common;
 
 use std::{
     sync::{Arc, Mutex},

@@ -23,6 +23,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod certs;
+pub mod cli_run;
 pub mod connections;
 pub mod faults;
 pub mod http;
