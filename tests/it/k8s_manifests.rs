@@ -155,7 +155,7 @@ fn is_keda(document: &Value) -> bool {
 }
 
 /// prometheus-operator's kinds (PrometheusRule, ServiceMonitor): their CRDs are not vendored;
-/// tests/monitoring.rs checks the rules with promtool instead.
+/// tests/it/monitoring.rs checks the rules with promtool instead.
 fn is_prometheus_operator(document: &Value) -> bool {
     document["apiVersion"]
         .as_str()

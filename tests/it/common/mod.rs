@@ -13,13 +13,14 @@
 //! - [`trigger`]: a trigger's value ([`trigger_value`], [`trigger_value_until`]) and an
 //!   outage as KEDA sees it ([`assert_outage_reported`], [`assert_recovers_to`]);
 //! - [`scaler_process`]: the binary with a config file ([`ScalerProcess`]);
+//! - [`cli_run`]: the binary run as a command (`check`, `eval`, `dev`), its exit and output;
 //! - [`http`]: the http port ([`http::http_get`], a `/metrics` sample);
 //! - [`connections`]: sockets below gRPC (idle ones, HTTP/2 by hand) and the fd limit;
 //! - [`postgres`], [`redis_topology`]: PostgreSQL + PgBouncer, Redis Cluster + Sentinel;
 //! - [`faults`]: a backend frozen, killed, restarted or down at start, and what every answer
 //!   must be meanwhile ([`faults::Drill`]).
 
-// Each test file is its own crate and uses a part of the harness.
+// Each test module uses a part of the harness.
 #![allow(dead_code, unused_imports)]
 
 pub mod certs;
