@@ -45,7 +45,10 @@ use tokio::{
     task::JoinHandle,
     time::{Instant, MissedTickBehavior},
 };
-use tokio_util::sync::CancellationToken;
+use tokio_util::{
+    sync::CancellationToken,
+    task::{TaskTracker, task_tracker::TaskTrackerToken},
+};
 use tracing::{debug, error, warn};
 
 use crate::{
@@ -93,6 +96,9 @@ struct Inner {
     epoch: Instant,
     ready: watch::Sender<bool>,
     metrics: Arc<Metrics>,
+    /// Every task the engine spawns (refreshers, cold reads), so [`Engine::stopped`] can wait
+    /// for them.
+    tasks: TaskTracker,
 }
 
 /// Health of a source as of its latest read or probe.
@@ -232,6 +238,7 @@ impl Engine {
                 epoch: Instant::now(),
                 ready: watch::Sender::new(false),
                 metrics,
+                tasks: TaskTracker::new(),
             }),
         }
     }
@@ -246,7 +253,7 @@ impl Engine {
                 let inner = self.inner.clone();
                 let state = state.clone();
                 let shutdown = shutdown.clone();
-                tokio::spawn(async move {
+                self.inner.tasks.spawn(async move {
                     loop {
                         let run = refresh_loop(inner.clone(), state.clone(), shutdown.clone());
                         match AssertUnwindSafe(run).catch_unwind().await {
@@ -257,6 +264,13 @@ impl Engine {
                 })
             })
             .collect()
+    }
+
+    /// Waits until every task the engine spawned has ended: the refreshers once the token
+    /// given to [`Engine::start`] is cancelled, cold reads within their source's timeout.
+    pub async fn stopped(&self) {
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
     }
 
     /// The current value of a measurement: from memory when warm, after one shared backend
@@ -366,7 +380,9 @@ impl Engine {
                 cold.scheduled = true;
                 let at = cold.last_start.map_or(now, |last| last + COLD_BATCH_WINDOW);
                 let (inner, state) = (self.inner.clone(), state.clone());
-                tokio::spawn(scheduled_cold_read(inner, state, at));
+                self.inner
+                    .tasks
+                    .spawn(scheduled_cold_read(inner, state, at));
                 return;
             }
             cold.in_flight += 1;
@@ -378,6 +394,7 @@ impl Engine {
             state: state.clone(),
             queries,
             finished: false,
+            _counted: self.inner.tasks.token(),
         }
         .run()
         .await;
@@ -418,6 +435,10 @@ struct ColdRead {
     state: Arc<SourceState>,
     queries: Vec<Query>,
     finished: bool,
+    /// Counts the read as one of the engine's tasks while a request runs it, so
+    /// [`Engine::stopped`] waits for it too: the request's future may be dropped (and the read
+    /// handed to a task) only after the gRPC server has returned.
+    _counted: TaskTrackerToken,
 }
 
 impl ColdRead {
@@ -435,7 +456,11 @@ impl Drop for ColdRead {
         let (inner, state) = (self.inner.clone(), self.state.clone());
         let queries = std::mem::take(&mut self.queries);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move { read_cold(&inner, &state, &queries).await });
+            let tasks = inner.tasks.clone();
+            tasks.spawn_on(
+                async move { read_cold(&inner, &state, &queries).await },
+                &runtime,
+            );
         }
     }
 }

@@ -209,19 +209,29 @@ async fn evaluate_object(
             .map(|(index, trigger)| evaluate_trigger(so, index, trigger, catalog, engine)),
     )
     .await;
-    let mut object = ObjectReport {
+    let (replicas, explanation) = decide(so, &triggers, current_replicas);
+    ObjectReport {
         file: file.to_string(),
         document: so.at.to_string(),
         namespace: so.namespace.clone(),
         name: so.name.clone(),
-        triggers: Vec::new(),
-        replicas: None,
-        explanation: String::new(),
-    };
+        triggers,
+        replicas,
+        explanation,
+    }
+}
+
+/// The replicas KEDA and the HPA would settle on from the triggers' readings, and why; or,
+/// when a trigger has no value, what is missing and what KEDA's fallback would do.
+fn decide(
+    so: &ScaledObject,
+    triggers: &[TriggerReport],
+    current_replicas: Option<u32>,
+) -> (Option<u32>, String) {
     let readings: Option<Vec<TriggerReading>> = so
         .triggers
         .iter()
-        .zip(&triggers)
+        .zip(triggers)
         .enumerate()
         .map(|(index, (trigger, report))| {
             Some(TriggerReading {
@@ -234,44 +244,48 @@ async fn evaluate_object(
             })
         })
         .collect();
-    match readings {
-        Some(readings) => match desired_replicas(
-            &readings,
-            so.scaling_modifiers.as_ref(),
-            so.limits,
-            current_replicas,
-        ) {
-            Ok(decision) => {
-                object.replicas = Some(decision.replicas);
-                object.explanation = decision.to_string();
-            }
-            Err(error) => object.explanation = format!("no replica count: {error}"),
-        },
-        None => {
-            let missing = triggers.iter().filter(|t| t.value.is_none()).count();
-            object.explanation = format!(
-                "no replica count: {missing} of {} triggers have no value",
-                triggers.len()
-            );
-            let unmeasured = triggers
-                .iter()
-                .any(|t| t.code.as_deref().is_some_and(|c| c != "NotEvaluated"));
-            if let Some(fallback) = so.fallback.filter(|_| unmeasured) {
-                let replicas = match fallback.replicas_for(current_replicas) {
-                    Some(n) => format!("{n} replicas"),
-                    None => "the current replicas (pass --current-replicas)".to_string(),
-                };
-                object.explanation.push_str(&format!(
-                    "\nfallback: after {} failed reads in a row KEDA would ask for {replicas} \
-                     (behavior {})",
-                    fallback.failure_threshold,
-                    fallback.behavior.as_str()
-                ));
-            }
-        }
+    let Some(readings) = readings else {
+        return (None, explain_missing(so, triggers, current_replicas));
+    };
+    match desired_replicas(
+        &readings,
+        so.scaling_modifiers.as_ref(),
+        so.limits,
+        current_replicas,
+    ) {
+        Ok(decision) => (Some(decision.replicas), decision.to_string()),
+        Err(error) => (None, format!("no replica count: {error}")),
     }
-    object.triggers = triggers;
-    object
+}
+
+/// How many triggers have no value, and what KEDA's fallback would ask for when a read
+/// failed (not when a trigger was only left unevaluated).
+fn explain_missing(
+    so: &ScaledObject,
+    triggers: &[TriggerReport],
+    current_replicas: Option<u32>,
+) -> String {
+    let missing = triggers.iter().filter(|t| t.value.is_none()).count();
+    let mut explanation = format!(
+        "no replica count: {missing} of {} triggers have no value",
+        triggers.len()
+    );
+    let unmeasured = triggers
+        .iter()
+        .any(|t| t.code.as_deref().is_some_and(|c| c != "NotEvaluated"));
+    if let Some(fallback) = so.fallback.filter(|_| unmeasured) {
+        let replicas = match fallback.replicas_for(current_replicas) {
+            Some(n) => format!("{n} replicas"),
+            None => "the current replicas (pass --current-replicas)".to_string(),
+        };
+        explanation.push_str(&format!(
+            "\nfallback: after {} failed reads in a row KEDA would ask for {replicas} \
+             (behavior {})",
+            fallback.failure_threshold,
+            fallback.behavior.as_str()
+        ));
+    }
+    explanation
 }
 
 async fn evaluate_trigger(

@@ -117,13 +117,27 @@ pub fn server_error_makes_source_unavailable(code: &str) -> Option<&'static str>
     }
 }
 
+/// The error for a server error code that [`server_error_makes_source_unavailable`] names:
+/// refused credentials as their own variant, the rest UNAVAILABLE.
+pub fn unavailable_reply(source: &str, code: &str) -> Error {
+    match code {
+        "NOAUTH" | "WRONGPASS" => Error::credentials_refused(
+            source,
+            format!("check the source's username and password ({code})"),
+        ),
+        _ => {
+            let reason = server_error_makes_source_unavailable(code).unwrap_or_default();
+            Error::unavailable(source, format!("{reason} ({code})"))
+        }
+    }
+}
+
 pub(super) fn reply_error(source: &str, key: &str, expected: &str, reply: &Value) -> Error {
     match reply {
         Value::ServerError(error)
             if server_error_makes_source_unavailable(error.code()).is_some() =>
         {
-            let reason = server_error_makes_source_unavailable(error.code()).unwrap_or_default();
-            Error::unavailable(source, format!("{reason} ({})", error.code()))
+            unavailable_reply(source, error.code())
         }
         Value::ServerError(error) if error.code() == "NOPERM" => Error::rejected(
             source,
@@ -205,15 +219,28 @@ pub(super) fn score_of(value: &Value) -> Option<f64> {
     }
 }
 
+/// The source `source` cannot be read because of `error`: refused credentials apart.
+pub fn unavailable(source: &str, error: &redis::RedisError) -> Error {
+    match refused_credentials(error) {
+        Some(advice) => Error::credentials_refused(source, advice),
+        None => Error::unavailable(source, describe(error)),
+    }
+}
+
+/// What to check when `error` is Redis refusing the source's credentials.
+fn refused_credentials(error: &redis::RedisError) -> Option<String> {
+    let refused = error.kind() == redis::ErrorKind::AuthenticationFailed
+        || matches!(error.code(), Some("WRONGPASS" | "NOAUTH"));
+    let code = error.code().unwrap_or("AUTH");
+    refused.then(|| format!("check the source's username and password ({code})"))
+}
+
 /// A short, secret-free description of a Redis client error.
 pub fn describe(error: &redis::RedisError) -> String {
     if error.is_timeout() {
         "timed out".to_string()
-    } else if error.kind() == redis::ErrorKind::AuthenticationFailed
-        || matches!(error.code(), Some("WRONGPASS" | "NOAUTH"))
-    {
-        let code = error.code().unwrap_or("AUTH");
-        format!("{AUTHENTICATION_FAILED}: check the source's username and password ({code})")
+    } else if let Some(advice) = refused_credentials(error) {
+        format!("{AUTHENTICATION_FAILED}: {advice}")
     } else if error.is_connection_refusal() {
         "connection refused".to_string()
     } else if error.is_io_error() || error.is_connection_dropped() {
