@@ -23,4 +23,5 @@ mod redis_latency;
 mod redis_list;
 mod redis_queues;
 mod redis_topology;
+mod scaler_footprint;
 mod tls;
