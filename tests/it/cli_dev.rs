@@ -260,8 +260,13 @@ fn sigterm_while_starting_leaves_nothing_behind() {
         assert!(Instant::now() < deadline, "no temp dir {prefix}*");
         std::thread::sleep(Duration::from_millis(10));
     };
-    // redis-server is up by now, initdb or PostgreSQL still starting.
-    std::thread::sleep(Duration::from_millis(100));
+    // Once redis-server runs in it, initdb or PostgreSQL still starting.
+    crate::common::poll_until_blocking(
+        "dev starts redis-server in its temp dir",
+        Duration::from_secs(30),
+        || processes_in(&dir),
+        |found| found.iter().any(|p| p.contains("redis-server")),
+    );
     Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status()
