@@ -262,80 +262,96 @@ struct Reference {
 /// `a::b` sequence (its first segment is resolved, or dropped, by [`resolve`]).
 fn references(module: &str, code: &str) -> Vec<Reference> {
     let tokens = tokens(code);
-    let base: Vec<String> = segments(module);
-    // Inline modules: (name, brace depth inside it, under #[cfg(test)]).
-    let mut inline: Vec<(String, usize, bool)> = Vec::new();
-    let mut depth = 0;
-    let mut cfg_test = false;
-    let mut out = Vec::new();
+    let mut reader = Reader {
+        base: segments(module),
+        inline: Vec::new(),
+        depth: 0,
+        cfg_test: false,
+        out: Vec::new(),
+    };
     let mut i = 0;
     while i < tokens.len() {
-        let scope = || {
-            let mut scope = base.clone();
-            scope.extend(inline.iter().map(|(name, _, _)| name.clone()));
-            scope
-        };
-        let in_test = inline.iter().any(|(_, _, test)| *test);
+        i = reader.step(&tokens, i);
+    }
+    reader.out
+}
+
+/// Where [`references`] is in a file.
+struct Reader {
+    /// The file's module path.
+    base: Vec<String>,
+    /// The inline modules around: (name, brace depth inside it, under `#[cfg(test)]`).
+    inline: Vec<(String, usize, bool)>,
+    depth: usize,
+    /// A `#[cfg(test)]` was read and the item it applies to not yet.
+    cfg_test: bool,
+    out: Vec<Reference>,
+}
+
+impl Reader {
+    fn in_test(&self) -> bool {
+        self.inline.iter().any(|(_, _, test)| *test)
+    }
+
+    fn push(&mut self, path: Vec<String>, test: bool, public: bool) {
+        let mut scope = self.base.clone();
+        scope.extend(self.inline.iter().map(|(name, _, _)| name.clone()));
+        self.out.push(Reference {
+            scope,
+            path,
+            test,
+            public,
+        });
+    }
+
+    /// Reads what starts at `tokens[i]`; returns where to go on.
+    fn step(&mut self, tokens: &[Token], i: usize) -> usize {
         match &tokens[i] {
             Token::Punct('#') if is_cfg_test(&tokens[i..]) => {
-                cfg_test = true;
-                i += 6; // # [ cfg ( test )
-                continue;
+                self.cfg_test = true;
+                return i + 6; // # [ cfg ( test )
             }
             Token::Punct('#') if matches!(tokens.get(i + 1), Some(Token::Punct('[' | '!'))) => {
-                i = after_attribute(&tokens, i); // other attributes keep a pending cfg(test)
-                continue;
+                return after_attribute(tokens, i); // other attributes keep a pending cfg(test)
             }
-            Token::Punct('{') => depth += 1,
+            Token::Punct('{') => self.depth += 1,
             Token::Punct('}') => {
-                if inline.last().is_some_and(|(_, d, _)| *d == depth) {
-                    inline.pop();
+                if self.inline.last().is_some_and(|(_, d, _)| *d == self.depth) {
+                    self.inline.pop();
                 }
-                depth -= 1;
+                self.depth = self.depth.saturating_sub(1);
             }
             Token::Ident(word) if word == "use" => {
-                let (paths, next) = use_tree(&tokens, i + 1);
+                let (paths, next) = use_tree(tokens, i + 1);
                 let public = tokens[i.saturating_sub(5)..i].contains(&Token::Ident("pub".into()));
+                let test = self.in_test() || self.cfg_test;
                 for path in paths {
-                    let test = in_test || cfg_test;
-                    out.push(Reference {
-                        scope: scope(),
-                        path,
-                        test,
-                        public,
-                    });
+                    self.push(path, test, public);
                 }
-                cfg_test = false;
-                i = next;
-                continue;
+                self.cfg_test = false;
+                return next;
             }
             Token::Ident(word) if word == "mod" => {
                 if let (Some(Token::Ident(name)), Some(Token::Punct('{'))) =
                     (tokens.get(i + 1), tokens.get(i + 2))
                 {
-                    inline.push((name.clone(), depth + 1, in_test || cfg_test));
+                    let test = self.in_test() || self.cfg_test;
+                    self.inline.push((name.clone(), self.depth + 1, test));
                 }
-                cfg_test = false;
+                self.cfg_test = false;
             }
             Token::Ident(_) if tokens.get(i + 1) == Some(&Token::PathSep) => {
-                let (path, next) = plain_path(&tokens, i);
-                out.push(Reference {
-                    scope: scope(),
-                    path,
-                    test: in_test,
-                    public: false,
-                });
-                i = next;
-                continue;
+                let (path, next) = plain_path(tokens, i);
+                self.push(path, self.in_test(), false);
+                return next;
             }
             Token::Ident(word) if !matches!(word.as_str(), "pub" | "crate" | "super") => {
-                cfg_test = false // the attribute was on some other item
+                self.cfg_test = false // the attribute was on some other item
             }
             _ => {}
         }
-        i += 1;
+        i + 1
     }
-    out
 }
 
 fn segments(module: &str) -> Vec<String> {
