@@ -165,6 +165,22 @@ pub(super) fn follow_up<'a>(replies: &Replies<'a>, read: &RedisRead) -> Result<&
         .ok_or_else(|| Error::Internal(format!("no reply to the follow-up read {read:?}")))
 }
 
+/// The elements of an array or set reply (SMEMBERS, HVALS), as bytes; `None` for a reply
+/// of another shape (an error: the caller names the key). A missing key is an empty array.
+pub(super) fn members(reply: &Value) -> Option<Vec<Vec<u8>>> {
+    match reply {
+        Value::Array(items) | Value::Set(items) => items
+            .iter()
+            .map(|item| match item {
+                Value::BulkString(bytes) => Some(bytes.clone()),
+                Value::SimpleString(text) => Some(text.clone().into_bytes()),
+                _ => None,
+            })
+            .collect(),
+        _ => None,
+    }
+}
+
 /// A job id as [`text`] reads it for the follow-up reads; `None` if it is not UTF-8.
 pub(super) fn job_id(bytes: Vec<u8>) -> Option<String> {
     String::from_utf8(bytes).ok()
