@@ -4,7 +4,7 @@
 //! # Layout
 //!
 //! A request travels top to bottom through these modules; each depends only on the ones
-//! below it (checked by `tests/module_graph.rs`):
+//! below it (checked by `tests/it/module_graph.rs`):
 //!
 //! - [`cli`]: the commands besides `serve`, for people and scripts: `check` (probe every
 //!   source), `eval` (dry-run ScaledObjects against live backends) and `dev` (throwaway

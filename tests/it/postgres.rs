@@ -2,12 +2,12 @@
 //! PgBouncer in transaction pooling mode in front of it, the scaler in-process, and a tonic
 //! client. Every check runs through both paths: `pg-direct` and `pg-bouncer`.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
 use common::{
-    Scaler, assert_outage_reported, assert_recovers_to, assert_throughout,
+    Scaler, assert_outage_reported, assert_recovers_to, assert_throughout, poll_until,
     postgres::{PgBouncer, PostgresServer},
     trigger_value, trigger_value_until,
 };
@@ -180,6 +180,8 @@ async fn pg_statements_rates_match_the_load_and_stay_sane_across_a_reset() {
     let sql = format!("SELECT count(*) AS {marker} FROM pg_class");
     let started = Instant::now();
     let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let made = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = made.clone();
     let runner = tokio::spawn(async move {
         let mut calls = 0u64;
         let mut ticker = tokio::time::interval(Duration::from_millis(25));
@@ -192,11 +194,19 @@ async fn pg_statements_rates_match_the_load_and_stay_sane_across_a_reset() {
                 _ = ticker.tick() => {
                     client.query(&sql, &[]).await.unwrap();
                     calls += 1;
+                    counted.store(calls, std::sync::atomic::Ordering::Relaxed);
                 }
             }
         }
     });
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The load runs steadily (a second of it) before the first rate is read.
+    poll_until(
+        "the client runs 40 statements",
+        Duration::from_secs(10),
+        async || made.load(std::sync::atomic::Ordering::Relaxed),
+        |calls| *calls >= 40,
+    )
+    .await;
 
     let pairs = [
         ("metric", "pg-statements"),

@@ -1,7 +1,7 @@
 //! The `backlog-scaler` binary: config errors before any port is bound, SIGTERM, and secrets
 //! that never reach its output.
 
-mod common;
+use crate::common;
 
 use std::{
     net::TcpListener,

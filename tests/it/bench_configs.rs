@@ -1,7 +1,7 @@
 //! The ghz configurations in `benches/ghz/` stay valid: JSON, a method the server really
 //! serves, and request data whose fields exist in the wire contract.
 
-mod common;
+use crate::common;
 
 use common::project;
 

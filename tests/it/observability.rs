@@ -2,12 +2,12 @@
 //! traffic must have produced, the outage it lived through, and a scrape promtool accepts.
 //! Also `/healthz` and `/readyz`, and the namespace fence seen from the outside.
 
-mod common;
+use crate::common;
 
 use std::{process::Command, time::Duration};
 
 use common::{
-    RedisServer, Scaler, free_port,
+    RedisServer, SETTLES_WITHIN, Scaler, free_port,
     http::{http_get, http_get_accepting, sample},
     poll::poll_until,
     push,
@@ -229,8 +229,21 @@ async fn a_namespace_outside_allowed_namespaces_is_denied_without_a_backend_comm
         );
         let spec = client.get_metric_spec(denied.clone()).await.unwrap_err();
         assert_eq!(spec.code(), Code::PermissionDenied);
-        // A refresh passes: a measurement, had one been made, would be read now.
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Two refreshes pass (each source probes Redis with one LLEN at each): a
+        // measurement, had one been made, would have been read.
+        let probes = async || {
+            redis
+                .command_calls()
+                .await
+                .get("llen")
+                .copied()
+                .unwrap_or(0)
+        };
+        let before = probes().await;
+        poll_until("two refreshes pass", SETTLES_WITHIN, probes, |n| {
+            *n >= before + 4
+        })
+        .await;
     })
     .await;
     assert!(

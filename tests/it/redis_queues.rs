@@ -2,7 +2,7 @@
 //! queue libraries (BullMQ on node, Celery/kombu and RQ on Python) wherever one exists: the
 //! scaler's value must equal the library's own count of pending work.
 
-mod common;
+use crate::common;
 
 use std::{
     path::Path,
@@ -241,31 +241,9 @@ async fn sidekiq_zset_and_stream_counts_match_redis_own_answers() {
         .lpush("app:queue:default", vec!["{}"; 2])
         .await
         .unwrap();
-    assert_eq!(
-        trigger_value(
-            &scaler,
-            "redis-main",
-            &[("metric", "sidekiq"), ("queue", "default")]
-        )
-        .await
-        .unwrap(),
-        3.0
-    );
-    assert_eq!(
-        trigger_value(
-            &scaler,
-            "redis-main",
-            &[
-                ("metric", "sidekiq"),
-                ("queue", "default"),
-                ("namespace", "app")
-            ]
-        )
-        .await
-        .unwrap(),
-        2.0
-    );
 
+    // Sorted sets scored in seconds and in milliseconds: two due in `retry`, one in
+    // `retry-ms`, one of each in the future.
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap();
@@ -281,45 +259,6 @@ async fn sidekiq_zset_and_stream_counts_match_redis_own_answers() {
         .zadd_multiple("retry-ms", &[(ms - 5000.0, "a"), (ms + 3_600_000.0, "b")])
         .await
         .unwrap();
-    assert_eq!(
-        trigger_value(
-            &scaler,
-            "redis-main",
-            &[("metric", "redis-zset"), ("keys", "retry,retry-ms")]
-        )
-        .await
-        .unwrap(),
-        5.0
-    );
-    assert_eq!(
-        trigger_value(
-            &scaler,
-            "redis-main",
-            &[
-                ("metric", "redis-zset"),
-                ("keys", "retry"),
-                ("scoreMax", "now")
-            ]
-        )
-        .await
-        .unwrap(),
-        2.0
-    );
-    assert_eq!(
-        trigger_value(
-            &scaler,
-            "redis-main",
-            &[
-                ("metric", "redis-zset"),
-                ("keys", "retry-ms"),
-                ("scoreMax", "now"),
-                ("scoreUnit", "ms")
-            ]
-        )
-        .await
-        .unwrap(),
-        1.0
-    );
 
     // A stream with a consumer group: 10 entries, 4 delivered, 1 of them acknowledged.
     for i in 0..10 {
@@ -345,6 +284,7 @@ async fn sidekiq_zset_and_stream_counts_match_redis_own_answers() {
         .xack("events", "workers", &[first_id])
         .await
         .unwrap();
+    // Redis's own answer for the group.
     let info: redis::streams::StreamInfoGroupsReply =
         connection.xinfo_groups("events").await.unwrap();
     let group = &info.groups[0];
@@ -353,57 +293,60 @@ async fn sidekiq_zset_and_stream_counts_match_redis_own_answers() {
         group.lag.expect("Redis 7 reports lag") as f64,
     );
     assert_eq!((pending, lag), (3.0, 6.0));
-    let stream = |mode: &'static str| {
-        [
+
+    let with_group = |mode: Option<&'static str>| {
+        let mut pairs = vec![
             ("metric", "redis-stream"),
             ("stream", "events"),
             ("group", "workers"),
-            ("mode", mode),
-        ]
+        ];
+        pairs.extend(mode.map(|mode| ("mode", mode)));
+        pairs
     };
-    assert_eq!(
-        trigger_value(
-            &scaler,
-            "redis-main",
-            &[("metric", "redis-stream"), ("stream", "events")]
-        )
-        .await
-        .unwrap(),
-        10.0
-    );
-    assert_eq!(
-        trigger_value(&scaler, "redis-main", &stream("pending"))
+    let cases: Vec<(Vec<(&str, &str)>, f64)> = vec![
+        (vec![("metric", "sidekiq"), ("queue", "default")], 3.0),
+        (
+            vec![
+                ("metric", "sidekiq"),
+                ("queue", "default"),
+                ("namespace", "app"),
+            ],
+            2.0,
+        ),
+        (
+            vec![("metric", "redis-zset"), ("keys", "retry,retry-ms")],
+            5.0,
+        ),
+        (
+            vec![
+                ("metric", "redis-zset"),
+                ("keys", "retry"),
+                ("scoreMax", "now"),
+            ],
+            2.0,
+        ),
+        (
+            vec![
+                ("metric", "redis-zset"),
+                ("keys", "retry-ms"),
+                ("scoreMax", "now"),
+                ("scoreUnit", "ms"),
+            ],
+            1.0,
+        ),
+        (vec![("metric", "redis-stream"), ("stream", "events")], 10.0),
+        (with_group(Some("pending")), pending),
+        (with_group(Some("lag")), lag),
+        (with_group(Some("backlog")), pending + lag),
+        // With a group and no mode: the backlog.
+        (with_group(None), pending + lag),
+    ];
+    for (pairs, expected) in cases {
+        let value = trigger_value(&scaler, "redis-main", &pairs)
             .await
-            .unwrap(),
-        pending
-    );
-    assert_eq!(
-        trigger_value(&scaler, "redis-main", &stream("lag"))
-            .await
-            .unwrap(),
-        lag
-    );
-    assert_eq!(
-        trigger_value(&scaler, "redis-main", &stream("backlog"))
-            .await
-            .unwrap(),
-        pending + lag
-    );
-    assert_eq!(
-        trigger_value(
-            &scaler,
-            "redis-main",
-            &[
-                ("metric", "redis-stream"),
-                ("stream", "events"),
-                ("group", "workers")
-            ]
-        )
-        .await
-        .unwrap(),
-        pending + lag,
-        "backlog is the default with a group"
-    );
+            .unwrap_or_else(|status| panic!("{pairs:?}: {status:?}"));
+        assert_eq!(value, expected, "{pairs:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

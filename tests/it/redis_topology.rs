@@ -1,7 +1,7 @@
 //! Redis topologies end to end: Redis Cluster (keys across slots, a migrated slot), Sentinel
 //! (a forced failover), TLS with a CA made in the test, ACL credentials, and a node outage.
 
-mod common;
+use crate::common;
 
 use std::{
     process::Command,
@@ -9,8 +9,8 @@ use std::{
 };
 
 use common::{
-    ANSWER_WITHIN, RedisServer, Scaler, ScalerProcess, assert_outage_reported, assert_recovers_to,
-    push,
+    ANSWER_WITHIN, RedisServer, SETTLES_WITHIN, Scaler, ScalerProcess, assert_outage_reported,
+    assert_recovers_to, poll_until, push,
     redis_topology::{RedisCluster, SentinelSetup},
     trigger_value, trigger_value_until,
 };
@@ -113,12 +113,15 @@ async fn sentinel_failover_is_followed_without_restart_and_an_unknown_master_is_
     setup.failover().await;
     push(&mut setup.replica.connection().await, "tasks", 2).await;
     trigger_value_until(&scaler, "redis-ha", &tasks, |v| v == 5.0).await;
+    // The scaler reads the new master: its LLEN count grows with the refreshes.
     let before = llen_calls(&setup.replica).await;
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert!(
-        llen_calls(&setup.replica).await > before,
-        "the scaler reads the new master"
-    );
+    poll_until(
+        "the scaler reads the new master",
+        SETTLES_WITHIN,
+        async || llen_calls(&setup.replica).await,
+        |calls| *calls > before,
+    )
+    .await;
 
     // An unknown master name is a clear error.
     let wrong = Scaler::start(&setup.source_config("redis-ha", "nosuchmaster")).await;

@@ -1,6 +1,5 @@
 //! Running the built `backlog-scaler` binary from tests: its exit code and output, and the
-//! files its commands read. Included by the `cli_*` tests with
-//! `#[path = "common/cli_run.rs"] mod cli_run;`.
+//! files its commands read, for the `cli_*` tests.
 
 #![allow(dead_code)]
 

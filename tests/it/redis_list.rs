@@ -1,7 +1,7 @@
 //! Foundation, end to end: a real `redis-server`, the scaler in-process, a tonic client over
 //! TCP shaped like KEDA's.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -32,9 +32,7 @@ use backlog_scaler::{
 };
 use serde_json::{Map, Value, json};
 
-fn project() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use crate::common::{printed, project};
 
 const INSTALL: &str = "scripts/install-test-deps.sh";
 
@@ -53,15 +51,6 @@ fn run(command: &mut Command, install: &str) -> Output {
         .current_dir(project())
         .output()
         .unwrap_or_else(|e| panic!("cannot run {program} ({e}); install it with: {install}"))
-}
-
-/// The text a tool printed, for failure messages.
-fn printed(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
 }
 
 /// `python3 -m MODULE` of `package`, installed in a project-local folder that must hold
@@ -167,7 +156,7 @@ fn is_keda(document: &Value) -> bool {
 }
 
 /// prometheus-operator's kinds (PrometheusRule, ServiceMonitor): their CRDs are not vendored;
-/// tests/monitoring.rs checks the rules with promtool instead.
+/// tests/it/monitoring.rs checks the rules with promtool instead.
 fn is_prometheus_operator(document: &Value) -> bool {
     document["apiVersion"]
         .as_str()

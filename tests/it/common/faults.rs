@@ -31,7 +31,7 @@ use super::{
     poll::{assert_throughout, poll_until},
     postgres::PostgresServer,
     push,
-    redis_topology::RedisCluster,
+    redis_topology::{LoneMasterSentinel, RedisCluster},
     trigger::trigger_value,
 };
 
@@ -116,6 +116,28 @@ impl FaultTarget for RedisList<'_> {
     }
 }
 
+/// The Sentinel process in front of a lone master, faulted while the master serves; jobs
+/// go to the master.
+pub struct SentinelProcess<'a> {
+    pub setup: &'a mut LoneMasterSentinel,
+    pub key: &'a str,
+}
+
+impl FaultTarget for SentinelProcess<'_> {
+    fn freeze(&self, frozen: bool) {
+        self.setup.freeze_sentinel(frozen);
+    }
+    fn kill(&mut self) {
+        self.setup.kill_sentinel();
+    }
+    async fn restart(&mut self) {
+        self.setup.restart_sentinel().await;
+    }
+    async fn add_job(&self) {
+        push(&mut self.setup.master.connection().await, self.key, 1).await;
+    }
+}
+
 /// A list on a Redis Cluster, faulted through the node that owns its slot. The cluster serves
 /// again once every node says `cluster_state:ok`: the other masters mark a node that was
 /// away longer than the node timeout (2 s) as failed and take twice that to forgive it.
@@ -195,6 +217,16 @@ impl FaultTarget for BouncedPgTable<'_> {
             .execute("postgres", &durable_insert(self.table))
             .await;
     }
+}
+
+/// What a source answered while a helper of its backend was in trouble, by kind.
+#[derive(Debug, Default)]
+pub struct Meanwhile {
+    /// The backend's current value: read from it all along.
+    pub current: usize,
+    /// The value read before the fault, while it could still be fresh.
+    pub before_the_fault: usize,
+    pub unavailable: usize,
 }
 
 /// The scaler with the source under test and a healthy control source, and the value the
@@ -314,6 +346,64 @@ impl<'a> Drill<'a> {
         self.unavailable_throughout(step, &scaler).await;
         target.restart().await;
         self.recovers_on(step, &scaler, target).await;
+    }
+
+    /// A process the source needs besides the backend (a Sentinel) is frozen while the
+    /// backend serves: see [`backend_serves_on`](Self::backend_serves_on); after the thaw
+    /// the source follows the backend again. Returns what was answered meanwhile.
+    pub async fn helper_frozen(&self, target: &mut impl FaultTarget) -> Meanwhile {
+        let step = "helper frozen";
+        let fault = Instant::now();
+        target.freeze(true);
+        let meanwhile = self.backend_serves_on(step, target, fault).await;
+        target.freeze(false);
+        target.thawed().await;
+        self.recovers(step, target).await;
+        meanwhile
+    }
+
+    /// A process the source needs besides the backend (a Sentinel) is killed while the
+    /// backend serves: see [`backend_serves_on`](Self::backend_serves_on); it is started
+    /// again, and the source follows the backend. Returns what was answered meanwhile.
+    pub async fn helper_killed_then_restarted(&self, target: &mut impl FaultTarget) -> Meanwhile {
+        let step = "helper killed";
+        let fault = Instant::now();
+        target.kill();
+        let meanwhile = self.backend_serves_on(step, target, fault).await;
+        target.restart().await;
+        self.recovers(step, target).await;
+        meanwhile
+    }
+
+    /// Call right after a helper's fault began at `fault`. A job is added to the backend at
+    /// once; then, for `max_staleness` and one refresh and one read, every answer is the new
+    /// value (read from the backend the source still knows), or UNAVAILABLE naming the source
+    /// (within the bound, as [`ask`](Self::ask) checks), or the value from before the fault
+    /// while it may still be fresh: never a value older than `max_staleness`.
+    async fn backend_serves_on(
+        &self,
+        step: &str,
+        target: &impl FaultTarget,
+        fault: Instant,
+    ) -> Meanwhile {
+        target.add_job().await;
+        let added = self.value.get() + 1.0;
+        let mut meanwhile = Meanwhile::default();
+        let until = fault + self.max_staleness + WITHIN_ONE_REFRESH;
+        assert_throughout(
+            until.saturating_duration_since(Instant::now()),
+            async || match self.ask(&self.scaler, step).await {
+                Ok(value) if value == added => meanwhile.current += 1,
+                Ok(value) => {
+                    self.assert_read_before(step, value, fault);
+                    meanwhile.before_the_fault += 1;
+                }
+                Err(_) => meanwhile.unavailable += 1,
+            },
+        )
+        .await;
+        self.value.set(added);
+        meanwhile
     }
 
     /// Every answer of the source is UNAVAILABLE, for one refresh and one read (and its

@@ -5,14 +5,16 @@
 //! min(timestamp)` of BullMQ's waiting and prioritized jobs, the entry id's time), drop when
 //! a worker takes the oldest job, and read 0 when nothing waits.
 
-mod common;
+use crate::common;
 
 use std::{
     process::Command,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use common::{RedisServer, Scaler, project, redis_config, trigger::trigger_value};
+use common::{
+    RedisServer, SETTLES_WITHIN, Scaler, poll_until, project, redis_config, trigger::trigger_value,
+};
 use redis::AsyncCommands;
 use serde_json::Value;
 
@@ -26,11 +28,6 @@ const TOLERANCE: f64 = 1.5 + REFRESH.as_millis() as f64 / 1000.0;
 /// Seconds between the first and the second job: more than [`TOLERANCE`], so that measuring
 /// the wrong job (the newest, or one the worker already took) cannot pass.
 const GAP: f64 = 3.0;
-
-/// Long enough for the refresher to have read the queue again after a change: without it, a
-/// value read before the change (e.g. before the second job was added) could pass for the
-/// right one.
-const SETTLE: Duration = Duration::from_millis(3 * REFRESH.as_millis() as u64);
 
 fn config(redis: &RedisServer) -> String {
     format!(
@@ -127,6 +124,45 @@ async fn assert_matches(scaler: &Scaler, pairs: &[(&str, &str)], figure: &Value)
     (value, now - value)
 }
 
+/// [`assert_matches`] once the scaler has followed a change, polled: after every change
+/// below, the value before it is more than [`TOLERANCE`] from the figure after it (jobs are
+/// [`GAP`] apart), so it cannot pass for the new one.
+async fn assert_settles_to(scaler: &Scaler, pairs: &[(&str, &str)], figure: &Value) -> (f64, f64) {
+    let latency = figure["latency"].as_f64().unwrap();
+    let at = figure["at"].as_f64().unwrap();
+    poll_until(
+        format!("{pairs:?} follows the library's figure {figure}"),
+        SETTLES_WITHIN,
+        async || scaler_latency(scaler, pairs).await,
+        |(value, now)| (value - (latency + (now - at))).abs() <= TOLERANCE,
+    )
+    .await;
+    assert_matches(scaler, pairs, figure).await
+}
+
+/// Waits until the scaler has sent `command` (one its measurement sends once per refresh)
+/// twice more: a refresh that began after a change has then read it and stored its value
+/// (refreshes of a source run one after another). For a change that must leave the value
+/// as it was, where polling for a new value cannot tell.
+async fn read_again(redis: &RedisServer, command: &str) {
+    let calls = async || {
+        redis
+            .command_calls()
+            .await
+            .get(command)
+            .copied()
+            .unwrap_or(0)
+    };
+    let before = calls().await;
+    poll_until(
+        format!("the scaler sends {command} twice more"),
+        SETTLES_WITHIN,
+        calls,
+        |after| *after >= before + 2,
+    )
+    .await;
+}
+
 /// The oldest job was taken: the oldest waiting job now was enqueued about GAP later than the
 /// one before (`since_*` as [`assert_matches`] returns them).
 fn assert_dropped(since_before: f64, since_after: f64) {
@@ -137,10 +173,17 @@ fn assert_dropped(since_before: f64, since_after: f64) {
     );
 }
 
-/// Nothing waits: the library says 0 and so must the scaler, exactly.
+/// Nothing waits: the library says 0 and so must the scaler, exactly, once it has followed
+/// the change (polled: before it, a job waited, which is never exactly 0).
 async fn assert_nothing_waits(scaler: &Scaler, pairs: &[(&str, &str)], figure: &Value) {
     assert_eq!(figure["latency"].as_f64(), Some(0.0), "{figure}");
-    assert_eq!(scaler_latency(scaler, pairs).await.0, 0.0, "{pairs:?}");
+    poll_until(
+        format!("{pairs:?}: nothing waits"),
+        SETTLES_WITHIN,
+        async || scaler_latency(scaler, pairs).await.0,
+        |value| *value == 0.0,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -168,19 +211,16 @@ async fn sidekiq_latency_matches_sidekiq_queue_latency() {
     // Two jobs GAP apart: the latency is the first one's.
     let pushed = sidekiq("push", Some(GAP)).await;
     assert_eq!(pushed["size"], 2, "{pushed}");
-    tokio::time::sleep(SETTLE).await;
-    let (_, before) = assert_matches(&scaler, &trigger, &pushed).await;
+    let (_, before) = assert_settles_to(&scaler, &trigger, &pushed).await;
 
     // A Sidekiq fetcher takes the oldest; the latency drops to the second job's.
     let taken = sidekiq("take", None).await;
     assert_eq!(taken["taken"], serde_json::json!([1]), "{taken}");
-    tokio::time::sleep(SETTLE).await;
-    let (_, after) = assert_matches(&scaler, &trigger, &taken).await;
+    let (_, after) = assert_settles_to(&scaler, &trigger, &taken).await;
     assert_dropped(before, after);
 
     let emptied = sidekiq("take", None).await;
     assert_eq!(emptied["taken"], serde_json::json!([2]), "{emptied}");
-    tokio::time::sleep(SETTLE).await;
     assert_nothing_waits(&scaler, &trigger, &emptied).await;
 
     // Sidekiq 8 writes enqueued_at as integer milliseconds (Debian ships Sidekiq 6): a job in
@@ -191,9 +231,8 @@ async fn sidekiq_latency_matches_sidekiq_queue_latency() {
         r#"{{"class":"LatencyJob","queue":"default","args":[3],"jid":"a1","created_at":{enqueued_ms},"enqueued_at":{enqueued_ms}}}"#
     );
     let _: () = connection.lpush("queue:default", job).await.unwrap();
-    tokio::time::sleep(SETTLE).await;
     let figure = serde_json::json!({"latency": 5.0, "at": enqueued_ms as f64 / 1000.0 + 5.0});
-    assert_matches(&scaler, &trigger, &figure).await;
+    assert_settles_to(&scaler, &trigger, &figure).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -216,8 +255,7 @@ async fn rq_latency_matches_the_first_jobs_enqueued_at() {
 
     let enqueued = rq("enqueue", Some(GAP)).await;
     assert_eq!(enqueued["count"], 2, "{enqueued}");
-    tokio::time::sleep(SETTLE).await;
-    assert_matches(&scaler, &trigger, &enqueued).await;
+    assert_settles_to(&scaler, &trigger, &enqueued).await;
 
     // A job whose hash is gone (enqueued with a ttl that ran out) is skipped, as RQ's dequeue
     // skips it: job-a stays the one that counts.
@@ -226,7 +264,7 @@ async fn rq_latency_matches_the_first_jobs_enqueued_at() {
         .lpush("rq:queue:high", "expired-job")
         .await
         .unwrap();
-    tokio::time::sleep(SETTLE).await;
+    read_again(&redis, "lrange").await;
     let (_, before) = assert_matches(&scaler, &trigger, &rq("latency", None).await).await;
     let _: () = connection
         .lrem("rq:queue:high", 1, "expired-job")
@@ -236,13 +274,11 @@ async fn rq_latency_matches_the_first_jobs_enqueued_at() {
     // An RQ worker dequeues job-a; job-b is next.
     let taken = rq("take", None).await;
     assert_eq!(taken["taken"], "job-a", "{taken}");
-    tokio::time::sleep(SETTLE).await;
-    let (_, after) = assert_matches(&scaler, &trigger, &taken).await;
+    let (_, after) = assert_settles_to(&scaler, &trigger, &taken).await;
     assert_dropped(before, after);
 
     let emptied = rq("take", None).await;
     assert_eq!(emptied["taken"], "job-b", "{emptied}");
-    tokio::time::sleep(SETTLE).await;
     assert_nothing_waits(&scaler, &trigger, &emptied).await;
 }
 
@@ -276,14 +312,12 @@ async fn bullmq_latency_matches_the_oldest_waiting_job() {
         bullmq("reports", "add-two", Some(gap_ms)),
     );
     assert_eq!(added["waiting"], 2, "{added}");
-    tokio::time::sleep(SETTLE).await;
-    let (_, before) = assert_matches(&scaler, &mail, &added).await;
+    let (_, before) = assert_settles_to(&scaler, &mail, &added).await;
 
     // A worker takes from `wait` first; the prioritized job is left, GAP younger.
     let taken = bullmq("mail", "take", None).await;
     assert_eq!(taken["taken"], "first", "{taken}");
-    tokio::time::sleep(SETTLE).await;
-    let (_, after) = assert_matches(&scaler, &mail, &taken).await;
+    let (_, after) = assert_settles_to(&scaler, &mail, &taken).await;
     assert_dropped(before, after);
 
     // A delayed job, which nothing promotes (no worker runs), waits from its due time.
@@ -312,7 +346,6 @@ async fn bullmq_latency_matches_the_oldest_waiting_job() {
 
     let emptied = bullmq("mail", "take", None).await;
     assert_eq!(emptied["taken"], "second", "{emptied}");
-    tokio::time::sleep(SETTLE).await;
     assert_nothing_waits(&scaler, &mail, &emptied).await;
 
     // A paused queue (its `wait` jobs move to `paused`) waits for no worker: 0 unless
@@ -320,7 +353,7 @@ async fn bullmq_latency_matches_the_oldest_waiting_job() {
     let paused = bullmq("reports", "pause", None).await;
     assert_eq!(paused["waiting"], 2, "{paused}");
     assert!(paused["latency"].as_f64().unwrap() > GAP, "{paused}");
-    tokio::time::sleep(SETTLE).await;
+    // Nothing asked for `reports` before: its first answer is read now, no refresh to wait for.
     let reports = trigger("reports");
     assert_eq!(scaler_latency(&scaler, &reports).await.0, 0.0);
     let mut counted = reports.to_vec();
@@ -375,27 +408,30 @@ async fn stream_latency_is_the_oldest_entry_the_group_has_not_finished() {
     };
 
     // Nothing delivered: the first entry after the group's last-delivered-id.
-    tokio::time::sleep(SETTLE).await;
-    let (_, undelivered) = assert_matches(&scaler, &trigger, &figure(&first)).await;
+    let (_, undelivered) = assert_settles_to(&scaler, &trigger, &figure(&first)).await;
     // Delivered, not acknowledged: pending, still unfinished.
     read_one(&mut connection).await;
-    tokio::time::sleep(SETTLE).await;
+    read_again(&redis, "xpending").await;
     assert_matches(&scaler, &trigger, &figure(&first)).await;
     // Acknowledged: the second entry (not delivered yet) is the oldest unfinished one.
     let _: i64 = connection
         .xack("events", "workers", &[&first])
         .await
         .unwrap();
-    tokio::time::sleep(SETTLE).await;
-    let (_, after) = assert_matches(&scaler, &trigger, &figure(&second)).await;
+    let (_, after) = assert_settles_to(&scaler, &trigger, &figure(&second)).await;
     assert_dropped(undelivered, after);
     read_one(&mut connection).await;
     let _: i64 = connection
         .xack("events", "workers", &[&second])
         .await
         .unwrap();
-    tokio::time::sleep(SETTLE).await;
-    assert_eq!(scaler_latency(&scaler, &trigger).await.0, 0.0);
+    poll_until(
+        "every entry finished: nothing waits",
+        SETTLES_WITHIN,
+        async || scaler_latency(&scaler, &trigger).await.0,
+        |value| *value == 0.0,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -415,16 +451,25 @@ async fn latency_reads_are_shared_across_triggers_and_refreshes() {
             .unwrap();
     }
     // Three latency triggers on one queue (two spell the same measurement) and a backlog.
-    for pairs in [
-        vec![("metric", "rq"), ("queue", "high")],
-        vec![
-            ("metric", "rq"),
-            ("queue", "high"),
-            ("activationTarget", "5"),
-        ],
-        vec![("metric", "sidekiq"), ("queue", "default")],
+    // Job `a` has waited since 2024-01-01T00:00:00Z; the Sidekiq queue is empty.
+    let since_2024 = unix_now() - 1_704_067_200.0;
+    for (pairs, expected) in [
+        (vec![("metric", "rq"), ("queue", "high")], since_2024),
+        (
+            vec![
+                ("metric", "rq"),
+                ("queue", "high"),
+                ("activationTarget", "5"),
+            ],
+            since_2024,
+        ),
+        (vec![("metric", "sidekiq"), ("queue", "default")], 0.0),
     ] {
-        assert!(scaler_latency(&scaler, &pairs).await.0 >= 0.0);
+        let value = scaler_latency(&scaler, &pairs).await.0;
+        assert!(
+            (value - expected).abs() <= TOLERANCE,
+            "{pairs:?}: {value} s, expected {expected} s"
+        );
     }
     trigger_value(
         &scaler,
@@ -433,7 +478,7 @@ async fn latency_reads_are_shared_across_triggers_and_refreshes() {
     )
     .await
     .unwrap();
-    tokio::time::sleep(SETTLE).await;
+    read_again(&redis, "lrange").await;
     let before = redis.command_calls().await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = redis.command_calls().await;

@@ -4,9 +4,8 @@
 //! with the server's own message, and every file in k8s/examples evaluated against sources
 //! configured as k8s/base configures them.
 
-#[path = "common/cli_run.rs"]
-mod cli_run;
-mod common;
+use crate::common;
+use crate::common::cli_run;
 
 use std::path::{Path, PathBuf};
 

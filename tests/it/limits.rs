@@ -6,7 +6,7 @@
 //! (the kernel accepts the bytes, nothing answers), and the http port's
 //! `backlog_scaler_measurements` shows the server side holding every one of them.
 
-mod common;
+use crate::common;
 
 use std::{
     collections::HashMap,
@@ -30,7 +30,7 @@ use common::{
     connections::{Http2Connection, closed_by_server, idle_sockets, raise_fd_limit},
     free_port,
     http::scraped,
-    poll_until, project, push, scaled_object,
+    poll_until, project, push, scaled_object, wait_for_port,
 };
 use tokio::task::JoinSet;
 use tonic::{Code, Status, Streaming, transport::Channel};
@@ -709,10 +709,21 @@ async fn connections_that_never_speak_are_closed_after_handshake_timeout_and_pin
 async fn past_max_connections_new_connections_are_closed_until_idle_ones_time_out() {
     let redis = RedisServer::start();
     let limits = ["max_connections = 8", "handshake_timeout = \"2s\""];
-    let scaler = Scaler::start(&scaler_config(&redis.url(), &[], &limits, &[])).await;
+    let http = free_port();
+    let config = scaler_config(&redis.url(), &[http_listen(http)], &limits, &[]);
+    let scaler = Scaler::start(&config).await;
+    tokio::task::spawn_blocking(move || wait_for_port(http, "the http port", ARRIVES_WITHIN))
+        .await
+        .unwrap();
     let mut idle = idle_sockets(scaler.address, 8).await;
-    // Let the accept loop count all eight before the ninth arrives.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The accept loop has counted all eight before the ninth arrives.
+    poll_until(
+        "the scaler holds the eight idle connections",
+        ARRIVES_WITHIN,
+        async || scraped(http, CONNECTIONS_OPEN).await,
+        |open| *open == Some(8.0),
+    )
+    .await;
     let opened = Instant::now();
     let mut ninth = idle_sockets(scaler.address, 1).await.remove(0);
     let closed = closed_by_server(&mut ninth, Duration::from_secs(1)).await;

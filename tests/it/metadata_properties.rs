@@ -558,7 +558,7 @@ fn run(what: &str, strategy: impl Strategy<Value = Case>) -> Outcomes {
             pairs.sort();
             panic!(
                 "{what}: {reason}\n  namespace: {namespace:?}\n  metadata (values cut at 64 \
-                 chars): {pairs:?}\n  replay: PROPTEST_RNG_SEED={seed} cargo test --test \
+                 chars): {pairs:?}\n  replay: PROPTEST_RNG_SEED={seed} cargo test --test it \
                  metadata_properties"
             );
         }
