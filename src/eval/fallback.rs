@@ -17,34 +17,12 @@
 //! whatever the behavior: KEDA only checks that a fallback is set.
 
 use super::{
-    replicas::{
-        COMPOSITE_METRIC, Metrics, ReplicaError, TriggerReading, check_target, composite_metrics,
-        propose,
+    proposal::{
+        COMPOSITE_METRIC, FailedTrigger, FallbackStep, Metrics, ReplicaError, TriggerReading,
+        check_target, composite_metrics, propose,
     },
     scaledobject::{Fallback, FallbackBehavior, MetricType, ScalingModifiers},
 };
-
-/// A trigger whose GetMetricSpec answered (so its target is known) but whose GetMetrics
-/// failed.
-#[derive(Debug, Clone, PartialEq)]
-pub struct FailedTrigger {
-    pub label: String,
-    /// The trigger's `name`; a named trigger is nil in a formula.
-    pub name: Option<String>,
-    /// The value one replica handles (GetMetricSpec's `targetSizeFloat`), > 0.
-    pub target: f64,
-    pub metric_type: MetricType,
-}
-
-/// Which fallback rule KEDA applied, for the explanation.
-#[derive(Debug, Clone, PartialEq)]
-pub struct FallbackStep {
-    /// The triggers that could not be read (empty when only the formula gave nil).
-    pub failed: Vec<String>,
-    pub behavior: FallbackBehavior,
-    /// The rule and its numbers, for people.
-    pub rule: String,
-}
 
 /// The metrics KEDA gives the HPA when `failed` could not be read and `fallback` is set.
 pub(super) fn apply(

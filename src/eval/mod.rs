@@ -4,12 +4,15 @@
 //! The command itself (reading files, measuring triggers through the engine, printing) lives
 //! elsewhere; this module owns the three steps that need no I/O, so each is unit-tested alone:
 //!
-//! - [`scaledobject`]: the YAML file → [`ScaledObject`]s, with KEDA's defaults and the checks
+//! - [`documents`]: a file → its ScaledObjects, ScaledJobs and workloads, the rest skipped.
+//! - [`scaledobject`]: the YAML → [`ScaledObject`]s, with KEDA's defaults and the checks
 //!   KEDA and the API server apply; other documents are reported as skipped.
 //! - [`formula`]: the `advanced.scalingModifiers` formula (expr-lang as formulas over trigger
 //!   values use it), compiled once and evaluated per reading.
 //! - [`replicas`]: readings → a [`Decision`]: per-metric proposals, activity, idle and
 //!   scale-to-zero, the HPA's 10 % tolerance and the replica bounds, each step recorded.
+//! - [`proposal`]: what the HPA is given per metric (or the composite alone), shared by
+//!   [`replicas`] and [`fallback`].
 //! - [`fallback`]: triggers that cannot be read, through KEDA's `fallback` behaviors.
 //! - [`scaledjob`]: the Jobs KEDA creates for a ScaledJob in one polling interval.
 //! - [`workload`]: `*FromEnv` trigger keys, resolved from the scale target's manifest.
@@ -50,23 +53,27 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod documents;
 pub mod fallback;
 pub mod formula;
+pub mod proposal;
 pub mod replicas;
 pub mod scaledjob;
 pub mod scaledobject;
 pub mod workload;
 
-pub use fallback::{FailedTrigger, FallbackStep};
+pub use documents::{ScaledObjectFile, SkippedDocument, parse_scaled_objects};
 pub use formula::{Formula, FormulaError};
+pub use proposal::{
+    COMPOSITE_METRIC, CompositeValue, FailedTrigger, FallbackStep, HPA_TOLERANCE, MetricProposal,
+    ReplicaError, TriggerReading,
+};
 pub use replicas::{
-    Clamp, CompositeValue, Decision, MetricProposal, ReplicaError, Rule, TriggerActivity,
-    TriggerReading, desired_replicas, desired_replicas_with_fallback,
+    Clamp, Decision, Rule, TriggerActivity, desired_replicas, desired_replicas_with_fallback,
 };
 pub use scaledjob::{JobDecision, JobReading, ScaledJob, ScalingStrategy, jobs_to_create};
 pub use scaledobject::{
     DocumentRef, Fallback, FallbackBehavior, MetricType, ReplicaLimits, ScaledObject,
-    ScaledObjectError, ScaledObjectFile, ScalingModifiers, SkippedDocument, Trigger,
-    parse_scaled_objects,
+    ScaledObjectError, ScalingModifiers, Trigger,
 };
 pub use workload::{ResolvedMetadata, ScaleTarget, Workload, resolve_from_env};

@@ -1,9 +1,6 @@
-//! ScaledObject YAML → typed [`ScaledObject`]s, once, at the boundary.
-//!
-//! `backlog-scaler eval` reads the same file a user would `kubectl apply`: one or more YAML
-//! documents, or the `kind: List` that `kubectl get scaledobject -o yaml` prints. Documents of
-//! other kinds (the Deployment next to the ScaledObject, a ScaledJob) are skipped and reported
-//! as skipped, never silently lost.
+//! ScaledObject YAML → typed [`ScaledObject`]s, once, at the boundary, and what ScaledJobs
+//! share with them (triggers, document references, errors). [`super::documents`] splits a
+//! file into its objects and hands each ScaledObject here.
 //!
 //! Only what decides replicas is kept, with KEDA's defaults (KEDA's ScaledObject
 //! specification): `minReplicaCount` 0, `maxReplicaCount` 100, `idleReplicaCount` unset, each
@@ -19,14 +16,9 @@
 
 use std::{collections::BTreeMap, fmt, str::FromStr};
 
-use serde::Deserialize;
 use serde_yaml_ng::{Mapping, Value};
 
-use super::{
-    formula::Formula,
-    scaledjob::{ScaledJob, parse_scaled_job},
-    workload::{ScaleTarget, Workload, parse_workload},
-};
+use super::{formula::Formula, workload::ScaleTarget};
 
 /// The only apiVersion of KEDA's ScaledObject.
 pub const API_VERSION: &str = "keda.sh/v1alpha1";
@@ -54,26 +46,6 @@ impl fmt::Display for DocumentRef {
         }
         Ok(())
     }
-}
-
-/// What a file holds: its ScaledObjects, in file order, and what was skipped.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ScaledObjectFile {
-    pub scaled_objects: Vec<ScaledObject>,
-    /// `keda.sh/v1alpha1` ScaledJobs, in file order.
-    pub scaled_jobs: Vec<ScaledJob>,
-    pub skipped: Vec<SkippedDocument>,
-    /// The skipped documents that are workloads with a pod template: where `*FromEnv` keys
-    /// come from.
-    pub workloads: Vec<Workload>,
-}
-
-/// A document (or List item) that is not a `keda.sh/v1alpha1` ScaledObject.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SkippedDocument {
-    pub at: DocumentRef,
-    /// Why, for the user: `kind Deployment (apps/v1)`, `empty document`, ...
-    pub reason: String,
 }
 
 /// The parts of a ScaledObject that decide its replicas.
@@ -279,99 +251,6 @@ impl fmt::Display for ScaledObjectError {
 
 pub(super) type Result<T, E = ScaledObjectError> = std::result::Result<T, E>;
 
-/// Reads every ScaledObject in `yaml` (one or more documents, or `kind: List`s).
-///
-/// Stops at the first invalid ScaledObject. A file without any ScaledObject is not an error
-/// here: the result then has none, and [`ScaledObjectFile::skipped`] says what was there.
-pub fn parse_scaled_objects(yaml: &str) -> Result<ScaledObjectFile> {
-    let mut file = ScaledObjectFile {
-        scaled_objects: Vec::new(),
-        scaled_jobs: Vec::new(),
-        skipped: Vec::new(),
-        workloads: Vec::new(),
-    };
-    for (index, document) in serde_yaml_ng::Deserializer::from_str(yaml).enumerate() {
-        let at = DocumentRef {
-            document: index + 1,
-            item: None,
-        };
-        let yaml_error = |e: serde_yaml_ng::Error| ScaledObjectError {
-            at,
-            object: None,
-            field: None,
-            reason: format!("invalid YAML: {e}"),
-        };
-        // The first error ends the loop: after a syntax error the iterator does not recover.
-        let mut value = Value::deserialize(document).map_err(yaml_error)?;
-        value.apply_merge().map_err(yaml_error)?;
-        let Value::Mapping(map) = &value else {
-            file.skipped.push(SkippedDocument {
-                at,
-                reason: match value {
-                    Value::Null => "empty document".to_owned(),
-                    other => format!("not a Kubernetes object: {}", describe(&other)),
-                },
-            });
-            continue;
-        };
-        let kind = map.get("kind").and_then(Value::as_str).unwrap_or_default();
-        let items = map.get("items").and_then(Value::as_sequence);
-        match items {
-            Some(items) if kind.ends_with("List") => {
-                for (item, value) in items.iter().enumerate() {
-                    let at = DocumentRef {
-                        document: at.document,
-                        item: Some(item),
-                    };
-                    classify(value, at, &mut file)?;
-                }
-            }
-            _ => classify(&value, at, &mut file)?,
-        }
-    }
-    Ok(file)
-}
-
-/// Parses `value` if it is a ScaledObject, else records why it was skipped.
-fn classify(value: &Value, at: DocumentRef, file: &mut ScaledObjectFile) -> Result<()> {
-    let Value::Mapping(map) = value else {
-        file.skipped.push(SkippedDocument {
-            at,
-            reason: format!("not a Kubernetes object: {}", describe(value)),
-        });
-        return Ok(());
-    };
-    let kind = map.get("kind").and_then(Value::as_str);
-    let api_version = map.get("apiVersion").and_then(Value::as_str);
-    match (kind, api_version) {
-        (Some("ScaledObject"), Some(API_VERSION)) => {
-            file.scaled_objects.push(parse_object(map, at)?);
-        }
-        (Some("ScaledJob"), Some(API_VERSION)) => {
-            file.scaled_jobs.push(parse_scaled_job(map, at)?);
-        }
-        (Some("ScaledObject"), other) => file.skipped.push(SkippedDocument {
-            at,
-            reason: format!(
-                "a ScaledObject of apiVersion `{}`, not {API_VERSION}",
-                other.unwrap_or("(none)")
-            ),
-        }),
-        (Some(kind), api_version) => {
-            file.workloads.extend(parse_workload(map));
-            file.skipped.push(SkippedDocument {
-                at,
-                reason: format!("kind {kind} ({})", api_version.unwrap_or("no apiVersion")),
-            });
-        }
-        (None, _) => file.skipped.push(SkippedDocument {
-            at,
-            reason: "no `kind`: not a Kubernetes object".to_owned(),
-        }),
-    }
-    Ok(())
-}
-
 /// Where errors of one object point.
 pub(super) struct Ctx {
     pub(super) at: DocumentRef,
@@ -463,7 +342,7 @@ pub(super) fn describe(value: &Value) -> String {
     }
 }
 
-fn parse_object(map: &Mapping, at: DocumentRef) -> Result<ScaledObject> {
+pub(super) fn parse_object(map: &Mapping, at: DocumentRef) -> Result<ScaledObject> {
     let mut ctx = Ctx { at, object: None };
     let metadata = get(map, "metadata").ok_or_else(|| ctx.error("metadata", "required"))?;
     let metadata = ctx.mapping(metadata, "metadata")?;

@@ -1,7 +1,7 @@
 //! KEDA's and the HPA's replica rules as a specification, one row per rule.
 
 use super::*;
-use crate::eval::formula::Formula;
+use crate::eval::{formula::Formula, scaledobject::MetricType};
 
 /// An `AverageValue` trigger named `label`, activation target 0.
 fn reading(label: &str, value: f64, target: f64) -> TriggerReading {

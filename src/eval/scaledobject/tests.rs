@@ -2,6 +2,7 @@
 //! what is refused with which message.
 
 use super::*;
+use crate::eval::documents::parse_scaled_objects;
 
 /// The README's ScaledObject.
 const README_EXAMPLE: &str = r#"
