@@ -28,9 +28,8 @@
 //!   [`sources::Query`], and one folder per backend ([`sources::redis`],
 //!   [`sources::postgres`], [`sources::pgbouncer`]), each owning its config section, its
 //!   metrics and its reads.
-//! - [`eval`]: `backlog-scaler eval`'s pure logic: ScaledObjects and ScaledJobs, fallback,
-//!   scalingModifiers formulas,
-//!   KEDA's fallback and the HPA's replica math. It uses no other module.
+//! - [`eval`]: `backlog-scaler eval`'s pure logic: ScaledObjects and ScaledJobs,
+//!   scalingModifiers formulas, KEDA's fallback and the HPA's replica math. It uses no other module.
 //! - Leaves, used by the modules above and using none of them: [`metadata`] (typed reads of
 //!   `scalerMetadata`, metric tables), [`credentials`] (secrets, CA roots, the server's TLS
 //!   config), [`metrics`] (the Prometheus registry and what is recorded in it), [`naming`]

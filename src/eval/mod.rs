@@ -1,4 +1,4 @@
-//! The pure, I/O-free logic behind `backlog-scaler eval` (issue 11): a dry run of ScaledObjects
+//! The pure, I/O-free logic behind `backlog-scaler eval`: a dry run of ScaledObjects
 //! against live backends, answering "how many replicas would KEDA and the HPA set now, and why?"
 //!
 //! The command itself (reading files, measuring triggers through the engine, printing) lives
