@@ -7,7 +7,8 @@
 //! state is not `ok`, a `type = "redis"` source pointing at a Cluster node or a Sentinel
 //! (checked before the read, whose MOVED would only say "resharding"). A replica is reported
 //! (values may lag the master) but passes. `INFO` or `ROLE` refused by an ACL is reported
-//! too: metrics need only the read commands.
+//! too: metrics need only the read commands. Last, whether the source can be event-driven
+//! (client tracking on every node) or polls, and why.
 
 use redis::{
     Cmd, Value,
@@ -82,6 +83,7 @@ pub async fn check(source: &RedisSource) -> Result<CheckReport> {
             format!("INFO server refused: {}", describe(error)),
         ));
     }
+    findings.push(super::events::check(source).await);
     Ok(CheckReport { version, findings })
 }
 

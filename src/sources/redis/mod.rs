@@ -10,7 +10,8 @@
 //! that need a reply of that pipeline (a latency's job hash, after the job id) go out,
 //! de-duplicated the same way, as one second pipeline; a refresh of backlogs only has none.
 //! Every call is bounded by connection and response timeouts derived from the source's
-//! `timeout`, with at most one retry.
+//! `timeout`, with at most one retry. [`events`] makes the source event-driven: Redis reports
+//! each change of a key the measurements read, and the engine re-reads at once.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -26,18 +27,22 @@ use crate::{
     Error, Result,
     error::ConfigError,
     metadata::{Metadata, Parsed, metric_names},
-    sources::{AUTHENTICATION_FAILED, Backend, CheckReport, Query, Section, Source, typed},
+    sources::{
+        AUTHENTICATION_FAILED, Backend, ChangeFeed, CheckReport, Query, RefreshSettings, Section,
+        Source, typed,
+    },
 };
 
 pub mod check;
 pub mod cluster;
 pub mod config;
+pub mod events;
 pub mod latency;
 pub mod metrics;
 pub mod query;
 pub mod sentinel;
 
-use config::{RedisSettings, Topology};
+use config::{NodeSettings, RedisSettings, Topology};
 pub use query::{RedisQuery, RedisRead};
 
 /// `type = "redis"`, `"redis-cluster"` and `"redis-sentinel"`.
@@ -53,7 +58,7 @@ impl Backend for RedisBackend {
         Ok(Arc::new(RedisSource::new(
             &section.name,
             settings,
-            section.refresh.timeout,
+            section.refresh,
         )))
     }
 }
@@ -78,12 +83,18 @@ enum Connections {
 pub struct RedisSource {
     name: String,
     timeout: Duration,
+    refresh_interval: Duration,
     connections: Connections,
+    /// Credentials and TLS of every node, for the event connections.
+    node: NodeSettings,
+    events: events::Events,
 }
 
 impl RedisSource {
     /// Makes no connection.
-    pub fn new(name: &str, settings: RedisSettings, timeout: Duration) -> Self {
+    pub fn new(name: &str, settings: RedisSettings, refresh: RefreshSettings) -> Self {
+        let timeout = refresh.timeout;
+        let node = settings.node.clone();
         let connections = match settings.topology {
             Topology::Standalone(client) => Connections::Standalone {
                 client: *client,
@@ -100,8 +111,16 @@ impl RedisSource {
         RedisSource {
             name: name.to_string(),
             timeout,
+            refresh_interval: refresh.refresh_interval,
             connections,
+            node,
+            events: events::Events::new(refresh.refresh_interval, timeout),
         }
+    }
+
+    /// Whether the source is event-driven, and if not, why.
+    pub fn events_mode(&self) -> events::Mode {
+        self.events.mode()
     }
 
     async fn standalone(
@@ -207,6 +226,12 @@ impl RedisSource {
             .map_or(0, |d| d.as_millis() as i64);
         let typed: Vec<Result<&RedisQuery>> =
             queries.iter().map(|q| typed(&self.name, q)).collect();
+        let watched: Vec<(&Query, &RedisQuery)> = queries
+            .iter()
+            .zip(&typed)
+            .filter_map(|(query, typed)| Some((query, *typed.as_ref().ok()?)))
+            .collect();
+        self.events.remember(&watched);
         let plans: Vec<Vec<RedisRead>> = typed
             .iter()
             .map(|query| {
@@ -306,6 +331,14 @@ impl Source for RedisSource {
 
     fn check(&self) -> BoxFuture<'_, Result<CheckReport>> {
         Box::pin(check::check(self))
+    }
+
+    fn watch(&self, changes: Arc<ChangeFeed>) -> Option<BoxFuture<'_, ()>> {
+        Some(Box::pin(events::run(self, changes)))
+    }
+
+    fn event_driven(&self) -> bool {
+        self.events.event_driven()
     }
 }
 
