@@ -7,8 +7,7 @@
 //! state is not `ok`, a `type = "redis"` source pointing at a Cluster node or a Sentinel
 //! (checked before the read, whose MOVED would only say "resharding"). A replica is reported
 //! (values may lag the master) but passes. `INFO` or `ROLE` refused by an ACL is reported
-//! too: metrics need only the read commands. Last, whether the source can be event-driven
-//! (client tracking on every node) or polls, and why.
+//! too: metrics need only the read commands.
 
 use redis::{
     Cmd, Value,
@@ -16,17 +15,21 @@ use redis::{
     cluster_routing::{RoutingInfo, SingleNodeRoutingInfo},
 };
 
-use super::{Connections, RedisQuery, RedisRead, RedisSource, describe};
+use super::{
+    RedisQuery, RedisRead,
+    connections::{Connections, Nodes},
+    reply::describe,
+};
 use crate::{
     Result,
     sources::{CheckReport, Finding},
 };
 
 /// The findings of one Redis source.
-pub async fn check(source: &RedisSource) -> Result<CheckReport> {
+pub(super) async fn check(source: &Connections) -> Result<CheckReport> {
     let mut findings = Vec::new();
-    let info = match &source.connections {
-        Connections::Standalone { client, connection } => {
+    let info = match &source.nodes {
+        Nodes::Standalone { client, connection } => {
             let mut connection = source.standalone(client, connection).await?;
             let info = query::<String>(&mut connection, info_server()).await;
             let mode = mode(&info, "standalone");
@@ -38,7 +41,7 @@ pub async fn check(source: &RedisSource) -> Result<CheckReport> {
             findings.push(role(query(&mut connection, redis::cmd("ROLE")).await));
             info
         }
-        Connections::Cluster { client, connection } => {
+        Nodes::Cluster { client, connection } => {
             probe(source).await?;
             let mut connection = source.cluster(client, connection).await?;
             let primary = RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary);
@@ -55,7 +58,7 @@ pub async fn check(source: &RedisSource) -> Result<CheckReport> {
             findings.push(cluster_state(state));
             info
         }
-        Connections::Sentinel(sentinel) => {
+        Nodes::Sentinel(sentinel) => {
             probe(source).await?;
             let (host, port) = sentinel.master_address().await?;
             findings.push(Finding::new(
@@ -83,13 +86,12 @@ pub async fn check(source: &RedisSource) -> Result<CheckReport> {
             format!("INFO server refused: {}", describe(error)),
         ));
     }
-    findings.push(super::events::check(source).await);
     Ok(CheckReport { version, findings })
 }
 
 /// A redis-list read of a key nobody uses, answered the way a trigger's read is: a server
 /// that takes the connection but answers NOAUTH fails here too.
-pub(super) async fn probe(source: &RedisSource) -> Result<()> {
+pub(super) async fn probe(source: &Connections) -> Result<()> {
     let probe = RedisQuery::List {
         keys: vec!["backlog-scaler:probe".into()],
     };

@@ -32,7 +32,7 @@ use std::{
 
 use redis::{
     AsyncConnectionConfig, ConnectionAddr, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind,
-    Value, aio::MultiplexedConnection,
+    Value, aio::MultiplexedConnection, cluster_routing::Slot,
 };
 use tokio::{
     sync::{Notify, mpsc},
@@ -40,8 +40,13 @@ use tokio::{
 };
 use tracing::{info, warn};
 
-use super::{Connections, RedisQuery, RedisSource, cluster::key_slot, config::NodeSettings};
-use crate::sources::{ChangeFeed, Finding, Query};
+use super::{
+    RedisQuery,
+    config::NodeSettings,
+    connections::{Connections, Nodes},
+    reply::describe,
+};
+use crate::sources::{ChangeFeed, Finding, Query, RefreshSettings};
 
 /// A key that keeps changing is re-armed (and its measurements reported) at most once per this
 /// window; the first change after a quiet spell goes out at once. Same as the engine's
@@ -88,6 +93,10 @@ impl Mode {
 
 /// The event side of one Redis source: the key index and the current mode.
 pub struct Events {
+    /// Credentials and TLS of every node.
+    node: NodeSettings,
+    timeout: Duration,
+    refresh_interval: Duration,
     index: Mutex<KeyIndex>,
     /// Keys were added to the index since the watcher last armed.
     new_keys: Notify,
@@ -109,8 +118,16 @@ struct KeyIndex {
 }
 
 impl Events {
-    pub fn new(refresh_interval: Duration, timeout: Duration) -> Events {
+    pub fn new(node: NodeSettings, refresh: RefreshSettings) -> Events {
+        let RefreshSettings {
+            refresh_interval,
+            timeout,
+            ..
+        } = refresh;
         Events {
+            node,
+            timeout,
+            refresh_interval,
             index: Mutex::default(),
             new_keys: Notify::new(),
             mode: Mutex::new(Mode::Starting),
@@ -232,6 +249,12 @@ impl KeyIndex {
     }
 }
 
+/// The event connections of one session, and which of them serves each hash slot.
+struct Connected {
+    nodes: Vec<Node>,
+    owners: HashMap<Slot, usize>,
+}
+
 /// One node's event connection and the hash slots it serves.
 struct Node {
     address: String,
@@ -248,15 +271,15 @@ enum Ended {
 }
 
 /// Follows the source's changes until dropped, reporting changed measurements to `feed`.
-pub async fn run(source: &RedisSource, feed: Arc<ChangeFeed>) {
+pub(super) async fn run(source: &Connections, events: &Events, feed: Arc<ChangeFeed>) {
     let mut wait = RECONNECT_MIN;
     loop {
         let started = Instant::now();
-        let ended = session(source, &feed).await;
-        source.events.event_driven.store(false, Ordering::Relaxed);
+        let ended = session(source, events, &feed).await;
+        events.event_driven.store(false, Ordering::Relaxed);
         let pause = match ended {
             Ended::Lost(reason) => {
-                source.events.set_mode(
+                events.set_mode(
                     &source.name,
                     Mode::Polling(format!("event connection: {reason}")),
                 );
@@ -269,7 +292,7 @@ pub async fn run(source: &RedisSource, feed: Arc<ChangeFeed>) {
                 pause
             }
             Ended::Refused(reason) => {
-                source.events.set_mode(&source.name, Mode::Polling(reason));
+                events.set_mode(&source.name, Mode::Polling(reason));
                 REFUSED_RETRY
             }
         };
@@ -278,10 +301,12 @@ pub async fn run(source: &RedisSource, feed: Arc<ChangeFeed>) {
 }
 
 /// What `backlog-scaler check` says of events: tries tracking on every node once.
-pub async fn check(source: &RedisSource) -> Finding {
+pub(super) async fn check(source: &Connections, events: &Events) -> Finding {
     let (tx, _rx) = mpsc::unbounded_channel();
-    let mode = match connect_all(source, tx).await {
-        Ok(nodes) => Mode::EventDriven { nodes: nodes.len() },
+    let mode = match connect_all(source, events, tx).await {
+        Ok(connected) => Mode::EventDriven {
+            nodes: connected.nodes.len(),
+        },
         Err(Ended::Lost(reason) | Ended::Refused(reason)) => Mode::Polling(reason),
     };
     Finding::new("events", true, mode.describe())
@@ -289,31 +314,31 @@ pub async fn check(source: &RedisSource) -> Finding {
 
 /// One life of the event connections: connect, enable tracking, arm every key, then follow
 /// invalidations until something breaks.
-async fn session(source: &RedisSource, feed: &ChangeFeed) -> Ended {
+async fn session(source: &Connections, events: &Events, feed: &ChangeFeed) -> Ended {
     let (tx, mut pushes) = mpsc::unbounded_channel::<PushInfo>();
-    let nodes = match connect_all(source, tx).await {
-        Ok(nodes) => nodes,
+    let connected = match connect_all(source, events, tx).await {
+        Ok(connected) => connected,
         Err(ended) => return ended,
     };
-    let events = &source.events;
     let mut armed: HashSet<String> = HashSet::new();
-    if let Err(ended) = arm(&nodes, events.keys(), &mut armed).await {
+    if let Err(ended) = arm(&connected, events.keys(), &mut armed).await {
         return ended;
     }
-    events.set_mode(&source.name, Mode::EventDriven { nodes: nodes.len() });
+    let nodes = connected.nodes.len();
+    events.set_mode(&source.name, Mode::EventDriven { nodes });
     // Whatever changed while no connection watched is read once now.
     feed.mark(events.readers(None), 0);
     let mut pending = Pending::default();
-    let mut master_check = tokio::time::interval(source.refresh_interval);
+    let mut master_check = tokio::time::interval(events.refresh_interval);
     loop {
         let step = tokio::select! {
             push = pushes.recv() => match push {
                 Some(push) => pending.record(&push, &mut armed),
                 None => Err(Ended::Lost("closed".into())),
             },
-            _ = sleep_until(pending.due()) => pending.flush(events, &nodes, &mut armed, feed).await,
-            _ = events.new_keys.notified() => arm(&nodes, events.fresh_keys(), &mut armed).await,
-            _ = master_check.tick() => match master_moved(source, &nodes).await {
+            _ = sleep_until(pending.due()) => pending.flush(events, &connected, &mut armed, feed).await,
+            _ = events.new_keys.notified() => arm(&connected, events.fresh_keys(), &mut armed).await,
+            _ = master_check.tick() => match master_moved(source, &connected.nodes).await {
                 Some(reason) => Err(Ended::Lost(reason)),
                 None => Ok(()),
             },
@@ -372,7 +397,7 @@ impl Pending {
     async fn flush(
         &mut self,
         events: &Events,
-        nodes: &[Node],
+        connected: &Connected,
         armed: &mut HashSet<String>,
         feed: &ChangeFeed,
     ) -> Result<(), Ended> {
@@ -383,7 +408,7 @@ impl Pending {
             self.keys.iter().cloned().collect()
         };
         // Armed before the engine re-reads, so a change after the re-read is seen.
-        arm(nodes, keys, armed).await?;
+        arm(connected, keys, armed).await?;
         let readers = events.readers((!self.all).then_some(&self.keys));
         feed.mark(readers, std::mem::take(&mut self.events));
         self.keys.clear();
@@ -400,8 +425,8 @@ async fn sleep_until(at: Option<Instant>) {
 }
 
 /// For a Sentinel source: the Sentinels now name another master than the one watched.
-async fn master_moved(source: &RedisSource, nodes: &[Node]) -> Option<String> {
-    let Connections::Sentinel(sentinel) = &source.connections else {
+async fn master_moved(source: &Connections, nodes: &[Node]) -> Option<String> {
+    let Nodes::Sentinel(sentinel) = &source.nodes else {
         return None;
     };
     let (host, port) = sentinel.master_address().await.ok()?;
@@ -426,21 +451,21 @@ fn invalidated_keys(data: &[Value]) -> Option<Vec<String>> {
 }
 
 /// Reads each key once on its node's event connection, so the node reports its next change.
-async fn arm(nodes: &[Node], keys: Vec<String>, armed: &mut HashSet<String>) -> Result<(), Ended> {
-    let mut per_node: Vec<Vec<String>> = vec![Vec::new(); nodes.len()];
+async fn arm(
+    connected: &Connected,
+    keys: Vec<String>,
+    armed: &mut HashSet<String>,
+) -> Result<(), Ended> {
+    let mut per_node: Vec<Vec<String>> = vec![Vec::new(); connected.nodes.len()];
     for key in keys {
         if armed.contains(&key) {
             continue;
         }
-        let slot = key_slot(key.as_bytes());
-        if let Some(node) = nodes
-            .iter()
-            .position(|n| n.slots.iter().any(|(a, b)| (*a..=*b).contains(&slot)))
-        {
-            per_node[node].push(key);
+        if let Some(node) = connected.owners.get(&Slot::for_key(key.as_bytes())) {
+            per_node[*node].push(key);
         }
     }
-    for (node, keys) in nodes.iter().zip(per_node) {
+    for (node, keys) in connected.nodes.iter().zip(per_node) {
         for chunk in keys.chunks(ARM_CHUNK) {
             let mut pipe = redis::pipe();
             pipe.ignore_errors();
@@ -451,7 +476,7 @@ async fn arm(nodes: &[Node], keys: Vec<String>, armed: &mut HashSet<String>) -> 
             let replies: Vec<Value> = pipe
                 .query_async(&mut connection)
                 .await
-                .map_err(|e| Ended::Lost(format!("{}: {}", node.address, super::describe(&e))))?;
+                .map_err(|e| Ended::Lost(format!("{}: {}", node.address, describe(&e))))?;
             for (key, reply) in chunk.iter().zip(replies) {
                 match reply {
                     Value::ServerError(error) if matches!(error.code(), "MOVED" | "ASK") => {
@@ -469,22 +494,41 @@ async fn arm(nodes: &[Node], keys: Vec<String>, armed: &mut HashSet<String>) -> 
     Ok(())
 }
 
+/// The node that serves each hash slot, by index in `nodes`.
+fn slot_owners(nodes: &[Node]) -> HashMap<Slot, usize> {
+    let mut owners = HashMap::new();
+    for (index, node) in nodes.iter().enumerate() {
+        for (from, to) in &node.slots {
+            owners.extend(
+                (*from..=*to)
+                    .filter_map(Slot::new)
+                    .map(|slot| (slot, index)),
+            );
+        }
+    }
+    owners
+}
+
 /// An event connection with tracking on at every node of the source.
 async fn connect_all(
-    source: &RedisSource,
+    source: &Connections,
+    events: &Events,
     pushes: mpsc::UnboundedSender<PushInfo>,
-) -> Result<Vec<Node>, Ended> {
-    let targets = nodes(source).await?;
+) -> Result<Connected, Ended> {
+    let targets = nodes(source, &events.node).await?;
     let mut nodes = Vec::with_capacity(targets.len());
     for target in targets {
-        let connection = connect(source, &target.address, target.info, pushes.clone()).await?;
+        let connection = connect(events, &target.address, target.info, pushes.clone()).await?;
         nodes.push(Node {
             address: target.address,
             connection,
             slots: target.slots,
         });
     }
-    Ok(nodes)
+    Ok(Connected {
+        owners: slot_owners(&nodes),
+        nodes,
+    })
 }
 
 /// A node to watch: its address, its connection info and the hash slots it serves.
@@ -495,10 +539,10 @@ struct Target {
 }
 
 /// Every node to watch: the server, the master the Sentinels name, or every Cluster master.
-async fn nodes(source: &RedisSource) -> Result<Vec<Target>, Ended> {
+async fn nodes(source: &Connections, node: &NodeSettings) -> Result<Vec<Target>, Ended> {
     const ALL_SLOTS: (u16, u16) = (0, 16383);
-    match &source.connections {
-        Connections::Standalone { client, .. } => {
+    match &source.nodes {
+        Nodes::Standalone { client, .. } => {
             let info = client.get_connection_info().clone();
             Ok(vec![Target {
                 address: info.addr().to_string(),
@@ -506,18 +550,18 @@ async fn nodes(source: &RedisSource) -> Result<Vec<Target>, Ended> {
                 slots: vec![ALL_SLOTS],
             }])
         }
-        Connections::Sentinel(sentinel) => {
+        Nodes::Sentinel(sentinel) => {
             let (host, port) = sentinel
                 .master_address()
                 .await
                 .map_err(|e| Ended::Lost(e.to_string()))?;
             Ok(vec![Target {
                 address: format!("{host}:{port}"),
-                info: node_info(&source.node, &host, port)?,
+                info: node_info(node, &host, port)?,
                 slots: vec![ALL_SLOTS],
             }])
         }
-        Connections::Cluster { client, connection } => {
+        Nodes::Cluster { client, connection } => {
             let mut connection = source
                 .cluster(client, connection)
                 .await
@@ -527,14 +571,14 @@ async fn nodes(source: &RedisSource) -> Result<Vec<Target>, Ended> {
             let reply: Value = slots
                 .query_async(&mut connection)
                 .await
-                .map_err(|e| Ended::Lost(format!("CLUSTER SLOTS: {}", super::describe(&e))))?;
+                .map_err(|e| Ended::Lost(format!("CLUSTER SLOTS: {}", describe(&e))))?;
             let mut masters: Vec<Target> = Vec::new();
             for (host, port, range) in cluster_slots(&reply) {
                 let address = format!("{host}:{port}");
                 match masters.iter_mut().find(|t| t.address == address) {
                     Some(target) => target.slots.push(range),
                     None => masters.push(Target {
-                        info: node_info(&source.node, &host, port)?,
+                        info: node_info(node, &host, port)?,
                         address,
                         slots: vec![range],
                     }),
@@ -596,7 +640,7 @@ fn node_info(node: &NodeSettings, host: &str, port: u16) -> Result<redis::Connec
 
 /// A RESP3 connection to one node with tracking on, its pushes sent to `pushes`.
 async fn connect(
-    source: &RedisSource,
+    events: &Events,
     address: &str,
     info: redis::ConnectionInfo,
     pushes: mpsc::UnboundedSender<PushInfo>,
@@ -606,27 +650,27 @@ async fn connect(
         .clone()
         .set_protocol(ProtocolVersion::RESP3);
     let info = info.set_redis_settings(settings);
-    let client = source
+    let client = events
         .node
         .client(info)
-        .map_err(|e| Ended::Lost(format!("{address}: {}", super::describe(&e))))?;
+        .map_err(|e| Ended::Lost(format!("{address}: {}", describe(&e))))?;
     let config = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(source.timeout / 2))
-        .set_response_timeout(Some(source.timeout / 2))
+        .set_connection_timeout(Some(events.timeout / 2))
+        .set_response_timeout(Some(events.timeout / 2))
         .set_push_sender(pushes);
     let mut connection = client
         .get_multiplexed_async_connection_with_config(&config)
         .await
         .map_err(|e| match refusal(&e) {
             Some(reason) => Ended::Refused(format!("{address}: RESP3 (HELLO 3) {reason}")),
-            None => Ended::Lost(format!("{address}: {}", super::describe(&e))),
+            None => Ended::Lost(format!("{address}: {}", describe(&e))),
         })?;
     let mut tracking = redis::cmd("CLIENT");
     tracking.arg("TRACKING").arg("ON");
     let answer: redis::RedisResult<()> = tracking.query_async(&mut connection).await;
     answer.map_err(|e| match refusal(&e) {
         Some(reason) => Ended::Refused(format!("{address}: CLIENT TRACKING {reason}")),
-        None => Ended::Lost(format!("{address}: {}", super::describe(&e))),
+        None => Ended::Lost(format!("{address}: {}", describe(&e))),
     })?;
     Ok(connection)
 }

@@ -2,48 +2,50 @@
 //! queue latencies with at most two.
 //!
 //! [`config`] parses the source's config section into clients, [`metrics`] declares the
-//! metrics and their metadata keys, [`query`] owns what is read and how replies add up
-//! ([`latency`] for `measure: latency`); this module owns the connections and
+//! metrics and their metadata keys, [`query`] owns what each backlog reads and how its
+//! replies add up ([`latency`] for `measure: latency`), on top of three leaves that use
+//! nothing above them: [`read`] (the read commands), [`reply`] (decoding replies, and which
+//! server errors make a source unavailable) and [`libraries`] (wire facts of the queue
+//! libraries that both kinds of query share). This module owns the connections and
 //! the batching: the reads of every query of a refresh are de-duplicated (a thousand
 //! ScaledObjects over ten queues cost ten LLENs) and sent as one pipeline — on Redis Cluster
 //! one per hash slot ([`cluster`]), on Sentinel to the current master ([`sentinel`]). Reads
 //! that need a reply of that pipeline (a latency's job hash, after the job id) go out,
 //! de-duplicated the same way, as one second pipeline; a refresh of backlogs only has none.
 //! Every call is bounded by connection and response timeouts derived from the source's
-//! `timeout`, with at most one retry. [`events`] makes the source event-driven: Redis reports
-//! each change of a key the measurements read, and the engine re-reads at once.
+//! `timeout`, with at most one retry (`connections.rs`). [`events`] makes the source
+//! event-driven: Redis reports each change of a key the measurements read, and the engine
+//! re-reads at once.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc};
 
 use futures::future::BoxFuture;
-use redis::{
-    Value,
-    aio::{ConnectionManager, ConnectionManagerConfig},
-    cluster_async::ClusterConnection,
-};
-use tokio::sync::Mutex;
+use redis::Value;
 
 use crate::{
-    Error, Result,
+    Result,
     error::ConfigError,
     metadata::{Metadata, Parsed, metric_names},
-    sources::{
-        AUTHENTICATION_FAILED, Backend, ChangeFeed, CheckReport, Query, RefreshSettings, Section,
-        Source, typed,
-    },
+    sources::{Backend, ChangeFeed, CheckReport, Query, RefreshSettings, Section, Source, typed},
 };
 
 pub mod check;
 pub mod cluster;
 pub mod config;
+mod connections;
 pub mod events;
 pub mod latency;
+pub mod libraries;
 pub mod metrics;
 pub mod query;
+pub mod read;
+pub mod reply;
 pub mod sentinel;
 
-use config::{NodeSettings, RedisSettings, Topology};
-pub use query::{RedisQuery, RedisRead};
+use config::RedisSettings;
+use connections::Connections;
+pub use query::RedisQuery;
+pub use read::RedisRead;
 
 /// `type = "redis"`, `"redis-cluster"` and `"redis-sentinel"`.
 pub struct RedisBackend;
@@ -63,161 +65,27 @@ impl Backend for RedisBackend {
     }
 }
 
-/// A connection made on first use and kept: both client kinds reconnect by themselves after a
-/// failure.
-type LazyConnection<C> = Mutex<Option<C>>;
-
-enum Connections {
-    Standalone {
-        client: redis::Client,
-        connection: LazyConnection<ConnectionManager>,
-    },
-    Cluster {
-        client: redis::cluster::ClusterClient,
-        connection: LazyConnection<ClusterConnection>,
-    },
-    Sentinel(sentinel::SentinelBackend),
-}
-
 /// A Redis source of any topology.
 pub struct RedisSource {
     name: String,
-    timeout: Duration,
-    refresh_interval: Duration,
     connections: Connections,
-    /// Credentials and TLS of every node, for the event connections.
-    node: NodeSettings,
     events: events::Events,
 }
 
 impl RedisSource {
     /// Makes no connection.
     pub fn new(name: &str, settings: RedisSettings, refresh: RefreshSettings) -> Self {
-        let timeout = refresh.timeout;
-        let node = settings.node.clone();
-        let connections = match settings.topology {
-            Topology::Standalone(client) => Connections::Standalone {
-                client: *client,
-                connection: Mutex::new(None),
-            },
-            Topology::Cluster(client) => Connections::Cluster {
-                client: *client,
-                connection: Mutex::new(None),
-            },
-            Topology::Sentinel { sentinels, master } => Connections::Sentinel(
-                sentinel::SentinelBackend::new(name, sentinels, master, settings.node, timeout),
-            ),
-        };
+        let events = events::Events::new(settings.node.clone(), refresh);
         RedisSource {
             name: name.to_string(),
-            timeout,
-            refresh_interval: refresh.refresh_interval,
-            connections,
-            node,
-            events: events::Events::new(refresh.refresh_interval, timeout),
+            connections: Connections::new(name, settings, refresh.timeout),
+            events,
         }
     }
 
     /// Whether the source is event-driven, and if not, why.
     pub fn events_mode(&self) -> events::Mode {
         self.events.mode()
-    }
-
-    async fn standalone(
-        &self,
-        client: &redis::Client,
-        cell: &LazyConnection<ConnectionManager>,
-    ) -> Result<ConnectionManager> {
-        let mut cell = cell.lock().await;
-        if let Some(connection) = cell.as_ref() {
-            return Ok(connection.clone());
-        }
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.timeout / 2))
-            .set_response_timeout(Some(self.timeout / 2))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_millis(500));
-        let connection = ConnectionManager::new_with_config(client.clone(), config)
-            .await
-            .map_err(|e| self.unavailable(&e))?;
-        *cell = Some(connection.clone());
-        Ok(connection)
-    }
-
-    async fn cluster(
-        &self,
-        client: &redis::cluster::ClusterClient,
-        cell: &LazyConnection<ClusterConnection>,
-    ) -> Result<ClusterConnection> {
-        let mut cell = cell.lock().await;
-        if let Some(connection) = cell.as_ref() {
-            return Ok(connection.clone());
-        }
-        let connection = client
-            .get_async_connection()
-            .await
-            .map_err(|e| self.unavailable(&e))?;
-        *cell = Some(connection.clone());
-        Ok(connection)
-    }
-
-    fn unavailable(&self, error: &redis::RedisError) -> Error {
-        Error::unavailable(&self.name, describe(error))
-    }
-
-    /// Sends `reads` as one pipeline per node; errors of single commands come back as
-    /// `Value::ServerError` in their place, so one bad key does not fail the others.
-    async fn pipeline(&self, reads: &[RedisRead]) -> Result<Vec<Value>> {
-        if reads.is_empty() {
-            return Ok(Vec::new());
-        }
-        let replies: Vec<Value> = match &self.connections {
-            Connections::Standalone { client, connection } => {
-                let mut connection = self.standalone(client, connection).await?;
-                let pipeline = one_pipeline(reads);
-                match pipeline.query_async(&mut connection).await {
-                    Ok(replies) => replies,
-                    // The manager has started reconnecting; the retry waits for that.
-                    Err(error) if worth_one_retry(&error) => pipeline
-                        .query_async(&mut connection)
-                        .await
-                        .map_err(|e| self.unavailable(&e))?,
-                    Err(error) => return Err(self.unavailable(&error)),
-                }
-            }
-            Connections::Cluster { client, connection } => {
-                let connection = self.cluster(client, connection).await?;
-                cluster::pipeline_per_slot(&self.name, &connection, reads).await?
-            }
-            Connections::Sentinel(sentinel) => {
-                let pipeline = one_pipeline(reads);
-                let mut connection = sentinel.connection().await?;
-                let mut answer = pipeline.query_async(&mut connection).await;
-                if answer.as_ref().is_err_and(worth_one_retry) {
-                    // Asks the Sentinels again and connects anew.
-                    sentinel.forget_master().await;
-                    let mut connection = sentinel.connection().await?;
-                    answer = pipeline.query_async(&mut connection).await;
-                }
-                match answer {
-                    Ok(replies) => replies,
-                    Err(error) => {
-                        sentinel.forget_master().await;
-                        return Err(self.unavailable(&error));
-                    }
-                }
-            }
-        };
-        if replies.len() != reads.len() {
-            return Err(Error::Internal(format!(
-                "source `{}`: {} replies to {} reads",
-                self.name,
-                replies.len(),
-                reads.len()
-            )));
-        }
-        Ok(replies)
     }
 
     async fn read_all(&self, queries: &[Query]) -> Vec<Result<f64>> {
@@ -280,7 +148,7 @@ impl RedisSource {
                 unique.len() - 1
             });
         }
-        let replies = self.pipeline(&unique).await?;
+        let replies = self.connections.pipeline(&unique).await?;
         Ok(Round { index, replies })
     }
 }
@@ -326,27 +194,30 @@ impl Source for RedisSource {
     fn probe(&self) -> BoxFuture<'_, Result<()>> {
         // A read of one key through the same path as real reads (a missing key answers 0),
         // judged as a trigger's reply is: NOAUTH is a source that does not answer.
-        Box::pin(check::probe(self))
+        Box::pin(check::probe(&self.connections))
     }
 
     fn check(&self) -> BoxFuture<'_, Result<CheckReport>> {
-        Box::pin(check::check(self))
+        Box::pin(async move {
+            let mut report = check::check(&self.connections).await?;
+            report
+                .findings
+                .push(events::check(&self.connections, &self.events).await);
+            Ok(report)
+        })
     }
 
     fn watch(&self, changes: Arc<ChangeFeed>) -> Option<BoxFuture<'_, ()>> {
-        Some(Box::pin(events::run(self, changes)))
+        Some(Box::pin(events::run(
+            &self.connections,
+            &self.events,
+            changes,
+        )))
     }
 
     fn event_driven(&self) -> bool {
         self.events.event_driven()
     }
-}
-
-/// A kept connection that died while idle (the server restarted, a proxy dropped it) fails
-/// its next command at once; a fresh connection may well succeed, and the budget has room for
-/// it. A timeout has spent half the budget already, so it is not retried.
-fn worth_one_retry(error: &redis::RedisError) -> bool {
-    !error.is_timeout() && (error.is_io_error() || error.is_connection_dropped())
 }
 
 /// Queries read in one round trip (one pipeline per node). A refresh builds its commands,
@@ -355,33 +226,3 @@ fn worth_one_retry(error: &redis::RedisError) -> bool {
 /// round of 2,000 LLENs takes a few milliseconds, so 20,000 measurements still refresh in
 /// well under 100 ms.
 const QUERIES_PER_ROUND: usize = 2_000;
-
-fn one_pipeline(reads: &[RedisRead]) -> redis::Pipeline {
-    let mut pipe = redis::pipe();
-    pipe.ignore_errors();
-    for read in reads {
-        pipe.add_command(read.command());
-    }
-    pipe
-}
-
-/// A short, secret-free description of a Redis client error.
-fn describe(error: &redis::RedisError) -> String {
-    if error.is_timeout() {
-        "timed out".to_string()
-    } else if error.kind() == redis::ErrorKind::AuthenticationFailed
-        || matches!(error.code(), Some("WRONGPASS" | "NOAUTH"))
-    {
-        let code = error.code().unwrap_or("AUTH");
-        format!("{AUTHENTICATION_FAILED}: check the source's username and password ({code})")
-    } else if error.is_connection_refusal() {
-        "connection refused".to_string()
-    } else if error.is_io_error() || error.is_connection_dropped() {
-        format!("connection failed ({:?})", error.kind())
-    } else {
-        match error.code() {
-            Some(code) => format!("Redis answered {code}"),
-            None => format!("{:?}", error.kind()),
-        }
-    }
-}
