@@ -108,10 +108,11 @@ pub struct Events {
 
 #[derive(Default)]
 struct KeyIndex {
-    /// Each watched key and the measurements that read it.
-    readers: HashMap<String, HashSet<Query>>,
-    /// Each indexed measurement, its keys and when a batch last read it.
-    queries: HashMap<Query, (Vec<String>, Instant)>,
+    /// Each watched key and the measurements that read it (most keys: one; a `Vec`, as a set
+    /// of one costs several times more).
+    readers: HashMap<String, Vec<Query>>,
+    /// Each indexed measurement and when a batch last read it (its keys are its reads' keys).
+    queries: HashMap<Query, Instant>,
     /// Keys indexed since the watcher last took them.
     fresh: Vec<String>,
     last_pruned: Option<Instant>,
@@ -164,26 +165,19 @@ impl Events {
         let index = &mut *guard;
         let mut added = false;
         for (query, redis_query) in queries {
-            if let Some((_, seen)) = index.queries.get_mut(*query) {
+            if let Some(seen) = index.queries.get_mut(*query) {
                 *seen = now;
                 continue;
             }
-            let mut keys: Vec<String> = redis_query
-                .reads(0)
-                .iter()
-                .map(|read| read.key().to_string())
-                .collect();
-            keys.sort();
-            keys.dedup();
-            for key in &keys {
+            for key in keys_of(redis_query) {
                 let readers = index.readers.entry(key.clone()).or_default();
                 if readers.is_empty() {
-                    index.fresh.push(key.clone());
+                    index.fresh.push(key);
                     added = true;
                 }
-                readers.insert((*query).clone());
+                readers.push((*query).clone());
             }
-            index.queries.insert((*query).clone(), (keys, now));
+            index.queries.insert((*query).clone(), now);
         }
         if index
             .last_pruned
@@ -229,17 +223,20 @@ impl KeyIndex {
     /// Drops measurements no batch has read for `forget_after` (the engine let them expire).
     fn prune(&mut self, now: Instant, forget_after: Duration) {
         self.last_pruned = Some(now);
-        let gone: Vec<(Query, Vec<String>)> = self
+        let gone: Vec<Query> = self
             .queries
             .iter()
-            .filter(|(_, (_, seen))| now.duration_since(*seen) > forget_after)
-            .map(|(query, (keys, _))| (query.clone(), keys.clone()))
+            .filter(|(_, seen)| now.duration_since(**seen) > forget_after)
+            .map(|(query, _)| query.clone())
             .collect();
-        for (query, keys) in gone {
+        for query in gone {
             self.queries.remove(&query);
-            for key in keys {
+            let Some(redis_query) = query.downcast::<RedisQuery>() else {
+                continue;
+            };
+            for key in keys_of(redis_query) {
                 if let Some(readers) = self.readers.get_mut(&key) {
-                    readers.remove(&query);
+                    readers.retain(|reader| *reader != query);
                     if readers.is_empty() {
                         self.readers.remove(&key);
                     }
@@ -247,6 +244,18 @@ impl KeyIndex {
             }
         }
     }
+}
+
+/// The keys a measurement reads, each once.
+fn keys_of(query: &RedisQuery) -> Vec<String> {
+    let mut keys: Vec<String> = query
+        .reads(0)
+        .iter()
+        .map(|read| read.key().to_string())
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys
 }
 
 /// The event connections of one session, and which of them serves each hash slot.
@@ -737,6 +746,59 @@ mod tests {
                 ("127.0.0.1".into(), 7001, (5461, 10922)),
             ]
         );
+    }
+
+    fn events() -> Events {
+        let node = NodeSettings {
+            username: None,
+            password: None,
+            ca: None,
+            tls: false,
+        };
+        Events::new(
+            node,
+            RefreshSettings {
+                refresh_interval: Duration::from_secs(1),
+                max_staleness: Duration::from_secs(5),
+                timeout: Duration::from_secs(1),
+            },
+        )
+    }
+
+    fn list(keys: &[&str]) -> (Query, RedisQuery) {
+        let query = RedisQuery::List {
+            keys: keys.iter().map(|k| k.to_string()).collect(),
+        };
+        (Query::new(query.clone()), query)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_index_maps_keys_to_their_readers_and_forgets_expired_ones() {
+        let events = events();
+        let (ab, ab_typed) = list(&["a", "b"]);
+        let (b, b_typed) = list(&["b"]);
+        events.remember(&[(&ab, &ab_typed), (&b, &b_typed)]);
+        let mut fresh = events.fresh_keys();
+        fresh.sort();
+        assert_eq!(fresh, ["a", "b"], "each new key once, to be armed");
+        let changed = |keys: &[&str]| {
+            let keys: HashSet<String> = keys.iter().map(|k| k.to_string()).collect();
+            let mut readers = events.readers(Some(&keys));
+            readers.sort_by_key(|q| format!("{q:?}"));
+            readers
+        };
+        assert_eq!(changed(&["a"]), vec![ab.clone()]);
+        assert_eq!(changed(&["b"]).len(), 2);
+        assert!(changed(&["c"]).is_empty());
+        // `b` keeps being read; `ab` is not (the engine let it expire). Forgotten after
+        // 3 refreshes + the timeout (4 s), at the next prune (they are that far apart too).
+        for _ in 0..10 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            events.remember(&[(&b, &b_typed)]);
+        }
+        assert!(changed(&["a"]).is_empty(), "forgotten");
+        assert_eq!(changed(&["b"]), vec![b.clone()]);
+        assert!(events.fresh_keys().is_empty(), "no new key");
     }
 
     #[test]
