@@ -260,7 +260,8 @@ async fn a_churned_key_costs_a_bounded_number_of_reads() {
         }
         let _: () = pipe.query_async(&mut connection).await.unwrap();
         changes += 20;
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        // Paced to 2,000 changes a second; a late producer catches up without sleeping.
+        tokio::time::sleep_until((started + Duration::from_micros(changes * 500)).into()).await;
     }
     let seconds = started.elapsed().as_secs_f64();
     let after = redis.command_calls().await;
@@ -274,8 +275,8 @@ async fn a_churned_key_costs_a_bounded_number_of_reads() {
     eprintln!("{rate:.0} changes/s: {reads:.1} LLEN/s, {arms:.1} EXISTS/s");
     assert!(rate > 1000.0, "the key changed {rate:.0} times a second");
     assert!(
-        reads <= 60.0 && arms <= 60.0,
-        "{rate:.0} changes/s cost {reads:.1} LLEN/s and {arms:.1} EXISTS/s"
+        reads + arms <= 60.0,
+        "{rate:.0} changes/s cost {reads:.1} LLEN/s and {arms:.1} EXISTS/s, more than 60 reads/s"
     );
     assert!(
         reads >= 10.0,
