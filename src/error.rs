@@ -9,6 +9,9 @@ use tonic::{Code, Status};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// How the reason of [`Error::CredentialsRefused`] begins, in every source's words.
+pub const AUTHENTICATION_FAILED: &str = "authentication failed";
+
 /// A config problem, as one line that names the key. Config errors stop the process before any
 /// port is bound (exit code 2); they are never answered to a gRPC client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -31,6 +34,12 @@ pub enum Error {
     /// The backend could not be reached or did not answer in time. Retrying later may help.
     #[error("source `{source_name}` is unavailable: {reason}")]
     Unavailable { source_name: String, reason: String },
+
+    /// The backend answered but refused the source's credentials. Answered like
+    /// [`Error::Unavailable`] (the source cannot be read), and kept apart so
+    /// `backlog-scaler check` can tell "reachable, not authenticated" from "unreachable".
+    #[error("source `{source_name}` is unavailable: {reason}")]
+    CredentialsRefused { source_name: String, reason: String },
 
     /// The backend answered, but the data does not have the shape the trigger asks for
     /// (a Redis key of another type, a missing table or extension). Retrying will not help
@@ -75,6 +84,14 @@ impl Error {
         }
     }
 
+    /// Refused credentials; `advice` says what to check, after "authentication failed: ".
+    pub fn credentials_refused(source_name: impl Into<String>, advice: impl Into<String>) -> Self {
+        Error::CredentialsRefused {
+            source_name: source_name.into(),
+            reason: format!("{AUTHENTICATION_FAILED}: {}", advice.into()),
+        }
+    }
+
     pub fn rejected(source_name: impl Into<String>, reason: impl Into<String>) -> Self {
         Error::Rejected {
             source_name: source_name.into(),
@@ -86,7 +103,7 @@ impl Error {
     pub fn code(&self) -> Code {
         match self {
             Error::InvalidMetadata { .. } => Code::InvalidArgument,
-            Error::Unavailable { .. } => Code::Unavailable,
+            Error::Unavailable { .. } | Error::CredentialsRefused { .. } => Code::Unavailable,
             Error::Rejected { .. } => Code::FailedPrecondition,
             Error::TooManyMeasurements { .. } => Code::ResourceExhausted,
             Error::NamespaceNotAllowed { .. } => Code::PermissionDenied,
@@ -94,9 +111,18 @@ impl Error {
         }
     }
 
-    /// True when the backend itself could not be reached (as opposed to answering "no").
+    /// True when the source cannot be read: the backend could not be reached or refused the
+    /// credentials (as opposed to answering "no" about the data).
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, Error::Unavailable { .. })
+        matches!(
+            self,
+            Error::Unavailable { .. } | Error::CredentialsRefused { .. }
+        )
+    }
+
+    /// True when the backend refused the source's credentials.
+    pub fn is_credentials_refused(&self) -> bool {
+        matches!(self, Error::CredentialsRefused { .. })
     }
 }
 
@@ -122,6 +148,10 @@ mod tests {
                 Code::Unavailable,
             ),
             (
+                Error::credentials_refused("redis-main", "check the password"),
+                Code::Unavailable,
+            ),
+            (
                 Error::rejected("redis-main", "WRONGTYPE"),
                 Code::FailedPrecondition,
             ),
@@ -134,6 +164,21 @@ mod tests {
         for (error, code) in cases {
             assert_eq!(Status::from(error.clone()).code(), code, "{error}");
         }
+    }
+
+    #[test]
+    fn refused_credentials_read_as_unavailable_and_are_told_apart_by_variant() {
+        let refused = Error::credentials_refused("pg-main", "check the source's user and password");
+        assert_eq!(
+            refused.to_string(),
+            "source `pg-main` is unavailable: authentication failed: check the source's user and password"
+        );
+        assert!(refused.is_unavailable() && refused.is_credentials_refused());
+        let down = Error::unavailable(
+            "pg-main",
+            "authentication failed: by a reason's words alone",
+        );
+        assert!(down.is_unavailable() && !down.is_credentials_refused());
     }
 
     #[test]

@@ -4,22 +4,14 @@
 //! GetMetrics, IsActive and StreamIsActive answer from the engine, which serves warm
 //! measurements from memory and bounds every cold read.
 
-use std::{
-    panic::AssertUnwindSafe,
-    pin::Pin,
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
-    time::Duration,
-};
+use std::{panic::AssertUnwindSafe, pin::Pin, sync::Arc, time::Duration};
 
 use prometheus_client::metrics::gauge::Gauge;
 
 use futures::Stream;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{Request, Response, Status};
 use tracing::debug;
 
@@ -46,38 +38,53 @@ pub struct ScalerService {
     triggers: Arc<TriggerCache>,
     engine: Engine,
     shutdown: CancellationToken,
-    streams: StreamLimit,
+    streams: Streams,
 }
 
-/// StreamIsActive streams open now, and how many may be.
+/// StreamIsActive streams: at most `max` open at once, one semaphore permit each, counted in
+/// `gauge`; each runs as a task of `tasks`, so the server can wait for them when it drains.
 #[derive(Clone)]
-struct StreamLimit {
-    open: Arc<AtomicUsize>,
+struct Streams {
+    permits: Arc<Semaphore>,
     max: usize,
+    gauge: Gauge,
+    tasks: TaskTracker,
+}
+
+/// One open stream; dropping it (when the stream's task ends) gives its permit back.
+struct StreamPlace {
+    _permit: OwnedSemaphorePermit,
     gauge: Gauge,
 }
 
-/// One open stream; dropping it (when the stream's task ends) gives its place back.
-struct StreamPlace(StreamLimit);
+impl Streams {
+    fn new(max: usize, gauge: Gauge, tasks: TaskTracker) -> Streams {
+        Streams {
+            permits: Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS))),
+            max,
+            gauge,
+            tasks,
+        }
+    }
 
-impl StreamLimit {
     fn take(&self) -> Result<StreamPlace, Status> {
-        if self.open.fetch_add(1, Ordering::Relaxed) >= self.max {
-            self.open.fetch_sub(1, Ordering::Relaxed);
-            return Err(Status::resource_exhausted(format!(
+        let permit = self.permits.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
                 "too many StreamIsActive streams: server.limits.max_streams = {} are open",
                 self.max
-            )));
-        }
+            ))
+        })?;
         self.gauge.inc();
-        Ok(StreamPlace(self.clone()))
+        Ok(StreamPlace {
+            _permit: permit,
+            gauge: self.gauge.clone(),
+        })
     }
 }
 
 impl Drop for StreamPlace {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::Relaxed);
-        self.0.gauge.dec();
+        self.gauge.dec();
     }
 }
 
@@ -92,18 +99,20 @@ impl ScalerService {
             )),
             engine,
             shutdown,
-            streams: StreamLimit {
-                open: Arc::default(),
-                max: usize::MAX,
-                gauge: Gauge::default(),
-            },
+            streams: Streams::new(usize::MAX, Gauge::default(), TaskTracker::new()),
         }
     }
 
     /// At most `max` StreamIsActive streams open at once, counted in `gauge`.
     pub fn with_stream_limit(mut self, max: usize, gauge: Gauge) -> Self {
-        self.streams.max = max;
-        self.streams.gauge = gauge;
+        self.streams = Streams::new(max, gauge, self.streams.tasks.clone());
+        self
+    }
+
+    /// Runs each StreamIsActive stream as a task of `tasks` (the owner waits for them after
+    /// cancelling the shutdown token).
+    pub fn with_stream_tasks(mut self, tasks: TaskTracker) -> Self {
+        self.streams.tasks = tasks;
         self
     }
 
@@ -199,7 +208,7 @@ impl ExternalScaler for ScalerService {
         // Capacity 1: a slow reader gets the latest state, not a backlog of old ones.
         let (sender, receiver) = mpsc::channel(1);
         let service = self.clone();
-        tokio::spawn(async move {
+        self.streams.tasks.spawn(async move {
             let _place = place;
             let mut last_sent: Option<bool> = None;
             loop {

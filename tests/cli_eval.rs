@@ -508,6 +508,11 @@ async fn every_example_gets_a_replica_count_against_k8s_base_sources() {
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        // eval evaluates ScaledObjects (the HPA's math); a ScaledJob's Jobs follow KEDA's.
+        .filter(|p| {
+            let text = std::fs::read_to_string(p).unwrap();
+            text.contains("kind: ScaledObject") || !text.contains("kind: ScaledJob")
+        })
         .collect();
     examples.sort();
     assert!(examples.len() >= 10, "{examples:?}");
@@ -551,4 +556,70 @@ async fn every_example_gets_a_replica_count_against_k8s_base_sources() {
     assert_eq!(by_name("dagster-run-worker")["replicas"], 1);
     // pg-query.yaml: the base config's dagster_backlog query counts the same 2.
     assert_eq!(by_name("backlog-worker")["triggers"][0]["value"], 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_with_jobs_in_progress_shows_its_two_parts() {
+    let Setup { redis, dir, config } = setup().await;
+    // RQ: 5 waiting jobs and 2 started ones (entries of rq:wip:<queue> scored by their
+    // expiry, an hour from now), and one started job that expired a minute ago.
+    push(&redis, "rq:queue:high", 5).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as f64;
+    let mut connection = redis.connection().await;
+    let _: () = connection
+        .zadd_multiple(
+            "rq:wip:high",
+            &[
+                (now + 3600.0, "a:1"),
+                (now + 3600.0, "b:1"),
+                (now - 60.0, "c:1"),
+            ],
+        )
+        .await
+        .unwrap();
+    let trigger = "  triggers:\n    - type: external\n      metadata:\n        \
+                   scalerAddress: scaler:9090\n        source: redis-main\n        metric: rq\n        \
+                   queue: high\n        includeActive: \"true\"\n        target: \"4\"\n";
+    let file = write(dir.path(), "rq.yaml", &scaled_object("rq-worker", trigger));
+    let ran = eval(&config, &file, &[]).await;
+    assert_eq!(ran.code, Some(0), "{ran:#?}");
+    let report = ran.json();
+    let trigger = &report["scaled_objects"][0]["triggers"][0];
+    assert_eq!(trigger["value"], 7.0, "{report}");
+    assert_eq!(trigger["parts"]["waiting"], 5.0, "{report}");
+    assert_eq!(trigger["parts"]["in_progress"], 2.0, "{report}");
+    assert_eq!(
+        report["scaled_objects"][0]["replicas"], 2,
+        "ceil(7 / 4): {report}"
+    );
+
+    let text = run(&[
+        "eval",
+        "--config",
+        &config.display().to_string(),
+        "--scaledobject",
+        &file.display().to_string(),
+    ])
+    .await;
+    assert!(
+        text.stdout
+            .contains("value 7 = 5 waiting + 2 in progress, target 4"),
+        "{text:#?}"
+    );
+    // Without includeActive there are no parts to show.
+    let plain = scaled_object("plain", &trigger_without_parts());
+    let plain = write(dir.path(), "plain.yaml", &plain);
+    let ran = eval(&config, &plain, &[]).await;
+    let trigger = &ran.json()["scaled_objects"][0]["triggers"][0];
+    assert_eq!(trigger["value"], 5.0, "{ran:#?}");
+    assert!(trigger.get("parts").is_none(), "{ran:#?}");
+}
+
+fn trigger_without_parts() -> String {
+    "  triggers:\n    - type: external\n      metadata:\n        scalerAddress: scaler:9090\n        \
+     source: redis-main\n        metric: rq\n        queue: high\n        target: \"4\"\n"
+        .to_string()
 }

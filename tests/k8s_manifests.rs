@@ -3,9 +3,10 @@
 //! - `k8s/base/` renders with `kubectl kustomize` (any folder with a kustomization file is
 //!   rendered, never read file by file); `k8s/crds/` holds vendored CRDs, the data of the
 //!   checks below, and is not a manifest;
-//! - each ScaledObject / TriggerAuthentication / ClusterTriggerAuthentication validates
-//!   against KEDA v2.20.2's CRD schema (`k8s/crds/keda/`), with unknown fields rejected as
-//!   `kubectl apply`'s strict field validation does;
+//! - each ScaledObject / ScaledJob / TriggerAuthentication / ClusterTriggerAuthentication
+//!   validates against KEDA v2.20.2's CRD schema (`k8s/crds/keda/`), with unknown fields
+//!   rejected as `kubectl apply`'s strict field validation does; a ScaledJob's triggers count
+//!   waiting work only;
 //! - every other object validates strictly (unknown fields rejected) against the OpenAPI
 //!   schemas of Kubernetes 1.33 to 1.35, the versions KEDA v2.20 is tested on, with
 //!   kubernetes-validate;
@@ -220,6 +221,7 @@ fn close_objects(schema: &mut Value) {
 fn validator_for(kind: &str) -> Option<jsonschema::Validator> {
     let file = match kind {
         "ScaledObject" => "keda.sh_scaledobjects.yaml",
+        "ScaledJob" => "keda.sh_scaledjobs.yaml",
         "TriggerAuthentication" => "keda.sh_triggerauthentications.yaml",
         "ClusterTriggerAuthentication" => "keda.sh_clustertriggerauthentications.yaml",
         _ => return None,
@@ -308,6 +310,74 @@ fn the_validator_rejects_broken_scaled_objects() {
         !errors(&validator, &not_string).is_empty(),
         "metadata values are strings"
     );
+}
+
+#[test]
+fn the_validator_rejects_broken_scaled_jobs() {
+    let validator = validator_for("ScaledJob").unwrap();
+    let good = json!({
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "ScaledJob",
+        "metadata": {"name": "j"},
+        "spec": {
+            "jobTargetRef": {"template": {"spec": {"containers": [{"name": "c", "image": "i"}]}}},
+            "triggers": [{"type": "external", "metadata": {"scalerAddress": "a:9090"}}]
+        }
+    });
+    assert!(
+        errors(&validator, &good).is_empty(),
+        "{:?}",
+        errors(&validator, &good)
+    );
+    let mut no_job = good.clone();
+    no_job["spec"]
+        .as_object_mut()
+        .unwrap()
+        .remove("jobTargetRef");
+    assert!(
+        !errors(&validator, &no_job).is_empty(),
+        "jobTargetRef is required"
+    );
+    let mut deployment_target = good;
+    deployment_target["spec"]["scaleTargetRef"] = json!({"name": "w"});
+    assert!(
+        !errors(&validator, &deployment_target).is_empty(),
+        "a ScaledJob has no scaleTargetRef"
+    );
+}
+
+/// With the `accurate` strategy KEDA starts ceil(value / target) Jobs minus those not yet
+/// running: the value must be the waiting work alone, or Jobs start that find nothing to do.
+/// (`default` subtracts every unfinished Job instead, which fits only values that count the
+/// work those Jobs hold: docs/scaling-in.md.)
+#[test]
+fn scaled_job_triggers_count_waiting_work_only() {
+    let mut checked = 0;
+    for (file, document) in manifests().iter().filter(|(_, d)| d["kind"] == "ScaledJob") {
+        assert_eq!(
+            document["spec"]["scalingStrategy"]["strategy"],
+            "accurate",
+            "{}: a trigger of waiting work goes with the accurate strategy",
+            file.display()
+        );
+        for trigger in document["spec"]["triggers"].as_array().unwrap() {
+            let metadata = &trigger["metadata"];
+            assert_ne!(
+                metadata["includeActive"],
+                "true",
+                "{}: includeActive counts running jobs",
+                file.display()
+            );
+            let statuses = metadata["statuses"].as_str().unwrap_or_default();
+            assert!(
+                !statuses.contains("STARTED") && !statuses.contains("STARTING"),
+                "{}: statuses {statuses:?} count running runs",
+                file.display()
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 1, "k8s/examples/ has a ScaledJob");
 }
 
 // === Kubernetes objects against Kubernetes' schemas ===
@@ -499,7 +569,8 @@ fn configmap_is_a_valid_config_and_every_trigger_parses_against_it() {
     let catalog = Catalog::new(&config.sources, &config.server.limits);
     let mut parsed = 0;
     for (file, document) in &documents {
-        if document["kind"] != "ScaledObject" {
+        // A ScaledJob's triggers reach the scaler exactly as a ScaledObject's do.
+        if document["kind"] != "ScaledObject" && document["kind"] != "ScaledJob" {
             continue;
         }
         for trigger in document["spec"]["triggers"].as_array().unwrap() {

@@ -986,3 +986,128 @@ async fn sigterm_with_200_rpcs_in_flight_goes_not_serving_ends_streams_answers_e
         "{stderr}"
     );
 }
+
+/// The scaler's connections in Redis's CLIENT LIST: every client but the one asking.
+async fn scaler_clients(redis: &RedisServer) -> Vec<String> {
+    let mut connection = redis.connection().await;
+    let own: i64 = redis::cmd("CLIENT")
+        .arg("ID")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let own = format!("id={own} ");
+    list.lines()
+        .filter(|line| !line.starts_with(&own))
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_returns_after_every_listener_stream_and_refresher_it_started_has_ended() {
+    // Long, so returning by joining (well within it) cannot be mistaken for giving up at it.
+    let grace = Duration::from_secs(20);
+    let redis = RedisServer::start();
+    push(&mut redis.connection().await, "owned", 2).await;
+    let (http, health_port) = (free_port(), free_port());
+    let server = [
+        http_listen(http),
+        format!("health_listen = \"127.0.0.1:{health_port}\""),
+        format!("shutdown_grace = \"{}s\"", grace.as_secs()),
+    ];
+    // A read of the frozen Redis below ends at this timeout, not before: the Redis source
+    // waits for an answer half of `measurements.timeout`.
+    let read_timeout = Duration::from_secs(2);
+    let measurements = [format!("timeout = \"{}s\"", 2 * read_timeout.as_secs())];
+    let measurements: Vec<&str> = measurements.iter().map(String::as_str).collect();
+    let config = scaler_config(&redis.url(), &server, &[], &measurements);
+    let mut scaler = Scaler::start(&config).await;
+    wait_until_ready(scaler.address).await;
+
+    // A stream, a kept-alive http connection, a health check on the plaintext port, and the
+    // refresher's connection in Redis.
+    let mut client = clients(scaler.address, 1).await.remove(0);
+    let mut stream = open_stream(&mut client, list_trigger("owned"))
+        .await
+        .unwrap();
+    assert!(first_message(&mut stream).await);
+    let mut kept_alive = tokio::net::TcpStream::connect(("127.0.0.1", http))
+        .await
+        .unwrap();
+    tokio::io::AsyncWriteExt::write_all(
+        &mut kept_alive,
+        b"GET /healthz HTTP/1.1\r\nHost: scaler\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut answer = [0u8; 64];
+    let read = tokio::io::AsyncReadExt::read(&mut kept_alive, &mut answer)
+        .await
+        .unwrap();
+    assert!(answer[..read].starts_with(b"HTTP/1.1 200"), "{answer:?}");
+    let plain_health = SocketAddr::from(([127, 0, 0, 1], health_port));
+    assert_eq!(
+        plain(health(plain_health, "liveness").await),
+        Ok(ServingStatus::Serving)
+    );
+    let before = scaler_clients(&redis).await;
+    assert!(!before.is_empty(), "the scaler reads Redis: {before:?}");
+    // A cold read whose request KEDA gave up on goes on in an engine task: on a frozen Redis
+    // it lasts until its timeout, so `run` must wait for it.
+    redis.freeze(true);
+    let read_started = Instant::now();
+    let given_up = tokio::time::timeout(
+        Duration::from_millis(300),
+        value_of(&mut client, list_trigger("read-while-stopping")),
+    )
+    .await;
+    assert!(given_up.is_err(), "the frozen Redis answered: {given_up:?}");
+
+    scaler.shut_down().await.expect("run returns Ok");
+    let took = read_started.elapsed();
+    redis.freeze(false);
+    assert!(
+        took >= read_timeout - Duration::from_millis(200),
+        "run returned {took:?} after the cold read began, before its {read_timeout:?} timeout: \
+         it did not wait for the task reading it"
+    );
+    assert!(
+        took < read_timeout + Duration::from_secs(3),
+        "run returned {took:?} after the cold read began: it joined its tasks, not waited out \
+         the {grace:?} grace"
+    );
+
+    // When `run` has returned, everything it started has ended.
+    assert_streams_end(
+        std::slice::from_mut(&mut stream),
+        Duration::from_millis(500),
+    )
+    .await;
+    assert!(
+        closed_by_server(&mut kept_alive, Duration::from_millis(500))
+            .await
+            .is_some(),
+        "the http connection is closed"
+    );
+    for (port, what) in [(http, "http_listen"), (health_port, "health_listen")] {
+        let refused = tokio::net::TcpStream::connect(("127.0.0.1", port)).await;
+        assert!(refused.is_err(), "{what} still accepts after run returned");
+    }
+    let refused = tokio::net::TcpStream::connect(scaler.address).await;
+    assert!(
+        refused.is_err(),
+        "grpc_listen still accepts after run returned"
+    );
+    // The sockets close as the dropped clients' I/O drivers finish; Redis sees it next.
+    poll_until(
+        "the scaler's Redis connections are gone",
+        Duration::from_secs(2),
+        async || scaler_clients(&redis).await,
+        |clients| clients.is_empty(),
+    )
+    .await;
+}

@@ -176,7 +176,7 @@ async fn pg_statements_rates_match_the_load_and_stay_sane_across_a_reset() {
     let (postgres, _bouncer, scaler) = start("postgres").await;
     let marker = "rate_probe_4711";
     // A client runs one statement at ~40/s for the whole test.
-    let client = postgres.session("postgres", "rate-client").await;
+    let client = postgres.app_session("postgres", "rate-client").await;
     let sql = format!("SELECT count(*) AS {marker} FROM pg_class");
     let started = Instant::now();
     let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -471,4 +471,158 @@ async fn tls_verifies_the_server_with_the_configured_ca_and_is_unavailable_witho
         status.message().to_lowercase().contains("certificate"),
         "{status:?}"
     );
+}
+
+/// The libpq `sslmode`s against a PostgreSQL whose certificate (from a private CA) names
+/// `localhost` only: what each connects to, what it refuses and why, what `pg_stat_ssl`
+/// shows of the scaler's sessions, and what `check` says of each source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn libpq_sslmodes_verify_what_they_say_and_sessions_are_encrypted() {
+    let dir = common::postgres::server_dir();
+    let ca = common::certs::TestCa::new("pg-private");
+    let ca_file = ca.write(dir.path());
+    let other_ca_file = common::certs::TestCa::new("someone-else").write(dir.path());
+    let (cert, key) = ca
+        .server_for("localhost", &["localhost"])
+        .write(dir.path(), "server");
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    common::postgres::give_to_server_user(dir.path());
+    let postgres = PostgresServer::start_with(&[
+        "ssl=on",
+        &format!("ssl_cert_file={}", cert.display()),
+        &format!("ssl_key_file={}", key.display()),
+    ])
+    .await;
+    // One database per source, so pg_stat_activity tells their sessions apart.
+    let cases = [
+        ("verify-full", "localhost", Some(&ca_file)),
+        ("verify-ca", "127.0.0.1", Some(&ca_file)),
+        ("require", "localhost", Some(&ca_file)),
+        ("disable", "127.0.0.1", None),
+        ("verify-full-by-address", "127.0.0.1", Some(&ca_file)),
+        ("verify-ca-other-ca", "127.0.0.1", Some(&other_ca_file)),
+        ("verify-ca-web-pki", "127.0.0.1", None),
+    ];
+    let mut config = String::new();
+    for (name, host, ca) in cases {
+        let database = name.replace('-', "_");
+        let mode = name
+            .trim_end_matches("-by-address")
+            .trim_end_matches("-other-ca")
+            .trim_end_matches("-web-pki");
+        postgres
+            .execute("postgres", &format!("CREATE DATABASE {database}"))
+            .await;
+        config.push_str(&format!(
+            "[sources.{name}]\ntype = \"postgres\"\n\
+             url = \"postgres://postgres@{host}:{port}/{database}?sslmode={mode}\"\n",
+            port = postgres.port
+        ));
+        if let Some(ca) = ca {
+            config.push_str(&format!("tls_ca_file = \"{}\"\n", ca.display()));
+        }
+    }
+    let scaler = Scaler::start(&config).await;
+    let pairs = [
+        ("metric", "pg-activity"),
+        ("measure", "total"),
+        ("applicationName", "nobody"),
+    ];
+    for source in ["verify-full", "verify-ca", "require", "disable"] {
+        let value = trigger_value(&scaler, source, &pairs).await;
+        assert_eq!(value.unwrap(), 0.0, "{source} connects");
+    }
+    for (source, why) in [
+        ("verify-full-by-address", "not valid for name"),
+        ("verify-ca-other-ca", "unknownissuer"),
+        ("verify-ca-web-pki", "unknownissuer"),
+    ] {
+        let status = trigger_value(&scaler, source, &pairs).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable, "{source}: {status:?}");
+        let message = status.message().to_lowercase();
+        assert!(message.contains(why), "{source}: {status:?}");
+    }
+    let watcher = postgres.session("postgres", "watcher").await;
+    let rows = watcher
+        .query(
+            "SELECT a.datname::text, bool_and(s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a \
+             USING (pid) WHERE a.application_name = 'backlog-scaler' GROUP BY a.datname",
+            &[],
+        )
+        .await
+        .unwrap();
+    let encrypted: std::collections::HashMap<String, bool> =
+        rows.iter().map(|row| (row.get(0), row.get(1))).collect();
+    for (database, ssl) in [
+        ("verify_full", true),
+        ("verify_ca", true),
+        ("require", true),
+        ("disable", false),
+    ] {
+        assert_eq!(
+            encrypted.get(database),
+            Some(&ssl),
+            "{database}: {encrypted:?}"
+        );
+    }
+
+    // `check` says, per source, whether its connections are encrypted and what is verified.
+    let config_dir = tempfile::tempdir().unwrap();
+    let kept: String = config
+        .split("[sources.")
+        .filter(|section| {
+            ["verify-full]", "verify-ca]", "disable]"]
+                .iter()
+                .any(|name| section.starts_with(name))
+        })
+        .map(|section| format!("[sources.{section}"))
+        .collect();
+    let path = config_dir.path().join("scaler.toml");
+    std::fs::write(&path, kept).unwrap();
+    let output = std::process::Command::new(common::SCALER_BINARY)
+        .args(["check", "--config"])
+        .arg(&path)
+        .env_remove("BACKLOG_SCALER_CONFIG")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}{output:?}");
+    assert!(
+        stdout.contains("verified against tls_ca_file and must name the URL's host"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("its host name is not (sslmode=verify-ca)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("not encrypted"), "{stdout}");
+    // The watcher session logs in as the scaler's role: check says the role is shared.
+    assert!(stdout.contains("`postgres` is shared"), "{stdout}");
+}
+
+#[test]
+fn an_unsupported_sslmode_or_url_parameter_is_named_at_start() {
+    for (url, named) in [
+        (
+            "postgres://p@127.0.0.1:1/db?sslmode=verify",
+            "sslmode `verify`",
+        ),
+        (
+            "postgres://p:hunter2@127.0.0.1:1/db?sslrootcert=/ca.pem",
+            "`sslrootcert`",
+        ),
+    ] {
+        let mut process = common::ScalerProcess::spawn(
+            &format!("[sources.p]\ntype = \"postgres\"\nurl = \"{url}\"\n"),
+            &[],
+        );
+        let status = process.wait_for_exit();
+        let stderr = process.stderr();
+        assert!(!status.success(), "{stderr}");
+        assert!(
+            stderr.contains("`sources.p.url`") && stderr.contains(named),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("hunter2"), "{stderr}");
+    }
 }

@@ -12,52 +12,69 @@ use std::{
 
 use backlog_scaler::proto::{GetMetricsRequest, external_scaler_client::ExternalScalerClient};
 use common::{
-    RedisServer, SETTLES_WITHIN, Scaler, poll_until, project, redis_config,
+    ChildGuard, RedisServer, SETTLES_WITHIN, Scaler, poll_until, project, redis_config,
     redis_topology::{RedisCluster, SentinelSetup},
     scaled_object, trigger_value,
 };
 use futures::StreamExt;
 use redis::AsyncCommands;
 use serde_json::Value;
-use tonic::transport::Channel;
+use tonic::{Code, transport::Channel};
 
-/// Runs a producer script and parses the JSON line it prints.
-async fn produce(program: &str, script: &str, args: Vec<String>) -> Value {
+/// What the tests need from `scripts/install-test-deps.sh`.
+const LIBRARIES_HINT: &str = "run scripts/install-test-deps.sh (installs bullmq into \
+     .test-deps/node, celery and rq into .test-deps/python, and as root Debian's ruby-sidekiq \
+     and ruby-redis-namespace)";
+
+/// `program` (node, python3, ruby or sidekiq) set up to load the queue libraries the tests
+/// use: node's and Python's from `.test-deps/`, Ruby's from Debian.
+fn library_command(program: &str) -> Command {
     let deps = project().join(".test-deps");
-    let hint = "run scripts/install-test-deps.sh (installs bullmq into .test-deps/node and \
-                celery, rq into .test-deps/python)";
-    let (env_key, env_value, marker) = match program {
-        "node" => (
-            "NODE_PATH",
-            deps.join("node/node_modules"),
-            "node/node_modules/bullmq",
-        ),
-        _ => ("PYTHONPATH", deps.join("python"), "python/celery"),
+    let mut command = Command::new(program);
+    let marker = match program {
+        "node" => {
+            command.env("NODE_PATH", deps.join("node/node_modules"));
+            Some("node/node_modules/bullmq")
+        }
+        "python3" => {
+            command.env("PYTHONPATH", deps.join("python"));
+            Some("python/celery")
+        }
+        _ => None,
     };
-    assert!(
-        Path::new(&deps.join(marker)).exists(),
-        "{marker} is missing; {hint}"
-    );
-    let script = project().join("tests/compat").join(script);
-    let program = program.to_string();
+    if let Some(marker) = marker {
+        assert!(
+            Path::new(&deps.join(marker)).exists(),
+            "{marker} is missing; {LIBRARIES_HINT}"
+        );
+    }
+    command
+}
+
+/// Runs a script of `tests/compat` and parses the JSON line it prints last.
+async fn produce(program: &str, script: &str, args: Vec<String>) -> Value {
+    run_script(library_command(program), script, args).await
+}
+
+async fn run_script(mut command: Command, script: &str, args: Vec<String>) -> Value {
+    command
+        .arg(project().join("tests/compat").join(script))
+        .args(&args);
     let output = tokio::task::spawn_blocking(move || {
-        Command::new(&program)
-            .arg(&script)
-            .args(&args)
-            .env(env_key, env_value)
+        command
             .output()
-            .unwrap_or_else(|e| panic!("cannot run {program}: {e}; {hint}"))
+            .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}; {LIBRARIES_HINT}"))
     })
     .await
     .unwrap();
     assert!(
         output.status.success(),
-        "producer failed: {}",
+        "{script} {args:?} failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
     let stdout = String::from_utf8(output.stdout).unwrap();
     serde_json::from_str(stdout.lines().last().unwrap_or_default())
-        .unwrap_or_else(|e| panic!("producer printed {stdout:?}: {e}"))
+        .unwrap_or_else(|e| panic!("{script} printed {stdout:?}: {e}"))
 }
 
 /// BullMQ's own count of the work the scaler must see: waiting + paused + prioritized jobs
@@ -628,4 +645,415 @@ async fn a_refresh_of_more_measurements_than_one_round_trip_holds_reads_every_on
         |stale| *stale == 0,
     )
     .await;
+}
+
+// === Work in progress (`includeActive`) with the libraries' real workers ===
+
+/// A queue's work as its library counts it: waiting, and being worked on right now.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Work {
+    waiting: f64,
+    running: f64,
+}
+
+impl Work {
+    fn total(self) -> f64 {
+        self.waiting + self.running
+    }
+}
+
+/// Real worker processes of a queue library; they and their children (RQ's work horses) are
+/// killed when dropped.
+struct Workers(Vec<ChildGuard>);
+
+impl Workers {
+    fn new() -> Workers {
+        Workers(Vec::new())
+    }
+
+    /// Starts `command` (a worker that runs until killed), its output discarded.
+    fn start(&mut self, mut command: Command) {
+        let child = command
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}; {LIBRARIES_HINT}"));
+        self.0.push(ChildGuard(child));
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for worker in &self.0 {
+            worker.signal_tree("KILL");
+        }
+    }
+}
+
+/// Jobs are held in progress until this key exists (every worker script polls it).
+const RELEASE: &str = "test:release";
+
+/// How long real workers may take to start, take their jobs and (Sidekiq) publish them at
+/// their next heartbeat, 5 s apart. Only a failing test waits this long.
+const WORKERS_SETTLE_WITHIN: Duration = Duration::from_secs(40);
+
+/// Polls until the library counts `expected` before and after the scaler answers for
+/// `pairs`, and the scaler's value is their sum: both figures taken at the same moment, with
+/// the jobs held in progress. Then checks that without `includeActive` only the waiting jobs
+/// count.
+async fn assert_counts_like_the_library(
+    scaler: &Scaler,
+    source: &str,
+    pairs: &[(&str, &str)],
+    expected: Work,
+    mut library: impl AsyncFnMut() -> Work,
+) {
+    let mut with_active = pairs.to_vec();
+    with_active.push(("includeActive", "true"));
+    let _ = poll_until(
+        format!("{source} {with_active:?} counts {expected:?} as the library does"),
+        WORKERS_SETTLE_WITHIN,
+        async || {
+            let before = library().await;
+            let value = trigger_value(scaler, source, &with_active).await;
+            let after = library().await;
+            (before, value, after)
+        },
+        |(before, value, after)| {
+            *before == expected
+                && *after == expected
+                && value.as_ref().is_ok_and(|v| *v == expected.total())
+        },
+    )
+    .await;
+    let mut without = pairs.to_vec();
+    without.push(("includeActive", "false"));
+    for pairs in [pairs.to_vec(), without] {
+        let value = trigger_value(scaler, source, &pairs).await.unwrap();
+        assert_eq!(
+            value, expected.waiting,
+            "{pairs:?} counts waiting jobs only"
+        );
+    }
+}
+
+/// A scaler reading `redis` as a user that may only read and connect: a write among its
+/// reads would fail the trigger (NOPERM).
+async fn read_only_scaler(redis: &RedisServer) -> Scaler {
+    let _: () = redis::cmd("ACL")
+        .arg(&[
+            "SETUSER",
+            "reader",
+            "on",
+            "nopass",
+            "~*",
+            "+@read",
+            "+@connection",
+        ])
+        .query_async(&mut redis.connection().await)
+        .await
+        .unwrap();
+    let url = format!("redis://reader@127.0.0.1:{}/0", redis.port);
+    Scaler::start(&redis_config(&url)).await
+}
+
+/// The `waiting` and `running` (+ `reserved`) of a worker script's `count` line.
+fn work(counted: &Value) -> Work {
+    let number = |key: &str| counted[key].as_f64().unwrap_or(0.0);
+    Work {
+        waiting: number("waiting"),
+        running: number("running") + number("reserved"),
+    }
+}
+
+fn sidekiq_server(port: u16, namespace: &str, queue: &str, concurrency: u32) -> Command {
+    let mut command = library_command("sidekiq");
+    command
+        .env("SIDEKIQ_PORT", port.to_string())
+        .env("SIDEKIQ_NAMESPACE", namespace)
+        .arg("-r")
+        .arg(project().join("tests/compat/sidekiq_work.rb"))
+        .args(["-q", queue, "-c", &concurrency.to_string()]);
+    command
+}
+
+async fn sidekiq(port: u16, namespace: &str, args: &[&str]) -> Value {
+    let mut command = library_command("ruby");
+    command.env("SIDEKIQ_PORT", port.to_string());
+    let mut all = vec![port.to_string(), namespace.to_string()];
+    all.extend(args.iter().map(|a| a.to_string()));
+    run_script(command, "sidekiq_work.rb", all).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidekiq_include_active_counts_the_work_set_with_and_without_a_namespace() {
+    let redis = RedisServer::start();
+    let scaler = read_only_scaler(&redis).await;
+    let port = redis.port;
+    let mut workers = Workers::new();
+    // Queue `work` without a namespace, queue `other` busy beside it, and queue `work` again
+    // behind namespace `app`: each is counted apart from the others.
+    workers.start(sidekiq_server(port, "", "work", 2));
+    workers.start(sidekiq_server(port, "", "other", 1));
+    workers.start(sidekiq_server(port, "app", "work", 1));
+    sidekiq(port, "", &["push", "work", "4", RELEASE]).await;
+    sidekiq(port, "", &["push", "other", "2", RELEASE]).await;
+    sidekiq(port, "app", &["push", "work", "3", RELEASE]).await;
+    let cases = [
+        (
+            "",
+            "work",
+            Work {
+                waiting: 2.0,
+                running: 2.0,
+            },
+        ),
+        (
+            "",
+            "other",
+            Work {
+                waiting: 1.0,
+                running: 1.0,
+            },
+        ),
+        (
+            "app",
+            "work",
+            Work {
+                waiting: 2.0,
+                running: 1.0,
+            },
+        ),
+    ];
+    for (namespace, queue, expected) in cases {
+        let mut pairs = vec![("metric", "sidekiq"), ("queue", queue)];
+        if !namespace.is_empty() {
+            pairs.push(("namespace", namespace));
+        }
+        assert_counts_like_the_library(&scaler, "redis-main", &pairs, expected, async || {
+            work(&sidekiq(port, namespace, &["count", queue]).await)
+        })
+        .await;
+    }
+    let _: () = redis.connection().await.set(RELEASE, 1).await.unwrap();
+}
+
+async fn rq(port: u16, args: &[&str]) -> Value {
+    let mut all = vec![port.to_string()];
+    all.extend(args.iter().map(|a| a.to_string()));
+    produce("python3", "rq_work.py", all).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rq_include_active_counts_started_jobs_behind_sentinel() {
+    let sentinel = SentinelSetup::start().await;
+    let scaler = Scaler::start(&sentinel.source_config("redis-ha", "mymaster")).await;
+    let port = sentinel.master.port;
+    let mut workers = Workers::new();
+    for queue in ["work", "other"] {
+        let mut worker = library_command("python3");
+        worker.arg(project().join("tests/compat/rq_work.py")).args([
+            &port.to_string(),
+            "serve",
+            queue,
+        ]);
+        workers.start(worker);
+    }
+    rq(port, &["push", "work", "3", RELEASE]).await;
+    rq(port, &["push", "other", "2", RELEASE]).await;
+    for (queue, expected) in [
+        (
+            "work",
+            Work {
+                waiting: 2.0,
+                running: 1.0,
+            },
+        ),
+        (
+            "other",
+            Work {
+                waiting: 1.0,
+                running: 1.0,
+            },
+        ),
+    ] {
+        let pairs = [("metric", "rq"), ("queue", queue)];
+        assert_counts_like_the_library(&scaler, "redis-ha", &pairs, expected, async || {
+            work(&rq(port, &["count", queue]).await)
+        })
+        .await;
+    }
+    let _: () = sentinel
+        .master
+        .connection()
+        .await
+        .set(RELEASE, 1)
+        .await
+        .unwrap();
+}
+
+const CELERY_PREFIX: &str = "tenant-a:";
+
+fn celery_command(port: u16) -> Command {
+    let mut command = library_command("python3");
+    command
+        .env("CELERY_PORT", port.to_string())
+        .env("CELERY_PREFIX", CELERY_PREFIX);
+    command
+}
+
+async fn celery(port: u16, args: &[&str]) -> Value {
+    let args = args.iter().map(|a| a.to_string()).collect();
+    run_script(celery_command(port), "celery_work.py", args).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn celery_include_active_counts_the_queue_s_unacked_messages() {
+    let redis = RedisServer::start();
+    let scaler = read_only_scaler(&redis).await;
+    let port = redis.port;
+    let mut workers = Workers::new();
+    // acks_late and a prefetch multiplier of 1 (celery_work.py): each worker holds as many
+    // messages unacknowledged as it runs tasks.
+    for (queue, concurrency) in [("work", "2"), ("other", "1")] {
+        let mut worker = celery_command(port);
+        worker
+            .arg(project().join("tests/compat/celery_work.py"))
+            .args(["serve", queue, concurrency]);
+        workers.start(worker);
+    }
+    // Celery's default beside them: a task is acknowledged when it starts, and the worker
+    // then prefetches the next one.
+    let mut early = celery_command(port);
+    early
+        .env("CELERY_ACKS_LATE", "0")
+        .arg(project().join("tests/compat/celery_work.py"))
+        .args(["serve", "early", "1"]);
+    workers.start(early);
+    celery(port, &["push", "work", "5", RELEASE]).await;
+    celery(port, &["push", "other", "2", RELEASE]).await;
+    celery(port, &["push", "early", "4", RELEASE]).await;
+    for (queue, expected) in [
+        (
+            "work",
+            Work {
+                waiting: 3.0,
+                running: 2.0,
+            },
+        ),
+        (
+            "other",
+            Work {
+                waiting: 1.0,
+                running: 1.0,
+            },
+        ),
+    ] {
+        let pairs = [
+            ("metric", "celery"),
+            ("queue", queue),
+            ("keyPrefix", CELERY_PREFIX),
+        ];
+        assert_counts_like_the_library(&scaler, "redis-main", &pairs, expected, async || {
+            work(&celery(port, &["count", queue]).await)
+        })
+        .await;
+    }
+    // Without acks_late the running task is nowhere in Redis: only the prefetched one counts.
+    let pairs = [
+        ("metric", "celery"),
+        ("queue", "early"),
+        ("keyPrefix", CELERY_PREFIX),
+        ("includeActive", "true"),
+    ];
+    let library = serde_json::json!({"waiting": 2, "running": 1, "reserved": 1});
+    let _ = poll_until(
+        "without acks_late: the waiting tasks and the prefetched one",
+        WORKERS_SETTLE_WITHIN,
+        async || {
+            let before = celery(port, &["count", "early"]).await;
+            let value = trigger_value(&scaler, "redis-main", &pairs).await;
+            let after = celery(port, &["count", "early"]).await;
+            (before, value, after)
+        },
+        |(before, value, after)| {
+            *before == library && *after == library && value.as_ref().is_ok_and(|v| *v == 3.0)
+        },
+    )
+    .await;
+    let _: () = redis.connection().await.set(RELEASE, 1).await.unwrap();
+}
+
+async fn bullmq(port: u16, queue: &str, args: &[&str]) -> Value {
+    let mut all = vec![port.to_string(), queue.to_string()];
+    all.extend(args.iter().map(|a| a.to_string()));
+    produce("node", "bullmq_work.cjs", all).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bullmq_include_active_counts_the_jobs_workers_hold() {
+    let redis = RedisServer::start();
+    let scaler = read_only_scaler(&redis).await;
+    let port = redis.port;
+    let mut workers = Workers::new();
+    for (queue, concurrency) in [("work", "2"), ("other", "1")] {
+        let mut worker = library_command("node");
+        worker
+            .arg(project().join("tests/compat/bullmq_work.cjs"))
+            .args([&port.to_string(), queue, "serve", concurrency]);
+        workers.start(worker);
+    }
+    bullmq(port, "work", &["push", "5", RELEASE]).await;
+    bullmq(port, "other", &["push", "2", RELEASE]).await;
+    for (queue, expected) in [
+        (
+            "work",
+            Work {
+                waiting: 3.0,
+                running: 2.0,
+            },
+        ),
+        (
+            "other",
+            Work {
+                waiting: 1.0,
+                running: 1.0,
+            },
+        ),
+    ] {
+        let pairs = [("metric", "bullmq"), ("queue", queue)];
+        assert_counts_like_the_library(&scaler, "redis-main", &pairs, expected, async || {
+            work(&bullmq(port, queue, &["count"]).await)
+        })
+        .await;
+    }
+    let _: () = redis.connection().await.set(RELEASE, 1).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn include_active_refuses_latency_and_values_other_than_true_or_false() {
+    let redis = RedisServer::start();
+    let scaler = Scaler::start(&redis_config(&redis.url())).await;
+    for metric in ["sidekiq", "rq", "celery", "bullmq"] {
+        let base = [("metric", metric), ("queue", "work")];
+        let mut latency = base.to_vec();
+        latency.extend([("includeActive", "true"), ("measure", "latency")]);
+        let status = trigger_value(&scaler, "redis-main", &latency)
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{metric}: {status:?}");
+        for key in ["includeActive", "measure"] {
+            assert!(status.message().contains(key), "{metric}: {status:?}");
+        }
+        let mut neither = base.to_vec();
+        neither.push(("includeActive", "yes"));
+        let status = trigger_value(&scaler, "redis-main", &neither)
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{metric}: {status:?}");
+        assert!(
+            status.message().contains("includeActive") && status.message().contains("true"),
+            "{metric}: {status:?}"
+        );
+    }
 }

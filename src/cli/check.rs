@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use super::{Exit, Output};
 use crate::{
     config::{Config, SourceConfig},
-    sources::{Finding, refused_credentials},
+    sources::Finding,
 };
 
 /// What `check` found about one source.
@@ -72,7 +72,7 @@ async fn check_source(source: &SourceConfig) -> SourceCheck {
             check.findings = report.findings;
         }
         Ok(Err(error)) => {
-            let refused = refused_credentials(&error);
+            let refused = error.is_credentials_refused();
             // Any answer but "could not reach" came from the backend.
             check.reachable = refused || !error.is_unavailable();
             check.authenticated = refused.then_some(false);

@@ -30,7 +30,7 @@ use crate::{
     eval::{ScaledObject, Trigger, TriggerReading, desired_replicas, parse_scaled_objects},
     metrics::Metrics,
     server::build_engine,
-    trigger::{Catalog, parse_trigger},
+    trigger::{Catalog, TriggerSpec, parse_trigger},
 };
 
 /// What `eval` was asked.
@@ -89,11 +89,22 @@ pub struct TriggerReport {
     pub activation_target: Option<f64>,
     /// IsActive's answer.
     pub active: Option<bool>,
+    /// With `includeActive: "true"`: the value's two parts, waiting and in progress.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parts: Option<ValueParts>,
     /// The gRPC code KEDA would get instead of a value (`InvalidArgument`, `Unavailable`, …),
     /// or `NotEvaluated` for a trigger this scaler does not serve.
     pub code: Option<String>,
     /// The message that comes with it: the server's own status message.
     pub error: Option<String>,
+}
+
+/// A value of waiting + in progress, split: the waiting part is the same trigger measured
+/// without `includeActive`, at the same time.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ValueParts {
+    pub waiting: f64,
+    pub in_progress: f64,
 }
 
 impl TriggerReport {
@@ -106,6 +117,7 @@ impl TriggerReport {
             target: None,
             activation_target: None,
             active: None,
+            parts: None,
             code: Some(code.to_string()),
             error: Some(error),
         }
@@ -209,19 +221,29 @@ async fn evaluate_object(
             .map(|(index, trigger)| evaluate_trigger(so, index, trigger, catalog, engine)),
     )
     .await;
-    let mut object = ObjectReport {
+    let (replicas, explanation) = decide(so, &triggers, current_replicas);
+    ObjectReport {
         file: file.to_string(),
         document: so.at.to_string(),
         namespace: so.namespace.clone(),
         name: so.name.clone(),
-        triggers: Vec::new(),
-        replicas: None,
-        explanation: String::new(),
-    };
+        triggers,
+        replicas,
+        explanation,
+    }
+}
+
+/// The replicas KEDA and the HPA would settle on from the triggers' readings, and why; or,
+/// when a trigger has no value, what is missing and what KEDA's fallback would do.
+fn decide(
+    so: &ScaledObject,
+    triggers: &[TriggerReport],
+    current_replicas: Option<u32>,
+) -> (Option<u32>, String) {
     let readings: Option<Vec<TriggerReading>> = so
         .triggers
         .iter()
-        .zip(&triggers)
+        .zip(triggers)
         .enumerate()
         .map(|(index, (trigger, report))| {
             Some(TriggerReading {
@@ -234,44 +256,48 @@ async fn evaluate_object(
             })
         })
         .collect();
-    match readings {
-        Some(readings) => match desired_replicas(
-            &readings,
-            so.scaling_modifiers.as_ref(),
-            so.limits,
-            current_replicas,
-        ) {
-            Ok(decision) => {
-                object.replicas = Some(decision.replicas);
-                object.explanation = decision.to_string();
-            }
-            Err(error) => object.explanation = format!("no replica count: {error}"),
-        },
-        None => {
-            let missing = triggers.iter().filter(|t| t.value.is_none()).count();
-            object.explanation = format!(
-                "no replica count: {missing} of {} triggers have no value",
-                triggers.len()
-            );
-            let unmeasured = triggers
-                .iter()
-                .any(|t| t.code.as_deref().is_some_and(|c| c != "NotEvaluated"));
-            if let Some(fallback) = so.fallback.filter(|_| unmeasured) {
-                let replicas = match fallback.replicas_for(current_replicas) {
-                    Some(n) => format!("{n} replicas"),
-                    None => "the current replicas (pass --current-replicas)".to_string(),
-                };
-                object.explanation.push_str(&format!(
-                    "\nfallback: after {} failed reads in a row KEDA would ask for {replicas} \
-                     (behavior {})",
-                    fallback.failure_threshold,
-                    fallback.behavior.as_str()
-                ));
-            }
-        }
+    let Some(readings) = readings else {
+        return (None, explain_missing(so, triggers, current_replicas));
+    };
+    match desired_replicas(
+        &readings,
+        so.scaling_modifiers.as_ref(),
+        so.limits,
+        current_replicas,
+    ) {
+        Ok(decision) => (Some(decision.replicas), decision.to_string()),
+        Err(error) => (None, format!("no replica count: {error}")),
     }
-    object.triggers = triggers;
-    object
+}
+
+/// How many triggers have no value, and what KEDA's fallback would ask for when a read
+/// failed (not when a trigger was only left unevaluated).
+fn explain_missing(
+    so: &ScaledObject,
+    triggers: &[TriggerReport],
+    current_replicas: Option<u32>,
+) -> String {
+    let missing = triggers.iter().filter(|t| t.value.is_none()).count();
+    let mut explanation = format!(
+        "no replica count: {missing} of {} triggers have no value",
+        triggers.len()
+    );
+    let unmeasured = triggers
+        .iter()
+        .any(|t| t.code.as_deref().is_some_and(|c| c != "NotEvaluated"));
+    if let Some(fallback) = so.fallback.filter(|_| unmeasured) {
+        let replicas = match fallback.replicas_for(current_replicas) {
+            Some(n) => format!("{n} replicas"),
+            None => "the current replicas (pass --current-replicas)".to_string(),
+        };
+        explanation.push_str(&format!(
+            "\nfallback: after {} failed reads in a row KEDA would ask for {replicas} \
+             (behavior {})",
+            fallback.failure_threshold,
+            fallback.behavior.as_str()
+        ));
+    }
+    explanation
 }
 
 async fn evaluate_trigger(
@@ -319,13 +345,17 @@ async fn evaluate_trigger(
         target: Some(spec.target),
         activation_target: Some(spec.activation_target),
         active: None,
+        parts: None,
         code: None,
         error: None,
     };
-    match engine.measure(&spec.source, &spec.query).await {
+    let waiting = waiting_only(&metadata, &so.namespace, catalog);
+    let (measured, parts) = measure_in_parts(engine, &spec, waiting.as_ref()).await;
+    match measured {
         Ok(value) => {
             report.value = Some(value);
             report.active = Some(spec.is_active(value));
+            report.parts = parts;
         }
         Err(error) => {
             let status = Status::from(error);
@@ -334,6 +364,44 @@ async fn evaluate_trigger(
         }
     }
     report
+}
+
+/// The trigger's value and, given the same trigger without `includeActive` (`waiting`), its
+/// two parts: both measured at once, so both come from the same reads where they can.
+async fn measure_in_parts(
+    engine: &Engine,
+    spec: &TriggerSpec,
+    waiting: Option<&TriggerSpec>,
+) -> (crate::Result<f64>, Option<ValueParts>) {
+    let (measured, waiting) = futures::join!(engine.measure(&spec.source, &spec.query), async {
+        match waiting {
+            Some(waiting) => engine.measure(&waiting.source, &waiting.query).await.ok(),
+            None => None,
+        }
+    });
+    let parts = match (&measured, waiting) {
+        (Ok(value), Some(waiting)) => Some(ValueParts {
+            waiting,
+            in_progress: (value - waiting).max(0.0),
+        }),
+        _ => None,
+    };
+    (measured, parts)
+}
+
+/// With `includeActive: "true"`, the same trigger without it (its value is the waiting part).
+fn waiting_only(
+    metadata: &HashMap<String, String>,
+    namespace: &str,
+    catalog: &Catalog,
+) -> Option<TriggerSpec> {
+    let flag = metadata.get("includeActive")?;
+    if !flag.eq_ignore_ascii_case("true") {
+        return None;
+    }
+    let mut waiting = metadata.clone();
+    waiting.remove("includeActive");
+    parse_trigger(&waiting, namespace, catalog).ok()
 }
 
 /// Exit 0 when every ScaledObject got a replica count.
@@ -358,7 +426,15 @@ pub fn render_text(report: &EvalReport) -> String {
                 (Some(metric), Some(value), _) => out.push_str(&format!(
                     "  trigger {}: metric {metric}, value {}, target {}, activationTarget {}, {}\n",
                     t.label,
-                    number(value),
+                    match t.parts {
+                        Some(parts) => format!(
+                            "{} = {} waiting + {} in progress",
+                            number(value),
+                            number(parts.waiting),
+                            number(parts.in_progress)
+                        ),
+                        None => number(value),
+                    },
                     t.target.map_or("?".into(), number),
                     t.activation_target.map_or("?".into(), number),
                     if t.active == Some(true) {

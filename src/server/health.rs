@@ -19,7 +19,7 @@ use std::{
 };
 
 use futures::{FutureExt, Stream, StreamExt};
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{Request, Response, Status};
 use tonic_health::{
     ServingStatus,
@@ -47,8 +47,8 @@ pub struct Health {
 }
 
 impl Health {
-    /// Starts following the engine's readiness until `stop`.
-    pub async fn start(engine: &Engine, stop: CancellationToken) -> Health {
+    /// Starts following the engine's readiness until `stop`, as a task of `tasks`.
+    pub async fn start(engine: &Engine, stop: CancellationToken, tasks: &TaskTracker) -> Health {
         let reporter = HealthReporter::new();
         reporter
             .set_service_status("", ServingStatus::Serving)
@@ -65,7 +65,7 @@ impl Health {
         health.set_ready(false).await;
         let mut ready = engine.readiness();
         let follower = health.clone();
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             loop {
                 let now_ready = *ready.borrow_and_update();
                 follower.set_ready(now_ready).await;

@@ -9,10 +9,9 @@ use std::sync::Arc;
 
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::{health::Health, listener};
+use super::{Shared, health::Health, listener};
 use crate::{engine::Engine, metrics::Metrics};
 
 #[derive(Clone)]
@@ -27,15 +26,15 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 /// The Prometheus text format, for everything else (curl, promtool).
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Serves until `stop`.
-pub async fn serve(
-    listener: TcpListener,
-    settings: listener::ListenerSettings,
-    metrics: Arc<Metrics>,
-    engine: Engine,
-    health: Health,
-    stop: CancellationToken,
-) {
+/// Serves until the server's `stop`.
+pub async fn serve(listener: TcpListener, settings: listener::ListenerSettings, shared: Shared) {
+    let Shared {
+        metrics,
+        engine,
+        health,
+        stop,
+        ..
+    } = shared;
     let app = Router::new()
         .route("/metrics", get(scrape))
         .route("/healthz", get(|| async { "ok\n" }))

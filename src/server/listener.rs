@@ -24,7 +24,7 @@ use tokio::{
     sync::mpsc,
 };
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::transport::server::{Connected, TcpConnectInfo};
 use tracing::{debug, warn};
 
@@ -38,6 +38,8 @@ pub struct ListenerSettings {
     pub handshake_timeout: Duration,
     /// `connections_open`, or a gauge nobody reads.
     pub gauge: Gauge,
+    /// The server's tasks: the accept loop and each handshake run as one of them.
+    pub tasks: TaskTracker,
 }
 
 /// A client connection, plain or TLS, counted while it is open.
@@ -72,7 +74,8 @@ pub fn incoming(
 ) -> ReceiverStream<io::Result<Connection>> {
     let (ready, receiver) = mpsc::channel(64);
     let open = Arc::new(AtomicUsize::new(0));
-    tokio::spawn(async move {
+    let tasks = settings.tasks.clone();
+    tasks.spawn(async move {
         loop {
             let accepted = tokio::select! {
                 _ = stop.cancelled() => return,
@@ -98,7 +101,7 @@ pub fn incoming(
                 gauge: settings.gauge.clone(),
             };
             let _ = tcp.set_nodelay(true);
-            tokio::spawn(handshake(
+            settings.tasks.spawn(handshake(
                 tcp,
                 guard,
                 settings.clone(),

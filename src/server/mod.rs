@@ -5,7 +5,10 @@
 //! the whole server in-process on `127.0.0.1:0` ([`serve`] also takes the other listeners).
 //! Shutdown: readiness and the overall service go NOT_SERVING, StreamIsActive streams end,
 //! idle connections are closed, in-flight RPCs get `server.shutdown_grace` to finish, then
-//! `run` returns.
+//! `run` returns. Every task the server starts is owned: its own in a `TaskTracker`
+//! (listeners, accept loops, handshakes, streams, the TLS watcher, the readiness follower),
+//! the engine's in the engine's (refreshers, cold reads), and `run` returns only once both
+//! are empty, or, should something hang, at the end of the grace with a warning.
 
 mod health;
 mod http;
@@ -17,8 +20,8 @@ use std::{future::Future, sync::Arc};
 
 use anyhow::Context;
 use prometheus_client::metrics::gauge::Gauge;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
+use tokio::{net::TcpListener, task::JoinHandle};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::transport::Server;
 use tracing::{info, warn};
 
@@ -106,104 +109,168 @@ pub async fn run(
     serve(config, listeners, shutdown).await
 }
 
-/// Serves on `listeners` until `shutdown` resolves, then drains within `server.shutdown_grace`.
+/// Serves on `listeners` until `shutdown` resolves, then drains within `server.shutdown_grace`:
+/// returns once the listeners, the StreamIsActive streams, the refreshers and every other task
+/// it started have ended (or, past the grace, with a warning saying how many of its own tasks
+/// were left).
 pub async fn serve(
     config: Config,
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let limits = &config.server.limits;
-    let max_live = config.measurements.max_live;
-    let metrics = match config.server.http_listen {
-        Some(_) => Metrics::new(max_live),
-        None => Metrics::without_rpc_series(max_live),
-    };
-    let engine = build_engine(&config, metrics.clone());
-    let stop = CancellationToken::new();
-    let refreshers = engine.start(stop.clone());
-    let health = Health::start(&engine, stop.clone()).await;
-    let tls = load_tls(&config, true, b"h2", &stop)?;
-    if let Some(http) = listeners.http {
-        let settings = ListenerSettings {
-            tls: load_tls(&config, false, b"http/1.1", &stop)?,
-            max_connections: limits.max_connections,
-            handshake_timeout: limits.handshake_timeout,
-            gauge: Gauge::default(),
-        };
-        let parts = (
-            metrics.clone(),
-            engine.clone(),
-            health.clone(),
-            stop.clone(),
-        );
-        tokio::spawn(http::serve(
-            http, settings, parts.0, parts.1, parts.2, parts.3,
-        ));
-    }
-    if let Some(plain) = listeners.health {
-        let parts = (
-            limits.clone(),
-            health.clone(),
-            metrics.clone(),
-            stop.clone(),
-        );
-        tokio::spawn(serve_health(plain, parts.0, parts.1, parts.2, parts.3));
-    }
-    let catalog = Catalog::new(&config.sources, limits);
-    let scaler = ScalerService::new(catalog, engine, stop.clone())
-        .with_stream_limit(limits.max_streams, metrics.streams_open.clone())
-        .with_trigger_cache(
-            config.measurements.max_live.saturating_mul(4),
-            config.measurements.idle_expiry,
-        );
-    let address = listeners
-        .grpc
-        .local_addr()
-        .context("reading the listener address")?;
-    info!(%address, tls = tls.is_some(), "serving externalscaler.ExternalScaler");
-    let settings = ListenerSettings {
-        tls,
-        max_connections: limits.max_connections,
-        handshake_timeout: limits.handshake_timeout,
-        gauge: metrics.connections_open.clone(),
-    };
-    let incoming = listener::incoming(listeners.grpc, settings, stop.clone());
-    let drain_stop = stop.clone();
-    let drain_health = health.clone();
-    let signal = async move {
-        shutdown.await;
-        info!("shutting down: readiness NOT_SERVING, draining in-flight RPCs");
-        drain_health.draining().await;
-        drain_stop.cancel();
-    };
-    let serve = Server::builder()
-        .http2_keepalive_interval(Some(limits.keepalive_interval))
-        .http2_keepalive_timeout(Some(limits.keepalive_timeout))
-        .layer(RpcLayer::new(metrics.clone(), limits.max_concurrent_rpcs))
-        .add_service(health.service())
-        .add_service(reflection().build_v1().context("building reflection v1")?)
-        .add_service(
-            reflection()
-                .build_v1alpha()
-                .context("building reflection v1alpha")?,
-        )
-        .add_service(
-            ExternalScalerServer::new(scaler).max_decoding_message_size(limits.max_request_bytes),
-        )
-        .serve_with_incoming_shutdown(incoming, signal);
+    let (shared, refreshers) = Shared::start(&config).await;
     let grace = config.server.shutdown_grace;
+    let served_and_joined = async {
+        let served = shared.serve_listeners(&config, listeners, shutdown).await;
+        // Also when the gRPC server failed by itself: nothing the server started outlives it.
+        shared.stop.cancel();
+        shared.joined().await;
+        served
+    };
     tokio::select! {
-        served = serve => served.context("gRPC server failed")?,
-        _ = async { stop.cancelled().await; tokio::time::sleep(grace).await } => {
-            warn!(?grace, "in-flight RPCs did not finish within shutdown_grace; exiting anyway");
+        served = served_and_joined => served?,
+        _ = async { shared.stop.cancelled().await; tokio::time::sleep(grace).await } => {
+            let tasks_left = shared.tasks.len();
+            warn!(?grace, tasks_left, "in-flight RPCs or background tasks did not finish within shutdown_grace; exiting anyway");
+            // The refreshers stopped at the token unless a read hung; end them anyway.
+            for refresher in refreshers {
+                refresher.abort();
+            }
         }
-    }
-    stop.cancel();
-    for refresher in refreshers {
-        refresher.abort();
     }
     info!("stopped");
     Ok(())
+}
+
+/// What the listeners of one server share. Cloning is shallow: `Arc`s, handles and tokens.
+#[derive(Clone)]
+struct Shared {
+    metrics: Arc<Metrics>,
+    engine: Engine,
+    health: Health,
+    limits: ServerLimits,
+    /// Cancelled when the server drains: listeners stop accepting, streams end, refreshers
+    /// stop.
+    stop: CancellationToken,
+    /// Every task the server spawns outside the engine (listeners, accept loops, handshakes,
+    /// streams, the TLS watcher, the readiness follower).
+    tasks: TaskTracker,
+}
+
+impl Shared {
+    /// Metrics, the engine with its refreshers (their handles, to abort past the grace) and
+    /// health.
+    async fn start(config: &Config) -> (Shared, Vec<JoinHandle<()>>) {
+        let max_live = config.measurements.max_live;
+        let metrics = match config.server.http_listen {
+            Some(_) => Metrics::new(max_live),
+            None => Metrics::without_rpc_series(max_live),
+        };
+        let engine = build_engine(config, metrics.clone());
+        let stop = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let refreshers = engine.start(stop.clone());
+        let health = Health::start(&engine, stop.clone(), &tasks).await;
+        let shared = Shared {
+            metrics,
+            engine,
+            health,
+            limits: config.server.limits.clone(),
+            stop,
+            tasks,
+        };
+        (shared, refreshers)
+    }
+
+    /// Waits for every task: the server's and the engine's.
+    async fn joined(&self) {
+        self.tasks.close();
+        tokio::join!(self.tasks.wait(), self.engine.stopped());
+    }
+
+    fn listener_settings(&self, tls: Option<Arc<ReloadableTls>>, gauge: Gauge) -> ListenerSettings {
+        ListenerSettings {
+            tls,
+            max_connections: self.limits.max_connections,
+            handshake_timeout: self.limits.handshake_timeout,
+            gauge,
+            tasks: self.tasks.clone(),
+        }
+    }
+
+    /// Starts the http and health ports, then serves gRPC until it has drained.
+    async fn serve_listeners(
+        &self,
+        config: &Config,
+        listeners: Listeners,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let tls = load_tls(config, true, b"h2", self)?;
+        if let Some(listener) = listeners.http {
+            let tls = load_tls(config, false, b"http/1.1", self)?;
+            let settings = self.listener_settings(tls, Gauge::default());
+            self.tasks
+                .spawn(http::serve(listener, settings, self.clone()));
+        }
+        if let Some(listener) = listeners.health {
+            self.tasks.spawn(serve_health(listener, self.clone()));
+        }
+        self.serve_grpc(config, listeners.grpc, tls, shutdown).await
+    }
+
+    /// The ExternalScaler, health and reflection on the gRPC listener, until `shutdown` and
+    /// the drain that follows it.
+    async fn serve_grpc(
+        &self,
+        config: &Config,
+        listener: TcpListener,
+        tls: Option<Arc<ReloadableTls>>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let limits = &self.limits;
+        let catalog = Catalog::new(&config.sources, limits);
+        let scaler = ScalerService::new(catalog, self.engine.clone(), self.stop.clone())
+            .with_stream_limit(limits.max_streams, self.metrics.streams_open.clone())
+            .with_stream_tasks(self.tasks.clone())
+            .with_trigger_cache(
+                config.measurements.max_live.saturating_mul(4),
+                config.measurements.idle_expiry,
+            );
+        let address = listener
+            .local_addr()
+            .context("reading the listener address")?;
+        info!(%address, tls = tls.is_some(), "serving externalscaler.ExternalScaler");
+        let settings = self.listener_settings(tls, self.metrics.connections_open.clone());
+        let incoming = listener::incoming(listener, settings, self.stop.clone());
+        let (health, stop) = (self.health.clone(), self.stop.clone());
+        let signal = async move {
+            shutdown.await;
+            info!("shutting down: readiness NOT_SERVING, draining in-flight RPCs");
+            health.draining().await;
+            stop.cancel();
+        };
+        Server::builder()
+            .http2_keepalive_interval(Some(limits.keepalive_interval))
+            .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+            .layer(RpcLayer::new(
+                self.metrics.clone(),
+                limits.max_concurrent_rpcs,
+            ))
+            .add_service(self.health.service())
+            .add_service(reflection().build_v1().context("building reflection v1")?)
+            .add_service(
+                reflection()
+                    .build_v1alpha()
+                    .context("building reflection v1alpha")?,
+            )
+            .add_service(
+                ExternalScalerServer::new(scaler)
+                    .max_decoding_message_size(limits.max_request_bytes),
+            )
+            .serve_with_incoming_shutdown(incoming, signal)
+            .await
+            .context("gRPC server failed")
+    }
 }
 
 /// The TLS config of `[server.tls]`, watched for changes, or `None` for plaintext.
@@ -211,36 +278,28 @@ fn load_tls(
     config: &Config,
     client_auth: bool,
     alpn: &'static [u8],
-    stop: &CancellationToken,
+    shared: &Shared,
 ) -> anyhow::Result<Option<Arc<ReloadableTls>>> {
     let Some(settings) = &config.server.tls else {
         return Ok(None);
     };
     let tls = ReloadableTls::load(settings, client_auth, vec![alpn])
         .map_err(|e| anyhow::anyhow!("server.tls: {e}"))?;
-    tls.watch(stop.clone());
+    tls.watch(shared.stop.clone(), &shared.tasks);
     Ok(Some(tls))
 }
 
 /// `health_listen`: the gRPC health service alone, in plaintext, for kubelet's gRPC probes.
-async fn serve_health(
-    listener: TcpListener,
-    limits: ServerLimits,
-    health: Health,
-    metrics: Arc<Metrics>,
-    stop: CancellationToken,
-) {
-    let settings = ListenerSettings {
-        tls: None,
-        max_connections: limits.max_connections,
-        handshake_timeout: limits.handshake_timeout,
-        gauge: Gauge::default(),
-    };
-    let incoming = listener::incoming(listener, settings, stop.clone());
+async fn serve_health(listener: TcpListener, shared: Shared) {
+    let settings = shared.listener_settings(None, Gauge::default());
+    let incoming = listener::incoming(listener, settings, shared.stop.clone());
     let served = Server::builder()
-        .layer(RpcLayer::new(metrics, limits.max_concurrent_rpcs))
-        .add_service(health.service())
-        .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+        .layer(RpcLayer::new(
+            shared.metrics.clone(),
+            shared.limits.max_concurrent_rpcs,
+        ))
+        .add_service(shared.health.service())
+        .serve_with_incoming_shutdown(incoming, shared.stop.cancelled_owned())
         .await;
     if let Err(error) = served {
         warn!(%error, "the health port stopped");

@@ -13,7 +13,7 @@ use std::{
 
 use arc_swap::ArcSwap;
 use tokio::signal::unix::{SignalKind, signal};
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{info, warn};
 
 use crate::config::TlsConfig;
@@ -78,10 +78,11 @@ impl ReloadableTls {
         }
     }
 
-    /// Checks the files every `reload_interval` and on SIGHUP, until `stop`.
-    pub fn watch(self: &Arc<Self>, stop: CancellationToken) {
+    /// Checks the files every `reload_interval` and on SIGHUP, until `stop`, as a task of
+    /// `tasks`.
+    pub fn watch(self: &Arc<Self>, stop: CancellationToken, tasks: &TaskTracker) {
         let tls = self.clone();
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             let mut hangup = signal(SignalKind::hangup()).ok();
             let mut ticker = tokio::time::interval(tls.settings.reload_interval);
             loop {

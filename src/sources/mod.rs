@@ -219,15 +219,9 @@ impl Finding {
     }
 }
 
-/// How every source's error reason begins when the backend answered but refused the
-/// credentials, so `backlog-scaler check` can tell "reachable, not authenticated" from
-/// "unreachable".
-pub const AUTHENTICATION_FAILED: &str = "authentication failed";
-
-/// True when `error` says the backend refused the source's credentials.
-pub fn refused_credentials(error: &crate::Error) -> bool {
-    matches!(error, crate::Error::Unavailable { reason, .. } if reason.starts_with(AUTHENTICATION_FAILED))
-}
+/// The words every source's refused-credentials messages begin with (also where a refusal
+/// is only part of a longer reason, as behind a Sentinel).
+pub use crate::error::AUTHENTICATION_FAILED;
 
 /// What a backend's typed query must be to serve as the engine's cache key.
 pub trait QueryKind: Any + Send + Sync + fmt::Debug + Eq + Hash + Serialize {

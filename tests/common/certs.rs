@@ -41,6 +41,13 @@ impl TestCa {
         self.sign(names, common_name, ExtendedKeyUsagePurpose::ServerAuth)
     }
 
+    /// A server certificate for exactly `names` (none of the defaults), e.g. one that does not
+    /// name the address a client dials.
+    pub fn server_for(&self, common_name: &str, names: &[&str]) -> TestCert {
+        let names = names.iter().map(|n| n.to_string()).collect();
+        self.sign(names, common_name, ExtendedKeyUsagePurpose::ServerAuth)
+    }
+
     /// A client certificate (what KEDA's TriggerAuthentication gives as `tlsClientCert`).
     pub fn client(&self, common_name: &str) -> TestCert {
         self.sign(Vec::new(), common_name, ExtendedKeyUsagePurpose::ClientAuth)

@@ -112,7 +112,12 @@ fn template_cluster() -> &'static Path {
         .1
 }
 
-/// A throwaway PostgreSQL server with pg_stat_statements loaded and created in `postgres`.
+/// The role application sessions log in as: the scaler logs in as `postgres`, and leaves that
+/// role's statements out of pg-statements, so load that must be measured runs as this one.
+pub const APP_ROLE: &str = "app";
+
+/// A throwaway PostgreSQL server with pg_stat_statements loaded and created in `postgres`,
+/// and a login role [`APP_ROLE`] for the application's sessions.
 pub struct PostgresServer {
     pub port: u16,
     dir: tempfile::TempDir,
@@ -161,7 +166,7 @@ impl PostgresServer {
         server
             .execute(
                 "postgres",
-                "CREATE EXTENSION IF NOT EXISTS pg_stat_statements",
+                &format!("CREATE EXTENSION IF NOT EXISTS pg_stat_statements; CREATE ROLE {APP_ROLE} LOGIN"),
             )
             .await;
         server
@@ -263,6 +268,23 @@ impl PostgresServer {
         client
     }
 
+    /// A session of the application's role ([`APP_ROLE`]) with `application_name`.
+    pub async fn app_session(
+        &self,
+        database: &str,
+        application_name: &str,
+    ) -> tokio_postgres::Client {
+        let url = format!(
+            "postgres://{APP_ROLE}@127.0.0.1:{}/{database}?sslmode=disable&application_name={application_name}",
+            self.port
+        );
+        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .expect("connecting to the test postgres as the application");
+        tokio::spawn(connection);
+        client
+    }
+
     /// Runs SQL (simple protocol, several statements allowed) as the superuser.
     pub async fn execute(&self, database: &str, sql: &str) {
         self.session(database, "test-harness")
@@ -305,7 +327,11 @@ impl PgBouncer {
         let dir = server_dir();
         let port = free_port();
         let config = dir.path().join("pgbouncer.ini");
-        std::fs::write(dir.path().join("userlist.txt"), "\"postgres\" \"\"\n").unwrap();
+        std::fs::write(
+            dir.path().join("userlist.txt"),
+            format!("\"postgres\" \"\"\n\"{APP_ROLE}\" \"\"\n"),
+        )
+        .unwrap();
         std::fs::write(
             &config,
             format!(

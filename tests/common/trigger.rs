@@ -80,6 +80,22 @@ pub async fn trigger_value(
     Ok(values[0].metric_value_float)
 }
 
+/// Whether a trigger on `source` with the metadata `pairs` (and `target: 1`) is active, asked
+/// as KEDA asks it (IsActive).
+pub async fn trigger_active(
+    scaler: &impl Endpoint,
+    source: &str,
+    pairs: &[(&str, &str)],
+) -> Result<bool, Status> {
+    let mut all = vec![("source", source), ("target", "1")];
+    all.extend_from_slice(pairs);
+    let mut client = ExternalScalerClient::connect(format!("http://{}", scaler.address()))
+        .await
+        .expect("connecting to the scaler");
+    let response = client.is_active(scaled_object(&all)).await?;
+    Ok(response.into_inner().result)
+}
+
 /// The value of a trigger once `accept` holds for it, within [`SETTLES_WITHIN`]; fails with
 /// the last answer otherwise.
 pub async fn trigger_value_until(

@@ -7,7 +7,9 @@
 //! - a stream with a consumer group: XADD, XREADGROUP, and XACK a beat later (so some entries
 //!   are always pending);
 //! - PostgreSQL sessions running `pg_sleep` (active sessions come and go), a session running
-//!   statements (calls per second), and Dagster-shaped runs queued and started.
+//!   statements (calls per second), and Dagster-shaped runs queued and started, all as a
+//!   role of their own ([`APP_ROLE`]): the scaler leaves its own role's statements out of
+//!   pg-statements, so an application sharing it would be invisible.
 //!
 //! Every task stops when the token is cancelled, and never panics: a failed command is
 //! retried on the next beat (the backends stop before the tasks when `dev` is killed).
@@ -30,6 +32,8 @@ pub const STREAM_KEY: &str = "dev:events";
 pub const STREAM_GROUP: &str = "workers";
 /// The `application_name` of the workload's PostgreSQL sessions.
 pub const APPLICATION_NAME: &str = "dev-workload";
+/// The role the workload's PostgreSQL sessions log in as (the scaler uses `postgres`).
+pub const APP_ROLE: &str = "dev_app";
 
 /// kombu's default priority steps: 0 is the queue key itself.
 const CELERY_STEPS: &[u8] = &[0, 3, 6, 9];
@@ -42,7 +46,9 @@ pub const SCHEMA_SQL: &str = "\
 CREATE EXTENSION IF NOT EXISTS pg_stat_statements;
 CREATE TABLE runs (run_id text PRIMARY KEY, pipeline_name text NOT NULL, status text NOT NULL);
 CREATE TABLE run_tags (run_id text NOT NULL, key text NOT NULL, value text NOT NULL);
-INSERT INTO runs SELECT 'seed-' || n, 'etl', 'QUEUED' FROM generate_series(1, 3) AS n;";
+INSERT INTO runs SELECT 'seed-' || n, 'etl', 'QUEUED' FROM generate_series(1, 3) AS n;
+CREATE ROLE dev_app LOGIN;
+GRANT SELECT, INSERT, UPDATE ON runs, run_tags TO dev_app;";
 
 /// Starts every workload task.
 pub fn start(redis_url: &str, postgres_url: &str, stop: CancellationToken) -> Vec<JoinHandle<()>> {
@@ -200,11 +206,14 @@ async fn stream(client: redis::Client) {
     }
 }
 
-/// A session connected with the workload's application_name, retried until it connects.
+/// A session of the workload's role, with its application_name, retried until it connects.
 async fn session(url: &str) -> tokio_postgres::Client {
+    let Ok(mut config) = url.parse::<tokio_postgres::Config>() else {
+        return std::future::pending().await;
+    };
+    config.user(APP_ROLE);
     loop {
-        if let Ok((client, connection)) = tokio_postgres::connect(url, tokio_postgres::NoTls).await
-        {
+        if let Ok((client, connection)) = config.connect(tokio_postgres::NoTls).await {
             tokio::spawn(connection);
             return client;
         }

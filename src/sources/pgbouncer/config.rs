@@ -1,17 +1,16 @@
 //! The `[sources.NAME]` section of `type = "pgbouncer"`, parsed once into the admin console's
 //! connection settings and TLS roots.
 
-use std::{path::PathBuf, sync::Arc};
+use std::path::PathBuf;
 
 use serde::Deserialize;
-use tokio_postgres::config::SslMode;
 
 use crate::{
-    credentials::{CaRoots, Secret},
+    credentials::Secret,
     error::ConfigError,
     sources::{
         Section,
-        postgres::config::{connection_config, tls_config},
+        postgres::config::{TlsSettings, connection_config, tls_settings},
     },
 };
 
@@ -30,8 +29,7 @@ pub struct PgBouncerSettings {
     /// Host, port, database (`pgbouncer`), user and password (whose `Debug` tokio-postgres
     /// redacts).
     pub connection: tokio_postgres::Config,
-    /// With `sslmode=require` or a CA file: rustls with those roots (else the web PKI's).
-    pub tls: Option<Arc<rustls::ClientConfig>>,
+    pub tls: TlsSettings,
 }
 
 pub fn parse(section: &Section) -> Result<PgBouncerSettings, ConfigError> {
@@ -42,21 +40,13 @@ pub fn parse(section: &Section) -> Result<PgBouncerSettings, ConfigError> {
         raw.url_env.as_deref(),
         raw.url_file.as_deref(),
     );
-    let connection = connection_config(
+    let (connection, asked) = connection_config(
         section,
         secret,
         "a valid connection URL for PgBouncer's admin console \
          (postgres://user:password@host:port/pgbouncer)",
     )?;
-    let ca = match &raw.tls_ca_file {
-        Some(path) => Some(CaRoots::load(&section.key("tls_ca_file"), path)?),
-        None => None,
-    };
-    let tls = if connection.get_ssl_mode() == SslMode::Require || ca.is_some() {
-        Some(Arc::new(tls_config(ca.as_ref())?))
-    } else {
-        None
-    };
+    let tls = tls_settings(section, asked, raw.tls_ca_file.as_deref())?;
     Ok(PgBouncerSettings { connection, tls })
 }
 
@@ -95,12 +85,12 @@ mod tests {
         .unwrap();
         assert_eq!(settings.connection.get_dbname(), Some("pgbouncer"));
         assert_eq!(settings.connection.get_user(), Some("stats"));
-        assert!(settings.tls.is_none());
+        assert!(settings.tls.config.is_none());
         let tls = parse(&section(
             r#"url = "postgres://stats@h:6432/pgbouncer?sslmode=require""#,
         ))
         .unwrap();
-        assert!(tls.tls.is_some());
+        assert!(tls.tls.config.is_some());
     }
 
     #[test]

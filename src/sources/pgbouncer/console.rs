@@ -17,12 +17,8 @@ use tokio::{
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage, config::SslMode};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use super::config::PgBouncerSettings;
+use super::{config::PgBouncerSettings, own::APPLICATION_NAME};
 use crate::{Error, Result};
-
-/// The `application_name` of the scaler's console sessions (PgBouncer shows it in
-/// `SHOW CLIENTS`).
-const APPLICATION_NAME: &str = "backlog-scaler";
 
 /// The part of the source's `timeout` a read may use, as a fraction (numerator, denominator).
 /// The engine cuts a read at the whole `timeout`; finishing at 4/5 leaves room for this
@@ -66,7 +62,7 @@ impl Console {
         let mut config = settings.connection;
         config.application_name(APPLICATION_NAME);
         config.connect_timeout(share(timeout, CONNECT_SHARE));
-        let tls = settings.tls.map(|tls| {
+        let tls = settings.tls.config.map(|tls| {
             config.ssl_mode(SslMode::Require);
             MakeRustlsConnect::new((*tls).clone())
         });
@@ -148,8 +144,9 @@ impl Console {
                 "PgBouncer refused the console session ({message}): {ADVICE}"
             ))
         } else if matches!(code, "28P01" | "28000") || message.contains("authentication failed") {
-            self.unavailable(
-                "authentication failed: check the user and password of the source's URL \
+            Error::credentials_refused(
+                &self.source,
+                "check the user and password of the source's URL \
                  (PgBouncer's auth_file or auth_query)",
             )
         } else if code == "3D000"

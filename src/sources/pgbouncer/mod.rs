@@ -4,9 +4,10 @@
 //! [`config`] parses the section, [`metrics`] declares `metric: pgbouncer` and its keys,
 //! [`query`] owns the typed measurement, [`pools`] and [`stats`] turn `SHOW` answers into
 //! values, and [`console`] owns the one kept connection. This module batches: one refresh
-//! sends at most one `SHOW POOLS`, one `SHOW DATABASES` (only when a trigger asks for pool
-//! utilization) and one `SHOW STATS` (only when a trigger asks for a rate), pipelined, for
-//! every trigger of the source.
+//! sends at most one `SHOW POOLS` with one `SHOW CLIENTS` and one `SHOW SERVERS` (to leave
+//! the scaler's own clients and server links out: [`own`]), one `SHOW DATABASES` (only when a
+//! trigger asks for pool utilization) and one `SHOW STATS` (only when a trigger asks for a
+//! rate), pipelined, for every trigger of the source.
 
 use std::{
     sync::{Arc, Mutex},
@@ -20,17 +21,19 @@ use crate::{
     Error, Result,
     error::ConfigError,
     metadata::{Metadata, Parsed, metric_names},
-    sources::{Backend, Query, Section, Source, typed},
+    sources::{Backend, CheckReport, Finding, Query, Section, Source, typed},
 };
 
 pub mod config;
 pub mod console;
 pub mod metrics;
+pub mod own;
 pub mod pools;
 pub mod query;
 pub mod stats;
 
 use console::{Console, Session};
+use own::{SHOW_CLIENTS, SHOW_SERVERS};
 use pools::{PoolsSnapshot, SHOW_DATABASES, SHOW_POOLS};
 pub use query::PgBouncerQuery;
 use stats::{SHOW_STATS, StatsSnapshot};
@@ -54,6 +57,7 @@ impl Backend for PgBouncerBackend {
     fn configure(&self, section: Section) -> Result<Arc<dyn Source>, ConfigError> {
         let settings = config::parse(&section)?;
         Ok(Arc::new(PgBouncerSource {
+            tls_description: settings.tls.describe(),
             console: Console::new(&section.name, settings, section.refresh.timeout),
             name: section.name,
             last_stats: Mutex::new(None),
@@ -63,6 +67,8 @@ impl Backend for PgBouncerBackend {
 
 pub struct PgBouncerSource {
     name: String,
+    /// What `check` says of the console connection's TLS.
+    tls_description: String,
     console: Console,
     /// The latest `SHOW STATS` snapshot, the base of the next rate.
     last_stats: Mutex<Option<Arc<StatsSnapshot>>>,
@@ -94,6 +100,8 @@ impl ReadPlan {
     fn commands(&self) -> Vec<&'static str> {
         [
             (self.pools, SHOW_POOLS),
+            (self.pools, SHOW_CLIENTS),
+            (self.pools, SHOW_SERVERS),
             (self.pool_sizes, SHOW_DATABASES),
             (self.stats, SHOW_STATS),
         ]
@@ -153,11 +161,17 @@ impl PgBouncerSource {
         let mut readings = Readings::default();
         if plan.pools {
             let pools = pools::parse_pools(&next()).map_err(|e| self.rejected(e))?;
+            let (clients, servers) = (next(), next());
+            let own = own::footprint(&clients, &servers).map_err(|e| self.rejected(e))?;
             let pool_sizes = match plan.pool_sizes {
                 true => Some(pools::parse_pool_sizes(&next()).map_err(|e| self.rejected(e))?),
                 false => None,
             };
-            readings.pools = Some(PoolsSnapshot { pools, pool_sizes });
+            readings.pools = Some(PoolsSnapshot {
+                pools,
+                pool_sizes,
+                own,
+            });
         }
         if plan.stats {
             let first = stats::parse_stats(&next(), taken, session.connection())
@@ -237,6 +251,22 @@ impl Source for PgBouncerSource {
             session.show(&["SHOW VERSION"]).await.map(drop)
         })
     }
+
+    fn check(&self) -> BoxFuture<'_, Result<CheckReport>> {
+        Box::pin(async move {
+            let mut session = self.console.session().await?;
+            let answers = session.show(&["SHOW VERSION"]).await?;
+            let version = answers
+                .first()
+                .and_then(|records| records.first())
+                .and_then(|record| record.text("SHOW VERSION", "version").ok())
+                .map(str::to_string);
+            Ok(CheckReport {
+                version,
+                findings: vec![Finding::new("tls", true, self.tls_description.clone())],
+            })
+        })
+    }
 }
 
 #[cfg(test)]
@@ -258,7 +288,10 @@ mod tests {
     fn one_refresh_sends_each_show_at_most_once_and_only_when_needed() {
         let waiting = query(PoolMeasure::ClientsWaiting, Some("app"));
         let plan = ReadPlan::of([&waiting, &waiting].into_iter());
-        assert_eq!(plan.commands(), vec![SHOW_POOLS]);
+        assert_eq!(
+            plan.commands(),
+            vec![SHOW_POOLS, SHOW_CLIENTS, SHOW_SERVERS]
+        );
         let utilization = query(PoolMeasure::PoolUtilization, None);
         let rate = query(PoolMeasure::WaitSecondsPerSecond, Some("app"));
         let plan = ReadPlan::of([&rate].into_iter());
@@ -271,7 +304,13 @@ mod tests {
         let plan = ReadPlan::of(every.iter());
         assert_eq!(
             plan.commands(),
-            vec![SHOW_POOLS, SHOW_DATABASES, SHOW_STATS]
+            vec![
+                SHOW_POOLS,
+                SHOW_CLIENTS,
+                SHOW_SERVERS,
+                SHOW_DATABASES,
+                SHOW_STATS
+            ]
         );
         assert!(ReadPlan::of(std::iter::empty()).commands().is_empty());
     }

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 
 use super::{
     console::Record,
+    own::OwnFootprint,
     query::{PoolFilter, PoolMeasure},
 };
 
@@ -34,6 +35,8 @@ pub struct PoolsSnapshot {
     /// `pool_size` of each database, by name. PgBouncer shows `default_pool_size` there for
     /// databases that set none (checked against 1.18).
     pub pool_sizes: Option<HashMap<String, i64>>,
+    /// The scaler's own clients and server links, left out of every measure.
+    pub own: OwnFootprint,
 }
 
 pub fn parse_pools(records: &[Record]) -> Result<Vec<Pool>, String> {
@@ -68,12 +71,36 @@ pub fn parse_pool_sizes(records: &[Record]) -> Result<HashMap<String, i64>, Stri
 }
 
 impl PoolsSnapshot {
+    /// A pool as the application sees it: the scaler's own clients and server links taken
+    /// out of its counts, and its longest wait the application's own.
+    fn without_own(&self, pool: &Pool) -> Pool {
+        let key = (pool.database.clone(), pool.user.clone());
+        let Some(own) = self.own.pools.get(&key) else {
+            return pool.clone();
+        };
+        Pool {
+            cl_active: (pool.cl_active - own.clients_active).max(0),
+            cl_waiting: (pool.cl_waiting - own.clients_waiting).max(0),
+            sv_active: (pool.sv_active - own.servers_active).max(0),
+            max_wait_seconds: self
+                .own
+                .others_max_wait
+                .get(&key)
+                .copied()
+                .unwrap_or(pool.max_wait_seconds),
+            ..pool.clone()
+        }
+    }
+
     /// The value of one trigger.
     pub fn measure(&self, measure: PoolMeasure, filter: &PoolFilter) -> f64 {
-        let pools = self
+        let pools: Vec<Pool> = self
             .pools
             .iter()
-            .filter(|pool| filter.matches(&pool.database, Some(&pool.user)));
+            .filter(|pool| filter.matches(&pool.database, Some(&pool.user)))
+            .map(|pool| self.without_own(pool))
+            .collect();
+        let pools = pools.iter();
         let sum = |field: fn(&Pool) -> i64| pools.clone().map(field).sum::<i64>() as f64;
         match measure {
             PoolMeasure::ClientsWaiting => sum(|p| p.cl_waiting),
@@ -152,6 +179,7 @@ mod tests {
         PoolsSnapshot {
             pools,
             pool_sizes: Some(sizes),
+            own: OwnFootprint::default(),
         }
     }
 
@@ -207,6 +235,37 @@ mod tests {
             zero.measure(PoolMeasure::PoolUtilization, &filter(None, None)),
             0.0
         );
+    }
+
+    #[test]
+    fn the_scalers_own_clients_and_server_links_are_left_out() {
+        use crate::sources::pgbouncer::own::OwnUse;
+        let mut s = snapshot();
+        let web = ("app".to_string(), "web".to_string());
+        s.own.pools.insert(
+            web.clone(),
+            OwnUse {
+                clients_active: 2,
+                clients_waiting: 1,
+                servers_active: 5,
+            },
+        );
+        s.own.others_max_wait.insert(web, 1.5);
+        let app_web = filter(Some("app"), Some("web"));
+        assert_eq!(s.measure(PoolMeasure::ClientsActive, &app_web), 8.0);
+        assert_eq!(s.measure(PoolMeasure::ClientsWaiting, &app_web), 3.0);
+        assert_eq!(s.measure(PoolMeasure::ServersActive, &app_web), 0.0);
+        assert_eq!(s.measure(PoolMeasure::PoolUtilization, &app_web), 0.0);
+        assert_eq!(s.measure(PoolMeasure::MaxWaitSeconds, &app_web), 1.5);
+        // Other pools keep their counts; a count never goes below zero.
+        let all = filter(None, None);
+        assert_eq!(s.measure(PoolMeasure::ServersActive, &all), 1.0);
+        s.own
+            .pools
+            .get_mut(&("app".into(), "web".into()))
+            .unwrap()
+            .servers_active = 50;
+        assert_eq!(s.measure(PoolMeasure::ServersActive, &app_web), 0.0);
     }
 
     #[test]

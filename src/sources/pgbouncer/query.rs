@@ -15,6 +15,8 @@ pub struct PgBouncerQuery {
     pub filter: PoolFilter,
 }
 
+/// The pool measures count without the scaler's own clients and the server connections
+/// linked to them (see [`super::own`]); the wait rate cannot be split by client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum PoolMeasure {

@@ -28,7 +28,11 @@ SELECT current_setting('server_version'),
        current_setting('transaction_read_only'),
        (SELECT extversion FROM pg_extension WHERE extname = 'pg_stat_statements'),
        to_regclass('public.runs') IS NOT NULL,
-       to_regclass('public.run_tags') IS NOT NULL";
+       to_regclass('public.run_tags') IS NOT NULL,
+       (SELECT count(*) FROM pg_stat_activity
+        WHERE usename = current_user AND pid <> pg_backend_pid()
+          AND backend_type = 'client backend'
+          AND application_name IS DISTINCT FROM 'backlog-scaler')::int8";
 
 /// A read of pg_stat_statements the way snapshots read it (the function, without texts).
 const STATEMENTS_SQL: &str =
@@ -54,8 +58,10 @@ pub async fn check(source: &PostgresSource) -> Result<CheckReport> {
     let read_only: String = row.get(6);
     let statements_version: Option<String> = row.get(7);
     let (runs, run_tags): (bool, bool) = (row.get(8), row.get(9));
+    let others_as_user: i64 = row.get(10);
 
-    let mut findings = vec![Finding::new(
+    let mut findings = vec![Finding::new("tls", true, source.tls_description.clone())];
+    findings.push(Finding::new(
         "read-only transaction",
         read_only == "on",
         if read_only == "on" {
@@ -63,7 +69,7 @@ pub async fn check(source: &PostgresSource) -> Result<CheckReport> {
         } else {
             format!("BEGIN READ ONLY left transaction_read_only = {read_only}")
         },
-    )];
+    ));
     if version_num < 130000 {
         findings.push(Finding::new(
             "server_version",
@@ -72,6 +78,7 @@ pub async fn check(source: &PostgresSource) -> Result<CheckReport> {
         ));
     }
     findings.push(privileges(&user, superuser, monitor));
+    findings.push(own_role(&user, others_as_user));
     findings.push(statements(source, statements_version, &database).await);
     findings.push(dagster(runs, run_tags));
     for (name, sql) in &source.queries {
@@ -96,6 +103,24 @@ fn privileges(user: &str, superuser: bool, monitor: bool) -> Finding {
         ),
     };
     Finding::new("pg_monitor", true, detail)
+}
+
+/// pg-statements leaves out every statement recorded under the scaler's role (its own, of
+/// every replica). Sessions of that role that are not the scaler's mean the role is shared,
+/// and their statements are left out too.
+fn own_role(user: &str, others: i64) -> Finding {
+    let detail = match others {
+        0 => format!(
+            "`{user}`: no other application's session uses it now; pg-statements leaves \
+             this role's statements (the scaler's own) out"
+        ),
+        n => format!(
+            "`{user}` is shared: {n} session(s) not named backlog-scaler use it, and \
+             pg-statements leaves every statement of this role out, theirs too; give the \
+             scaler a role of its own (docs/SECURITY.md)"
+        ),
+    };
+    Finding::new("scaler role", true, detail)
 }
 
 /// The extension must exist in the source's database and its view must be readable (the

@@ -2,8 +2,10 @@
 //! run queue, and operator-named queries.
 //!
 //! One refresh of a source costs at most one pg_stat_activity read, one pg_stat_statements
-//! snapshot and one statement per distinct Dagster or named query, whatever the number of
-//! triggers. Every read runs in its own `BEGIN READ ONLY` transaction with `SET LOCAL`
+//! snapshot (and only once per `statements_interval`) and one statement per distinct Dagster
+//! or named query, whatever the number of triggers. No measure counts the scaler itself:
+//! pg-activity leaves out sessions named [`APPLICATION_NAME`], pg-statements the role the
+//! source logs in as ([`statements::SNAPSHOT_SQL`]). Every read runs in its own `BEGIN READ ONLY` transaction with `SET LOCAL`
 //! statement and lock timeouts, through unnamed statements (`query_typed`), so it works
 //! through PgBouncer in transaction pooling mode and nothing the scaler runs can write or hang.
 
@@ -29,7 +31,7 @@ use crate::{
     Error, Result,
     error::ConfigError,
     metadata::{Metadata, Parsed, metric_names},
-    sources::{AUTHENTICATION_FAILED, Backend, CheckReport, Query, Section, Source, typed},
+    sources::{Backend, CheckReport, Query, Section, Source, typed},
 };
 
 pub mod activity;
@@ -38,18 +40,19 @@ pub mod config;
 pub mod metrics;
 pub mod query;
 pub mod statements;
+pub mod tls;
 
 use activity::{ACTIVITY_SQL, ActivitySnapshot, LIMITS_SQL, Session};
 use config::PostgresSettings;
 use metrics::NamedQueries;
 pub use query::PgQuery;
-use statements::{StatementEntry, StatementKey, StatementSnapshot};
+use statements::{SnapshotScope, StatementEntry, StatementKey, StatementSnapshot};
 
 /// The `application_name` of the scaler's sessions; pg-activity never counts them.
 pub const APPLICATION_NAME: &str = "backlog-scaler";
 
-/// A snapshot older than this is no base for a rate (the source was idle); a cold read
-/// then takes two snapshots.
+/// A snapshot older than this (or three `statements_interval`s, if longer) is no base for a
+/// rate (the source was idle); a cold read then takes two snapshots.
 const SNAPSHOT_REUSE_LIMIT: Duration = Duration::from_secs(30);
 
 /// The shortest window a rate is computed over: shorter windows make noisy rates.
@@ -76,10 +79,15 @@ pub struct PostgresSource {
     pool: Pool,
     timeout: Duration,
     queries: NamedQueries,
+    /// What `check` says of the connections' TLS.
+    tls_description: String,
     /// `server_version_num`, read once (0 until then).
     server_version: AtomicI64,
-    /// The latest pg_stat_statements snapshot, the base of the next rate.
-    last_snapshot: Mutex<Option<Arc<StatementSnapshot>>>,
+    /// How long a pg_stat_statements window answers before the next snapshot is taken.
+    statements_interval: Duration,
+    /// The latest two pg_stat_statements snapshots of each scope: the current rates, and
+    /// the base of the next window.
+    windows: Mutex<HashMap<SnapshotScope, StatementWindow>>,
 }
 
 /// What a read was for, to turn server errors into advice.
@@ -96,9 +104,8 @@ enum ReadKind<'a> {
 #[derive(Default)]
 struct ReadPlan<'q> {
     activity: bool,
-    statements: bool,
-    /// Some statements filter by text, so the snapshot carries the query texts.
-    needs_text: bool,
+    /// What the pg_stat_statements snapshot reads, if a trigger needs one.
+    statements: Option<SnapshotScope>,
     singles: Vec<&'q PgQuery>,
 }
 
@@ -106,19 +113,20 @@ impl<'q> ReadPlan<'q> {
     fn of(queries: impl Iterator<Item = &'q PgQuery>) -> Self {
         let mut plan = ReadPlan::default();
         let mut seen = HashSet::new();
+        let mut statement_filters = Vec::new();
         for query in queries {
             match query {
                 PgQuery::Activity { .. } => plan.activity = true,
-                PgQuery::Statements { filter, .. } => {
-                    plan.statements = true;
-                    plan.needs_text |= filter.query_contains.is_some();
-                }
+                PgQuery::Statements { filter, .. } => statement_filters.push(filter),
                 single => {
                     if seen.insert(single) {
                         plan.singles.push(single);
                     }
                 }
             }
+        }
+        if !statement_filters.is_empty() {
+            plan.statements = Some(SnapshotScope::of(statement_filters.into_iter()));
         }
         plan
     }
@@ -171,10 +179,11 @@ impl PostgresSource {
         let manager_config = ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         };
-        let manager = match settings.tls {
+        let manager = match &settings.tls.config {
             Some(tls) => {
+                // Never a plain session when TLS was asked for, whatever the URL said.
                 connection.ssl_mode(SslMode::Require);
-                let tls = tokio_postgres_rustls::MakeRustlsConnect::new((*tls).clone());
+                let tls = tokio_postgres_rustls::MakeRustlsConnect::new((**tls).clone());
                 Manager::from_config(connection, tls, manager_config)
             }
             None => Manager::from_config(connection, NoTls, manager_config),
@@ -192,8 +201,10 @@ impl PostgresSource {
             pool,
             timeout,
             queries: settings.queries,
+            tls_description: settings.tls.describe(),
             server_version: AtomicI64::new(0),
-            last_snapshot: Mutex::new(None),
+            statements_interval: settings.statements_interval,
+            windows: Mutex::new(HashMap::new()),
         })
     }
 
@@ -216,9 +227,9 @@ impl PostgresSource {
             }
         };
         let window = async {
-            match plan.statements {
-                true => Some(self.statement_window(plan.needs_text).await),
-                false => None,
+            match &plan.statements {
+                Some(scope) => Some(self.statement_window(scope).await),
+                None => None,
             }
         };
         let singles = join_all(plan.singles.iter().map(|q| self.read_single(q)));
@@ -258,33 +269,40 @@ impl PostgresSource {
         })
     }
 
-    /// Two snapshots of pg_stat_statements to compute rates between: the source's previous
-    /// one (if recent) and a new one. A cold source takes two, a short window apart, so the
-    /// first answer is a measured rate too.
-    async fn statement_window(&self, needs_text: bool) -> Result<StatementWindow> {
-        let mut last = self.last_snapshot.lock().await;
-        let previous = match last.take() {
-            Some(previous) if previous.taken.elapsed() <= SNAPSHOT_REUSE_LIMIT => previous,
-            _ => Arc::new(self.snapshot(needs_text).await?),
+    /// Two snapshots of pg_stat_statements to compute rates between, the later one of
+    /// `scope` (or of a scope that covers it). A window answers for `statements_interval`;
+    /// then the next one starts where it ended. A cold source (or a scope no recent snapshot
+    /// covers) takes two snapshots, [`MIN_RATE_WINDOW`] apart, so its first answer is a
+    /// measured rate too.
+    async fn statement_window(&self, scope: &SnapshotScope) -> Result<StatementWindow> {
+        let mut windows = self.windows.lock().await;
+        let reuse_limit = SNAPSHOT_REUSE_LIMIT.max(self.statements_interval * 3);
+        windows.retain(|_, (_, current)| current.taken.elapsed() <= reuse_limit);
+        // The latest window that holds everything this scope needs: its own, or a wider one
+        // (a trigger new to the source is served by the window of the others).
+        let latest = windows
+            .iter()
+            .filter(|(covering, _)| covering.covers(scope))
+            .map(|(_, window)| window)
+            .max_by_key(|(_, current)| current.taken);
+        let previous = match latest {
+            Some(window) if window.1.taken.elapsed() < self.statements_interval => {
+                return Ok(window.clone());
+            }
+            Some((_, current)) => current.clone(),
+            None => Arc::new(self.snapshot(scope).await?),
         };
         let age = previous.taken.elapsed();
         if age < MIN_RATE_WINDOW {
             tokio::time::sleep(MIN_RATE_WINDOW - age).await;
         }
-        match self.snapshot(needs_text).await {
-            Ok(current) => {
-                let current = Arc::new(current);
-                *last = Some(current.clone());
-                Ok((previous, current))
-            }
-            Err(error) => {
-                *last = Some(previous);
-                Err(error)
-            }
-        }
+        let current = Arc::new(self.snapshot(scope).await?);
+        let window = (previous, current);
+        windows.insert(scope.clone(), window.clone());
+        Ok(window)
     }
 
-    async fn snapshot(&self, needs_text: bool) -> Result<StatementSnapshot> {
+    async fn snapshot(&self, scope: &SnapshotScope) -> Result<StatementSnapshot> {
         let kind = ReadKind::Statements;
         let tx = self.begin(kind).await?;
         let version = self.server_version(&tx).await?;
@@ -299,7 +317,17 @@ impl PostgresSource {
         } else {
             statements::SNAPSHOT_SQL_PG13
         };
-        let rows = tx.query(sql, &[(&needs_text, Type::BOOL)]).await?;
+        let rows = tx
+            .query(
+                sql,
+                &[
+                    (&scope.texts, Type::BOOL),
+                    (&scope.databases, Type::TEXT_ARRAY),
+                    (&scope.users, Type::TEXT_ARRAY),
+                    (&scope.query_ids, Type::INT8_ARRAY),
+                ],
+            )
+            .await?;
         let taken = Instant::now();
         let stats_reset = if version >= 140000 {
             tx.query(statements::RESET_SQL, &[])
@@ -485,9 +513,9 @@ impl PostgresSource {
         match (code, kind) {
             ("57014", _) => unavailable("the read hit statement_timeout".into()),
             ("55P03", _) => unavailable("the read hit lock_timeout".into()),
-            ("28P01" | "28000", _) => unavailable(format!(
-                "{AUTHENTICATION_FAILED}: check the source's user and password"
-            )),
+            ("28P01" | "28000", _) => {
+                Error::credentials_refused(&self.name, "check the source's user and password")
+            }
             (c, _) if c.starts_with("08") || c.starts_with("57P") || c == "53300" => unavailable(
                 format!("the server refused the session ({code}: {message})"),
             ),

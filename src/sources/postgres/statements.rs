@@ -13,14 +13,24 @@ use std::{collections::HashMap, time::Duration};
 use super::query::{StatementFilter, StatementsMeasure};
 
 /// PostgreSQL 14+ (`toplevel` exists). `$1` asks for query texts only when a trigger filters
-/// on them.
+/// on them; `$2`, `$3`, `$4` (NULL: no filter) keep only the databases, roles and queryids
+/// every trigger of the source is limited to (see [`SnapshotScope`]).
+///
+/// The role the scaler runs as is always left out: every statement of every replica (its
+/// reads, their `BEGIN`/`SET LOCAL`/`COMMIT`, Dagster and named queries, `check`) runs as
+/// that role, and is recorded under its userid. Through PgBouncer it is the role PgBouncer
+/// logs in as, which is what the server records too.
 pub const SNAPSHOT_SQL: &str = "\
 SELECT s.dbid::int8, s.userid::int8, s.queryid::int8, s.toplevel, s.calls::int8,
        s.total_exec_time::float8, s.rows::int8, d.datname::text, r.rolname::text, s.query
 FROM pg_stat_statements($1) s
 LEFT JOIN pg_database d ON d.oid = s.dbid
 LEFT JOIN pg_roles r ON r.oid = s.userid
-WHERE s.queryid IS NOT NULL";
+WHERE s.queryid IS NOT NULL
+  AND s.userid IS DISTINCT FROM (SELECT oid FROM pg_roles WHERE rolname = current_user)
+  AND ($2::text[] IS NULL OR d.datname = ANY($2::text[]))
+  AND ($3::text[] IS NULL OR r.rolname = ANY($3::text[]))
+  AND ($4::int8[] IS NULL OR s.queryid = ANY($4::int8[]))";
 
 /// PostgreSQL 13: no `toplevel` column (every entry counts as top level).
 pub const SNAPSHOT_SQL_PG13: &str = "\
@@ -29,7 +39,64 @@ SELECT s.dbid::int8, s.userid::int8, s.queryid::int8, true, s.calls::int8,
 FROM pg_stat_statements($1) s
 LEFT JOIN pg_database d ON d.oid = s.dbid
 LEFT JOIN pg_roles r ON r.oid = s.userid
-WHERE s.queryid IS NOT NULL";
+WHERE s.queryid IS NOT NULL
+  AND s.userid IS DISTINCT FROM (SELECT oid FROM pg_roles WHERE rolname = current_user)
+  AND ($2::text[] IS NULL OR d.datname = ANY($2::text[]))
+  AND ($3::text[] IS NULL OR r.rolname = ANY($3::text[]))
+  AND ($4::int8[] IS NULL OR s.queryid = ANY($4::int8[]))";
+
+/// What a snapshot reads: the texts or not, and the filters every pg-statements trigger of
+/// the source shares, pushed into the snapshot's `WHERE` so the server ships only entries
+/// some trigger can count. A rate is only computed between two snapshots of the same scope
+/// (an entry a narrower snapshot left out would look new in a wider one, and count its whole
+/// lifetime as one window).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct SnapshotScope {
+    pub texts: bool,
+    pub databases: Option<Vec<String>>,
+    pub users: Option<Vec<String>>,
+    pub query_ids: Option<Vec<i64>>,
+}
+
+impl SnapshotScope {
+    /// Whether a snapshot of this scope holds every entry (and text) one of `other` would:
+    /// then it serves `other`'s triggers too, and is a sound base for `other`'s next rate
+    /// (an entry the narrower snapshot holds was in the wider one, if it existed).
+    pub fn covers(&self, other: &SnapshotScope) -> bool {
+        fn wider<T: PartialEq>(mine: &Option<Vec<T>>, theirs: &Option<Vec<T>>) -> bool {
+            match (mine, theirs) {
+                (None, _) => true,
+                (Some(_), None) => false,
+                (Some(mine), Some(theirs)) => theirs.iter().all(|t| mine.contains(t)),
+            }
+        }
+        (self.texts || !other.texts)
+            && wider(&self.databases, &other.databases)
+            && wider(&self.users, &other.users)
+            && wider(&self.query_ids, &other.query_ids)
+    }
+
+    /// The scope that serves every one of `filters` (at least one).
+    pub fn of<'f>(filters: impl Iterator<Item = &'f StatementFilter> + Clone) -> SnapshotScope {
+        fn every<T: Ord + Clone>(values: impl Iterator<Item = Option<Vec<T>>>) -> Option<Vec<T>> {
+            let mut union = Vec::new();
+            for value in values {
+                union.extend(value?);
+            }
+            union.sort();
+            union.dedup();
+            Some(union)
+        }
+        SnapshotScope {
+            texts: filters.clone().any(|f| f.query_contains.is_some()),
+            databases: every(filters.clone().map(|f| f.database.clone().map(|d| vec![d]))),
+            users: every(filters.clone().map(|f| f.user.clone().map(|u| vec![u]))),
+            query_ids: every(
+                filters.map(|f| (!f.query_ids.is_empty()).then(|| f.query_ids.clone())),
+            ),
+        }
+    }
+}
 
 /// PostgreSQL 14+: when the whole view was last reset.
 pub const RESET_SQL: &str = "SELECT stats_reset::text FROM pg_stat_statements_info";
@@ -165,6 +232,42 @@ mod tests {
             stats_reset: Some(reset.into()),
             entries: entries.into_iter().map(|(id, e)| (key(id), e)).collect(),
         }
+    }
+
+    #[test]
+    fn the_snapshot_scope_narrows_only_where_every_trigger_does() {
+        let filter = |database: Option<&str>, ids: &[i64], text: Option<&str>| StatementFilter {
+            database: database.map(str::to_string),
+            user: None,
+            query_ids: ids.to_vec(),
+            query_contains: text.map(str::to_string),
+        };
+        let both = [
+            filter(Some("b"), &[7], None),
+            filter(Some("a"), &[3, 7], Some("x")),
+        ];
+        let scope = SnapshotScope::of(both.iter());
+        assert!(scope.texts);
+        assert_eq!(
+            scope.databases,
+            Some(vec!["a".to_string(), "b".to_string()])
+        );
+        assert_eq!(scope.users, None);
+        assert_eq!(scope.query_ids, Some(vec![3, 7]));
+        let one_wide = [filter(Some("a"), &[1], None), filter(None, &[], None)];
+        let scope = SnapshotScope::of(one_wide.iter());
+        assert_eq!(scope, SnapshotScope::default());
+
+        let everything = SnapshotScope {
+            texts: true,
+            ..SnapshotScope::default()
+        };
+        let narrow = SnapshotScope::of(both.iter());
+        assert!(everything.covers(&narrow) && everything.covers(&scope));
+        assert!(!scope.covers(&everything), "no texts");
+        assert!(!narrow.covers(&everything) && narrow.covers(&narrow));
+        let just_a = SnapshotScope::of([filter(Some("a"), &[3], Some("x"))].iter());
+        assert!(narrow.covers(&just_a) && !just_a.covers(&narrow));
     }
 
     #[test]

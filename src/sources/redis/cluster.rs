@@ -10,7 +10,7 @@ use redis::{Value, cluster_async::ClusterConnection, cluster_routing::Slot};
 
 use super::{
     read::RedisRead,
-    reply::{describe, server_error_makes_source_unavailable},
+    reply::{server_error_makes_source_unavailable, unavailable, unavailable_reply},
 };
 use crate::{Error, Result};
 
@@ -38,16 +38,14 @@ pub async fn pipeline_per_slot(
             let replies: Vec<Value> = pipe.query_async(&mut connection).await.map_err(|e| {
                 match e.code() {
                     Some(code) if server_error_makes_source_unavailable(code).is_some() => {
-                        let reason =
-                            server_error_makes_source_unavailable(code).unwrap_or_default();
-                        Error::unavailable(source, format!("{reason} ({code})"))
+                        unavailable_reply(source, code)
                     }
                     // The node answered: a command of the group failed on its data.
                     Some(code) if !e.is_io_error() && !e.is_timeout() => {
                         let keys: Vec<&str> = indices.iter().map(|i| reads[*i].key()).collect();
                         Error::rejected(source, format!("reading keys {keys:?} failed: {code}"))
                     }
-                    _ => Error::unavailable(source, describe(&e)),
+                    _ => unavailable(source, &e),
                 }
             })?;
             Ok::<_, Error>((indices, replies))

@@ -15,7 +15,7 @@ use super::{
     cluster,
     config::{RedisSettings, Topology},
     read::RedisRead,
-    reply::describe,
+    reply::unavailable,
     sentinel,
 };
 use crate::{Error, Result};
@@ -106,7 +106,7 @@ impl Connections {
     }
 
     fn unavailable(&self, error: &redis::RedisError) -> Error {
-        Error::unavailable(&self.name, describe(error))
+        unavailable(&self.name, error)
     }
 
     /// Sends `reads` as one pipeline per node; errors of single commands come back as

@@ -7,6 +7,7 @@ use crate::{
 };
 
 use super::{
+    in_progress::InProgress,
     latency::WaitingQueue,
     libraries::CELERY_SEPARATOR,
     query::{QueueLibrary, RedisQuery, ScoreUnit, StreamMode},
@@ -50,18 +51,19 @@ pub const METRICS: &[MetricDef<RedisQuery>] = &[
             "prioritySteps",
             "separator",
             "keyPrefix",
+            "includeActive",
             "measure",
         ],
         parse: celery,
     },
     MetricDef {
         name: "sidekiq",
-        keys: &["queue", "namespace", "measure"],
+        keys: &["queue", "namespace", "includeActive", "measure"],
         parse: sidekiq,
     },
     MetricDef {
         name: "rq",
-        keys: &["queue", "measure"],
+        keys: &["queue", "includeActive", "measure"],
         parse: rq,
     },
 ];
@@ -185,6 +187,23 @@ fn stream(md: &Metadata<'_>, _: &()) -> Result<RedisQuery> {
     })
 }
 
+/// `includeActive` (`true` or `false`), refused beside `measure: latency`.
+fn include_active(md: &Metadata<'_>) -> Result<bool> {
+    let include = md.flag("includeActive", false)?;
+    if include && md.optional("measure") == Some("latency") {
+        return Err(include_active_with_latency());
+    }
+    Ok(include)
+}
+
+fn include_active_with_latency() -> Error {
+    Error::invalid(
+        "includeActive",
+        "counts jobs being processed, which wait for nothing: it does not apply to \
+         `measure: latency`",
+    )
+}
+
 fn bullmq(md: &Metadata<'_>, _: &()) -> Result<RedisQuery> {
     let queue = md.required("queue", "the BullMQ queue name")?;
     let prefix = md.optional("prefix").unwrap_or("bull");
@@ -197,11 +216,7 @@ fn bullmq(md: &Metadata<'_>, _: &()) -> Result<RedisQuery> {
             include_active,
             count_when_paused,
         }),
-        Measure::Latency if include_active => Err(Error::invalid(
-            "includeActive",
-            "counts jobs being processed, which wait for nothing: it does not apply to \
-             `measure: latency`",
-        )),
+        Measure::Latency if include_active => Err(include_active_with_latency()),
         Measure::Latency => Ok(RedisQuery::Latency {
             queue: WaitingQueue::Bullmq {
                 queue_key,
@@ -236,6 +251,11 @@ fn celery(md: &Metadata<'_>, _: &()) -> Result<RedisQuery> {
         })?,
     };
     let prefix = md.optional("keyPrefix").unwrap_or("");
+    let in_progress = include_active(md)?.then(|| InProgress::Celery {
+        prefix: prefix.to_string(),
+        queue: queue.to_string(),
+        separator: separator.clone(),
+    });
     backlog_only(
         md,
         &format!(
@@ -245,19 +265,26 @@ fn celery(md: &Metadata<'_>, _: &()) -> Result<RedisQuery> {
     )?;
     Ok(RedisQuery::Celery {
         keys: celery_keys(prefix, queue, &separator, &steps),
+        in_progress,
     })
 }
 
 fn sidekiq(md: &Metadata<'_>, _: &()) -> Result<RedisQuery> {
     let queue = md.required("queue", "the Sidekiq queue name")?;
-    let key = match md.optional("namespace") {
-        Some(namespace) => format!("{namespace}:queue:{queue}"),
-        None => format!("queue:{queue}"),
-    };
+    // redis-namespace prefixes every key; the members of `processes` stay bare.
+    let prefix = md
+        .optional("namespace")
+        .map_or_else(String::new, |namespace| format!("{namespace}:"));
+    let key = format!("{prefix}queue:{queue}");
+    let in_progress = include_active(md)?.then(|| InProgress::Sidekiq {
+        prefix,
+        queue: queue.to_string(),
+    });
     Ok(match measure(md)? {
         Measure::Backlog => RedisQuery::QueueList {
             library: QueueLibrary::Sidekiq,
             key,
+            in_progress,
         },
         Measure::Latency => RedisQuery::Latency {
             queue: WaitingQueue::Sidekiq { key },
@@ -268,10 +295,14 @@ fn sidekiq(md: &Metadata<'_>, _: &()) -> Result<RedisQuery> {
 fn rq(md: &Metadata<'_>, _: &()) -> Result<RedisQuery> {
     let queue = md.required("queue", "the RQ queue name")?;
     let key = format!("rq:queue:{queue}");
+    let in_progress = include_active(md)?.then(|| InProgress::Rq {
+        key: format!("rq:wip:{queue}"),
+    });
     Ok(match measure(md)? {
         Measure::Backlog => RedisQuery::QueueList {
             library: QueueLibrary::Rq,
             key,
+            in_progress,
         },
         Measure::Latency => RedisQuery::Latency {
             queue: WaitingQueue::Rq { key },

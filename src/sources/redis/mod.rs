@@ -3,15 +3,17 @@
 //!
 //! [`config`] parses the source's config section into clients, [`metrics`] declares the
 //! metrics and their metadata keys, [`query`] owns what each backlog reads and how its
-//! replies add up ([`latency`] for `measure: latency`), on top of three leaves that use
+//! replies add up ([`latency`] for `measure: latency`, [`in_progress`] for the jobs in
+//! progress that `includeActive` adds), on top of three leaves that use
 //! nothing above them: [`read`] (the read commands), [`reply`] (decoding replies, and which
 //! server errors make a source unavailable) and [`libraries`] (wire facts of the queue
 //! libraries that both kinds of query share). This module owns the connections and
 //! the batching: the reads of every query of a refresh are de-duplicated (a thousand
 //! ScaledObjects over ten queues cost ten LLENs) and sent as one pipeline — on Redis Cluster
 //! one per hash slot ([`cluster`]), on Sentinel to the current master ([`sentinel`]). Reads
-//! that need a reply of that pipeline (a latency's job hash, after the job id) go out,
-//! de-duplicated the same way, as one second pipeline; a refresh of backlogs only has none.
+//! that need a reply of that pipeline (a latency's job hash, after the job id; the work
+//! hashes of the Sidekiq processes listed) go out, de-duplicated the same way, as one second
+//! pipeline; a refresh of plain backlogs has none.
 //! Every call is bounded by connection and response timeouts derived from the source's
 //! `timeout`, with at most one retry (`connections.rs`). [`events`] makes the source
 //! event-driven: Redis reports each change of a key the measurements read, and the engine
@@ -34,6 +36,7 @@ pub mod cluster;
 pub mod config;
 mod connections;
 pub mod events;
+pub mod in_progress;
 pub mod latency;
 pub mod libraries;
 pub mod metrics;

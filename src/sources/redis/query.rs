@@ -15,6 +15,7 @@ use serde::Serialize;
 use tracing::debug;
 
 use super::{
+    in_progress::InProgress,
     latency::WaitingQueue,
     libraries::BULLMQ_DELAY_FACTOR,
     read::RedisRead,
@@ -45,10 +46,23 @@ pub enum RedisQuery {
         include_active: bool,
         count_when_paused: bool,
     },
-    /// `celery` (kombu's Redis transport): the queue key and its priority sub-queues.
-    Celery { keys: Vec<String> },
-    /// `sidekiq` and `rq`: one list per queue.
-    QueueList { library: QueueLibrary, key: String },
+    /// `celery` (kombu's Redis transport): the queue key and its priority sub-queues
+    /// (+ the queue's unacknowledged messages, with `includeActive`).
+    Celery {
+        keys: Vec<String>,
+        /// Left out of the serialization when absent, so the metric names of triggers
+        /// without `includeActive` stay as they were.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        in_progress: Option<InProgress>,
+    },
+    /// `sidekiq` and `rq`: one list per queue (+ the jobs in progress, with `includeActive`).
+    QueueList {
+        library: QueueLibrary,
+        key: String,
+        /// As for `Celery`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        in_progress: Option<InProgress>,
+    },
     /// `measure: latency` of `sidekiq`, `rq`, `bullmq` and `redis-stream`: seconds since the
     /// oldest job that waits to be taken was enqueued. A variant of its own, so the backlog
     /// variants above serialize (and their metric names hash) exactly as before the key
@@ -91,7 +105,7 @@ impl QueryKind for RedisQuery {
         match self {
             RedisQuery::List { keys }
             | RedisQuery::Zset { keys, .. }
-            | RedisQuery::Celery { keys } => keys.first().cloned().unwrap_or_default(),
+            | RedisQuery::Celery { keys, .. } => keys.first().cloned().unwrap_or_default(),
             RedisQuery::Stream { stream, .. } => stream.clone(),
             RedisQuery::Bullmq { queue_key, .. } => queue_key.clone(),
             RedisQuery::QueueList { key, .. } => key.clone(),
@@ -105,8 +119,11 @@ impl RedisQuery {
     /// [`combine`](Self::combine) expects replies.
     pub fn reads(&self, now_ms: i64) -> Vec<RedisRead> {
         match self {
-            RedisQuery::List { keys } | RedisQuery::Celery { keys } => {
-                keys.iter().cloned().map(RedisRead::Llen).collect()
+            RedisQuery::List { keys } => keys.iter().cloned().map(RedisRead::Llen).collect(),
+            RedisQuery::Celery { keys, in_progress } => {
+                let mut reads: Vec<RedisRead> = keys.iter().cloned().map(RedisRead::Llen).collect();
+                reads.extend(in_progress.iter().flat_map(|p| p.reads(now_ms)));
+                reads
             }
             RedisQuery::Zset { keys, due_only } => keys
                 .iter()
@@ -146,7 +163,13 @@ impl RedisQuery {
                 }
                 reads
             }
-            RedisQuery::QueueList { key, .. } => vec![RedisRead::Llen(key.clone())],
+            RedisQuery::QueueList {
+                key, in_progress, ..
+            } => {
+                let mut reads = vec![RedisRead::Llen(key.clone())];
+                reads.extend(in_progress.iter().flat_map(|p| p.reads(now_ms)));
+                reads
+            }
             RedisQuery::Latency { queue } => queue.reads(),
         }
     }
@@ -156,7 +179,12 @@ impl RedisQuery {
     pub fn follow_up_reads(&self, replies: &[(&RedisRead, &Value)]) -> Vec<RedisRead> {
         match self {
             RedisQuery::Latency { queue } => queue.follow_up_reads(replies),
-            _ => Vec::new(),
+            _ => match self.waiting_and_in_progress() {
+                Some((waiting_reads, Some(in_progress))) if replies.len() >= waiting_reads => {
+                    in_progress.follow_up_reads(&replies[waiting_reads..])
+                }
+                _ => Vec::new(),
+            },
         }
     }
 
@@ -174,10 +202,22 @@ impl RedisQuery {
             RedisQuery::Latency { queue } => {
                 queue.combine(source, now_ms, replies, follow_up_replies)
             }
-            RedisQuery::List { .. }
-            | RedisQuery::Celery { .. }
-            | RedisQuery::QueueList { .. }
-            | RedisQuery::Zset { .. } => sum(source, replies),
+            RedisQuery::Celery { .. } | RedisQuery::QueueList { .. } => {
+                match self.waiting_and_in_progress() {
+                    Some((waiting_reads, in_progress)) if replies.len() >= waiting_reads => {
+                        let (waiting, rest) = replies.split_at(waiting_reads);
+                        let active = match in_progress {
+                            Some(in_progress) => {
+                                in_progress.count(source, rest, follow_up_replies)?
+                            }
+                            None => 0.0,
+                        };
+                        Ok(sum(source, waiting)? + active)
+                    }
+                    _ => Err(mismatch(self, replies)),
+                }
+            }
+            RedisQuery::List { .. } | RedisQuery::Zset { .. } => sum(source, replies),
             RedisQuery::Stream {
                 stream,
                 group,
@@ -202,6 +242,18 @@ impl RedisQuery {
                 }
                 _ => Err(mismatch(self, replies)),
             },
+        }
+    }
+}
+
+impl RedisQuery {
+    /// For the queues that may count jobs in progress: how many of the first reads count
+    /// the waiting jobs, and what counts the jobs in progress.
+    fn waiting_and_in_progress(&self) -> Option<(usize, Option<&InProgress>)> {
+        match self {
+            RedisQuery::Celery { keys, in_progress } => Some((keys.len(), in_progress.as_ref())),
+            RedisQuery::QueueList { in_progress, .. } => Some((1, in_progress.as_ref())),
+            _ => None,
         }
     }
 }
@@ -427,6 +479,76 @@ mod tests {
 
     fn query_with_queue(queue: &str) -> RedisQuery {
         parse(&[("metric", "celery"), ("queue", queue)]).unwrap()
+    }
+
+    #[test]
+    fn include_active_adds_the_jobs_in_progress_and_keeps_other_names() {
+        let plain = parse(&[("metric", "sidekiq"), ("queue", "default")]).unwrap();
+        let spelled = parse(&[
+            ("metric", "sidekiq"),
+            ("queue", "default"),
+            ("includeActive", "false"),
+        ])
+        .unwrap();
+        assert_eq!(plain, spelled);
+        // What every trigger without the key serialized to (and its metric name hashed)
+        // before `includeActive` existed.
+        assert_eq!(
+            serde_json::to_string(&plain).unwrap(),
+            r#"{"metric":"queue-list","library":"sidekiq","key":"queue:default"}"#
+        );
+        let celery = parse(&[("metric", "celery"), ("queue", "q"), ("prioritySteps", "0")]);
+        assert_eq!(
+            serde_json::to_string(&celery.unwrap()).unwrap(),
+            r#"{"metric":"celery","keys":["q"]}"#
+        );
+        let rq = parse(&[
+            ("metric", "rq"),
+            ("queue", "high"),
+            ("includeActive", "true"),
+        ]);
+        let rq = rq.unwrap();
+        assert_eq!(
+            rq.reads(1_000_000),
+            vec![
+                RedisRead::Llen("rq:queue:high".into()),
+                RedisRead::ZcountAbove("rq:wip:high".into(), 1_000)
+            ]
+        );
+        assert_eq!(
+            combine(&rq, &ints(&[5, 2])).unwrap(),
+            7.0,
+            "5 waiting + 2 started"
+        );
+        let sidekiq = parse(&[
+            ("metric", "sidekiq"),
+            ("queue", "default"),
+            ("namespace", "app"),
+            ("includeActive", "TRUE"),
+        ])
+        .unwrap();
+        assert_eq!(
+            sidekiq.reads(0),
+            vec![
+                RedisRead::Llen("app:queue:default".into()),
+                RedisRead::Smembers("app:processes".into())
+            ]
+        );
+        for metric in ["sidekiq", "rq", "celery"] {
+            let error = parse(&[("metric", metric), ("queue", "q"), ("includeActive", "1")]);
+            assert!(
+                matches!(&error, Err(Error::InvalidMetadata { key, .. }) if key == "includeActive"),
+                "{metric}: {error:?}"
+            );
+            let error = parse(&[
+                ("metric", metric),
+                ("queue", "q"),
+                ("includeActive", "true"),
+                ("measure", "latency"),
+            ])
+            .unwrap_err();
+            assert!(error.to_string().contains("measure: latency"), "{error}");
+        }
     }
 
     #[test]

@@ -24,6 +24,14 @@ pub enum RedisRead {
     XpendingSummary(String, String),
     /// XRANGE key start + COUNT 1: the first entry at or after `start`.
     XrangeFirst(String, String),
+    /// ZCOUNT key (min +inf: the entries scored above `min`.
+    ZcountAbove(String, i64),
+    /// SMEMBERS key: every member of a set.
+    Smembers(String),
+    /// EXISTS key.
+    Exists(String),
+    /// HVALS key: every value of a hash.
+    Hvals(String),
 }
 
 impl RedisRead {
@@ -42,7 +50,11 @@ impl RedisRead {
             | RedisRead::ZrangeFirst(key)
             | RedisRead::Hget(key, _)
             | RedisRead::XpendingSummary(key, _)
-            | RedisRead::XrangeFirst(key, _) => key,
+            | RedisRead::XrangeFirst(key, _)
+            | RedisRead::ZcountAbove(key, _)
+            | RedisRead::Smembers(key)
+            | RedisRead::Exists(key)
+            | RedisRead::Hvals(key) => key,
         }
     }
 
@@ -50,15 +62,18 @@ impl RedisRead {
     pub fn expected_type(&self) -> &'static str {
         match self {
             RedisRead::Llen(_) | RedisRead::Lindex(..) | RedisRead::Lrange(..) => "a list",
-            RedisRead::Zcard(_) | RedisRead::ZcountUpTo(..) | RedisRead::ZrangeFirst(_) => {
-                "a sorted set"
-            }
+            RedisRead::Zcard(_)
+            | RedisRead::ZcountUpTo(..)
+            | RedisRead::ZcountAbove(..)
+            | RedisRead::ZrangeFirst(_) => "a sorted set",
             RedisRead::Xlen(_)
             | RedisRead::XinfoGroups(_)
             | RedisRead::XinfoStream(_)
             | RedisRead::XpendingSummary(..)
             | RedisRead::XrangeFirst(..) => "a stream",
-            RedisRead::Hexists(..) | RedisRead::Hget(..) => "a hash",
+            RedisRead::Hexists(..) | RedisRead::Hget(..) | RedisRead::Hvals(_) => "a hash",
+            RedisRead::Smembers(_) => "a set",
+            RedisRead::Exists(_) => "any value",
         }
     }
 
@@ -116,6 +131,22 @@ impl RedisRead {
             RedisRead::XrangeFirst(key, start) => {
                 cmd = redis::cmd("XRANGE");
                 cmd.arg(key).arg(start).arg("+").arg("COUNT").arg(1);
+            }
+            RedisRead::ZcountAbove(key, min) => {
+                cmd = redis::cmd("ZCOUNT");
+                cmd.arg(key).arg(format!("({min}")).arg("+inf");
+            }
+            RedisRead::Smembers(key) => {
+                cmd = redis::cmd("SMEMBERS");
+                cmd.arg(key);
+            }
+            RedisRead::Exists(key) => {
+                cmd = redis::cmd("EXISTS");
+                cmd.arg(key);
+            }
+            RedisRead::Hvals(key) => {
+                cmd = redis::cmd("HVALS");
+                cmd.arg(key);
             }
         }
         cmd

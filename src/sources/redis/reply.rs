@@ -117,13 +117,27 @@ pub fn server_error_makes_source_unavailable(code: &str) -> Option<&'static str>
     }
 }
 
+/// The error for a server error code that [`server_error_makes_source_unavailable`] names:
+/// refused credentials as their own variant, the rest UNAVAILABLE.
+pub fn unavailable_reply(source: &str, code: &str) -> Error {
+    match code {
+        "NOAUTH" | "WRONGPASS" => Error::credentials_refused(
+            source,
+            format!("check the source's username and password ({code})"),
+        ),
+        _ => {
+            let reason = server_error_makes_source_unavailable(code).unwrap_or_default();
+            Error::unavailable(source, format!("{reason} ({code})"))
+        }
+    }
+}
+
 pub(super) fn reply_error(source: &str, key: &str, expected: &str, reply: &Value) -> Error {
     match reply {
         Value::ServerError(error)
             if server_error_makes_source_unavailable(error.code()).is_some() =>
         {
-            let reason = server_error_makes_source_unavailable(error.code()).unwrap_or_default();
-            Error::unavailable(source, format!("{reason} ({})", error.code()))
+            unavailable_reply(source, error.code())
         }
         Value::ServerError(error) if error.code() == "NOPERM" => Error::rejected(
             source,
@@ -149,6 +163,22 @@ pub(super) fn follow_up<'a>(replies: &Replies<'a>, read: &RedisRead) -> Result<&
         .find(|(asked, _)| *asked == read)
         .map(|(_, reply)| *reply)
         .ok_or_else(|| Error::Internal(format!("no reply to the follow-up read {read:?}")))
+}
+
+/// The elements of an array or set reply (SMEMBERS, HVALS), as bytes; `None` for a reply
+/// of another shape (an error: the caller names the key). A missing key is an empty array.
+pub(super) fn members(reply: &Value) -> Option<Vec<Vec<u8>>> {
+    match reply {
+        Value::Array(items) | Value::Set(items) => items
+            .iter()
+            .map(|item| match item {
+                Value::BulkString(bytes) => Some(bytes.clone()),
+                Value::SimpleString(text) => Some(text.clone().into_bytes()),
+                _ => None,
+            })
+            .collect(),
+        _ => None,
+    }
 }
 
 /// A job id as [`text`] reads it for the follow-up reads; `None` if it is not UTF-8.
@@ -205,15 +235,28 @@ pub(super) fn score_of(value: &Value) -> Option<f64> {
     }
 }
 
+/// The source `source` cannot be read because of `error`: refused credentials apart.
+pub fn unavailable(source: &str, error: &redis::RedisError) -> Error {
+    match refused_credentials(error) {
+        Some(advice) => Error::credentials_refused(source, advice),
+        None => Error::unavailable(source, describe(error)),
+    }
+}
+
+/// What to check when `error` is Redis refusing the source's credentials.
+fn refused_credentials(error: &redis::RedisError) -> Option<String> {
+    let refused = error.kind() == redis::ErrorKind::AuthenticationFailed
+        || matches!(error.code(), Some("WRONGPASS" | "NOAUTH"));
+    let code = error.code().unwrap_or("AUTH");
+    refused.then(|| format!("check the source's username and password ({code})"))
+}
+
 /// A short, secret-free description of a Redis client error.
 pub fn describe(error: &redis::RedisError) -> String {
     if error.is_timeout() {
         "timed out".to_string()
-    } else if error.kind() == redis::ErrorKind::AuthenticationFailed
-        || matches!(error.code(), Some("WRONGPASS" | "NOAUTH"))
-    {
-        let code = error.code().unwrap_or("AUTH");
-        format!("{AUTHENTICATION_FAILED}: check the source's username and password ({code})")
+    } else if let Some(advice) = refused_credentials(error) {
+        format!("{AUTHENTICATION_FAILED}: {advice}")
     } else if error.is_connection_refusal() {
         "connection refused".to_string()
     } else if error.is_io_error() || error.is_connection_dropped() {
