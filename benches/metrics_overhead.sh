@@ -4,24 +4,13 @@
 # alternating rounds of the same load within one run, against a throwaway redis-server on
 # loopback. Bounded: rounds × 2 × seconds. Usage: benches/metrics_overhead.sh [rounds=5] [seconds=8]
 set -euo pipefail
-cd "$(dirname "$0")/.."
 ROUNDS=${1:-5}
 SECONDS_PER_ROUND=${2:-8}
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 200); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
+source "$(dirname "$0")/lib/prelude.sh"
 
-echo "== machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(lscpu | sed -n 's/Model name: *//p'), $(date -u +%FT%TZ)"
-cargo build --release --locked --quiet
-cargo bench --locked --no-run --bench loadgen --quiet
-# The built binary, not `cargo bench` per round: a source edit mid-run would rebuild it there.
-loadgen_bin=$(ls -t target/release/deps/loadgen-* | grep -v '\.d$' | head -1)
-redis_port=$(free_port)
-redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" >/dev/null &
-pids+=($!); wait_port "$redis_port"
+machine_line
+build_release_and_loadgen
+start_redis
 for q in $(seq 0 9); do redis-cli -p "$redis_port" RPUSH "bench:queue:$q" 1 2 3 >/dev/null; done
 
 # Sets $port. Not called as $(start_scaler ...): the scaler would hold the substitution's

@@ -17,45 +17,23 @@
 # Needs redis-server, redis-benchmark, redis-cli, PostgreSQL 13+ server binaries, psql, h2load
 # (Debian nghttp2-client), curl, python3.
 set -euo pipefail
-cd "$(dirname "$0")/.."
 SECONDS_PER_LOAD=${1:-8}
 SECTIONS=${SECTIONS:-1,2,3,4,5,6}
 want() { [[ ",$SECTIONS," == *",$1,"* ]]; }
-work=$(mktemp -d)
-chmod 755 "$work"  # the postgres user must reach its data dir inside
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 200); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
-rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+source "$(dirname "$0")/lib/prelude.sh"
 py() { python3 -c "$1"; }
 
-echo "== machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(lscpu | sed -n 's/Model name: *//p'), $(date -u +%FT%TZ), load average $(cut -d' ' -f1-3 /proc/loadavg)"
+machine_line
 echo "== code: $(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet HEAD -- src 2>/dev/null || echo ' + uncommitted changes in src/')"
-cargo build --release --locked --quiet
-cargo bench --locked --no-run --bench loadgen --quiet
-loadgen_bin=$(ls -t target/release/deps/loadgen-* | grep -v '\.d$' | head -1)
+build_release_and_loadgen
 loadgen() { "$loadgen_bin" "$@"; }
 
-redis_port=$(free_port)
-redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" >/dev/null &
-pids+=($!); wait_port "$redis_port"
+start_redis
 rcli() { redis-cli -p "$redis_port" "$@"; }
 for q in $(seq 0 9); do rcli RPUSH "bench:queue:$q" $(seq 1 $((q * 10 + 1))) >/dev/null; done
 llen_calls() { rcli INFO commandstats | awk -F'[=,:]' '/^cmdstat_llen:/ {print $3} END {}' | head -1; }
 
-pg_port=$(free_port)
-as_pg() { if [ "$(id -u)" = 0 ]; then setpriv --reuid=postgres --regid=postgres --init-groups -- "$@"; else "$@"; fi; }
-pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
-mkdir -p "$work/pg"; [ "$(id -u)" = 0 ] && chown -R postgres: "$work/pg"
-as_pg "$pg_bin/initdb" -D "$work/pg/data" -U postgres -A trust --no-sync >/dev/null
-as_pg "$pg_bin/postgres" -D "$work/pg/data" -p "$pg_port" -k "$work/pg" -c listen_addresses=127.0.0.1 \
-  -c shared_preload_libraries=pg_stat_statements -c fsync=off >"$work/pg/log" 2>&1 &
-pids+=($!); wait_port "$pg_port"; sleep 1
-psql_pg() { psql -h 127.0.0.1 -p "$pg_port" -U postgres -d postgres -qAtX -c "$1"; }
-psql_pg "CREATE EXTENSION pg_stat_statements; CREATE ROLE scaler LOGIN; GRANT pg_monitor TO scaler;"
+start_postgres
 activity_reads() { psql_pg "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements WHERE userid = 'scaler'::regrole AND query LIKE '%FROM pg_stat_activity%'"; }
 
 # start_scaler NAME [extra [server] lines] [extra [measurements] lines]: sets $port, $http, $pid.

@@ -2,40 +2,18 @@
 # Measures every ratio of BENCHMARKS.md in one run on this machine, against throwaway servers
 # on loopback only. Bounded: about 3 minutes. Usage: benches/run.sh [seconds-per-load, default 10]
 set -euo pipefail
-cd "$(dirname "$0")/.."
 SECONDS_PER_LOAD=${1:-10}
-work=$(mktemp -d)
-chmod 755 "$work"  # the postgres user must reach its data dir inside
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
+source "$(dirname "$0")/lib/prelude.sh"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 200); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
-rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+machine_line
+build_release_and_loadgen
+loadgen() { "$loadgen_bin" "$@"; }
 
-echo "== machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(lscpu | sed -n 's/Model name: *//p'), $(date -u +%FT%TZ)"
-cargo build --release --locked --quiet
-cargo bench --locked --no-run --bench loadgen --quiet 2>/dev/null
-loadgen() { cargo bench --locked --quiet --bench loadgen -- "$@"; }
-
-redis_port=$(free_port)
-redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" >/dev/null &
-pids+=($!); wait_port "$redis_port"
+start_redis
 rcli() { redis-cli -p "$redis_port" "$@"; }
 for q in $(seq 0 9); do rcli RPUSH "bench:queue:$q" $(seq 1 $((q * 10 + 1))) >/dev/null; done
 
-# A throwaway PostgreSQL with pg_stat_statements (as the postgres user when run as root).
-pg_port=$(free_port)
-as_pg() { if [ "$(id -u)" = 0 ]; then setpriv --reuid=postgres --regid=postgres --init-groups -- "$@"; else "$@"; fi; }
-pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
-mkdir -p "$work/pg"; [ "$(id -u)" = 0 ] && chown -R postgres: "$work/pg"
-as_pg "$pg_bin/initdb" -D "$work/pg/data" -U postgres -A trust --no-sync >/dev/null
-as_pg "$pg_bin/postgres" -D "$work/pg/data" -p "$pg_port" -k "$work/pg" -c listen_addresses=127.0.0.1 \
-  -c shared_preload_libraries=pg_stat_statements -c fsync=off >"$work/pg/log" 2>&1 &
-pids+=($!); wait_port "$pg_port"; sleep 1
-psql_pg() { psql -h 127.0.0.1 -p "$pg_port" -U postgres -d postgres -qAtX -c "$1"; }
-psql_pg "CREATE EXTENSION pg_stat_statements; CREATE ROLE scaler LOGIN; GRANT pg_monitor TO scaler;"
+start_postgres
 
 grpc_port=$(free_port)
 cat > "$work/scaler.toml" <<TOML

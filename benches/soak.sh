@@ -12,7 +12,6 @@
 # SOAK_CHURN (new ScaledObjects/s, 10), SOAK_DOWN (s, 5), SOAK_WARMUP (s, 120),
 # SOAK_IDLE_EXPIRY (30s), SOAK_MAX_LIVE (50000, the default)
 set -euo pipefail
-cd "$(dirname "$0")/.."
 DURATION=${1:-600}
 REPORT=${2:-10}
 RATE=${SOAK_RATE:-500}
@@ -22,28 +21,14 @@ DOWN=${SOAK_DOWN:-5}
 WARMUP=${SOAK_WARMUP:-120}
 IDLE_EXPIRY=${SOAK_IDLE_EXPIRY:-30s}
 MAX_LIVE=${SOAK_MAX_LIVE:-50000}
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 200); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
+source "$(dirname "$0")/lib/prelude.sh"
 
-echo "== machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(lscpu | sed -n 's/Model name: *//p'), load $(cut -d' ' -f1-3 /proc/loadavg), $(date -u +%FT%TZ)"
-cargo build --release --locked --quiet
+machine_line
 # The load generator's own binary, not `cargo bench`: it must receive the signals below.
-loadgen=$(cargo bench --locked --no-run --bench loadgen --message-format=json 2>/dev/null | python3 -c '
-import json, sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "loadgen" and m.get("executable"):
-        print(m["executable"])')
+build_release_and_loadgen
+loadgen=$loadgen_bin
 
-redis_port=$(free_port)
-start_redis() {
-  redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" >>"$work/redis.log" &
-  redis_pid=$!; pids+=("$redis_pid"); wait_port "$redis_port"
-}
+# start_redis (prelude) keeps its port: the restart below reuses it.
 start_redis
 
 grpc_port=$(free_port); http_port=$(free_port)

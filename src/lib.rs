@@ -4,7 +4,7 @@
 //! # Layout
 //!
 //! A request travels top to bottom through these modules; each depends only on the ones
-//! below it (checked by `tests/module_graph.rs`):
+//! below it (checked by `tests/it/module_graph.rs`):
 //!
 //! - [`cli`]: the commands besides `serve`, for people and scripts: `check` (probe every
 //!   source), `eval` (dry-run ScaledObjects against live backends) and `dev` (throwaway
@@ -30,7 +30,7 @@
 //!   [`sources::postgres`], [`sources::pgbouncer`]), each owning its config section, its
 //!   metrics and its reads.
 //! - [`eval`]: `backlog-scaler eval`'s pure logic: ScaledObjects, scalingModifiers formulas,
-//!   KEDA's and the HPA's replica math. It uses no other module.
+//!   KEDA's fallback and the HPA's replica math. It uses no other module.
 //! - Leaves, used by the modules above and using none of them: [`metadata`] (typed reads of
 //!   `scalerMetadata`, metric tables), [`credentials`] (secrets, CA roots, the server's TLS
 //!   config), [`metrics`] (the Prometheus registry and what is recorded in it), [`naming`]

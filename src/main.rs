@@ -4,7 +4,11 @@
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use backlog_scaler::{
-    cli::{self, Exit, Output, dev::DevOptions, eval::EvalOptions},
+    cli::{
+        self, Exit, Output,
+        dev::DevOptions,
+        eval::{EvalOptions, JobCounts},
+    },
     config::Config,
     server,
 };
@@ -39,16 +43,22 @@ enum Command {
         #[arg(long, value_enum, default_value_t)]
         output: Output,
     },
-    /// Dry-run ScaledObjects against the live backends: values, activity, replicas and why.
+    /// Dry-run ScaledObjects and ScaledJobs against the live backends: values, replicas or Jobs, and why.
     Eval {
         #[arg(long, env = "BACKLOG_SCALER_CONFIG")]
         config: PathBuf,
-        /// ScaledObject YAML files (several documents each; `-` for stdin).
+        /// ScaledObject and ScaledJob YAML files (several documents each; `-` for stdin).
         #[arg(long = "scaledobject", required = true, num_args = 1..)]
         scaled_objects: Vec<PathBuf>,
         /// The workload's current replicas: applies the HPA's 10 % tolerance.
         #[arg(long)]
         current_replicas: Option<u32>,
+        /// For ScaledJobs: the Jobs running now.
+        #[arg(long, default_value_t = 0)]
+        running_jobs: u32,
+        /// For ScaledJobs: the Jobs pending now (the `accurate` and `eager` strategies count them).
+        #[arg(long, default_value_t = 0)]
+        pending_jobs: u32,
         #[arg(long, value_enum, default_value_t)]
         output: Output,
     },
@@ -108,12 +118,18 @@ fn main() -> ExitCode {
             config,
             scaled_objects,
             current_replicas,
+            running_jobs,
+            pending_jobs,
             output,
         } => {
             init_logging(false, "error");
             let options = EvalOptions {
                 files: scaled_objects,
                 current_replicas,
+                jobs: JobCounts {
+                    running: running_jobs,
+                    pending: pending_jobs,
+                },
                 output,
             };
             match cli::load_config(&config) {

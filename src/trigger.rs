@@ -1,13 +1,15 @@
 //! Trigger metadata → [`TriggerSpec`], once, at the boundary.
 //!
-//! KEDA forwards a trigger's `metadata` map verbatim (with `*FromEnv` values already resolved)
-//! as `scalerMetadata`. Everything past this module works with the typed spec. Every error
+//! KEDA forwards a trigger's `metadata` map verbatim as `scalerMetadata`, except that it
+//! resolves each `<key>FromEnv: ENV_NAME` from the scale target's container env and forwards
+//! `<key>FromEnv: <value>` (kedacore/keda `parseExternalScalerMetadata`); [`from_env_keys`]
+//! turns those into `<key>` before anything reads the map. Everything past this module works with the typed spec. Every error
 //! names the offending key and says what is accepted; unknown keys are errors too, so a typo
 //! such as `activationTreshold` is caught instead of silently ignored.
 
 mod cache;
 
-use std::{collections::HashMap, sync::Arc};
+use std::{borrow::Cow, collections::HashMap, sync::Arc};
 
 use crate::{
     Error, Result,
@@ -147,7 +149,8 @@ pub fn parse_trigger(
     catalog: &Catalog,
 ) -> Result<TriggerSpec> {
     catalog.check_size(metadata)?;
-    let md = Metadata::with_list_limit(metadata, catalog.max_list_items);
+    let metadata = from_env_keys(metadata)?;
+    let md = Metadata::with_list_limit(&metadata, catalog.max_list_items);
     let source_name = md.required("source", "the name of a source in the scaler's config")?;
     let entry = catalog.sources.get(source_name).ok_or_else(|| {
         Error::invalid(
@@ -181,6 +184,47 @@ pub fn parse_trigger(
         activation_target,
         metric_name,
     })
+}
+
+/// The suffix of a key whose value KEDA resolved from the scale target's env.
+const FROM_ENV: &str = "FromEnv";
+
+/// `<key>` for a key `<key>FromEnv`.
+fn plain(key: &str) -> Option<&str> {
+    key.strip_suffix(FROM_ENV).filter(|k| !k.is_empty())
+}
+
+/// The map with every `<key>FromEnv` renamed `<key>`: KEDA forwards the value it resolved
+/// under the `FromEnv` name, and it means what `<key>` means. Both present is an error naming
+/// both, since the scaler cannot tell which one the user meant.
+pub fn from_env_keys(
+    metadata: &HashMap<String, String>,
+) -> Result<Cow<'_, HashMap<String, String>>> {
+    if !metadata.keys().any(|key| plain(key).is_some()) {
+        return Ok(Cow::Borrowed(metadata));
+    }
+    let mut resolved = HashMap::with_capacity(metadata.len());
+    let mut keys: Vec<&String> = metadata.keys().collect();
+    keys.sort_unstable();
+    for key in keys {
+        let Some(twin) = plain(key) else { continue };
+        if metadata.contains_key(twin) {
+            return Err(Error::invalid(
+                crate::metadata::shorten(key),
+                format!(
+                    "is set together with `{twin}`, and both mean `{twin}` (KEDA forwards \
+                     `{key}` with the value it resolved from the workload's env): keep one",
+                    twin = crate::metadata::shorten(twin),
+                    key = crate::metadata::shorten(key),
+                ),
+            ));
+        }
+    }
+    for (key, value) in metadata {
+        let key = plain(key).unwrap_or(key);
+        resolved.insert(key.to_owned(), value.clone());
+    }
+    Ok(Cow::Owned(resolved))
 }
 
 /// `target` (> 0, required) and `activationTarget` (≥ 0, default 0).
@@ -236,16 +280,13 @@ fn wrong_metric_for_source(error: Error, metric: &str, entry: &Entry) -> Error {
     }
 }
 
-/// Every key must be a common key, a KEDA key, a `*FromEnv` key (KEDA resolved it into its
-/// plain twin) or one of `metric_keys`.
+/// Every key must be a common key, a KEDA key or one of `metric_keys` (`*FromEnv` keys have
+/// become their plain twins by now).
 fn reject_unknown(md: &Metadata<'_>, metric: &str, metric_keys: &[&str]) -> Result<()> {
     let unknown = md
         .keys()
         .filter(|key| {
-            !COMMON_KEYS.contains(key)
-                && !KEDA_KEYS.contains(key)
-                && !metric_keys.contains(key)
-                && !key.ends_with("FromEnv")
+            !COMMON_KEYS.contains(key) && !KEDA_KEYS.contains(key) && !metric_keys.contains(key)
         })
         .min();
     match unknown {
@@ -445,13 +486,41 @@ mod tests {
     }
 
     #[test]
-    fn keda_keys_and_from_env_keys_are_accepted() {
-        parse(&with(&[
-            ("enableTLS", "false"),
-            ("unsafeSsl", "true"),
-            ("keysFromEnv", "QUEUE_KEYS"),
-        ]))
-        .unwrap();
+    fn keda_keys_are_accepted() {
+        parse(&with(&[("enableTLS", "false"), ("unsafeSsl", "true")])).unwrap();
+    }
+
+    #[test]
+    fn from_env_keys_mean_their_plain_twins() {
+        // KEDA forwards `<key>FromEnv: <resolved value>`.
+        let pairs: Vec<(&str, &str)> = BASE
+            .iter()
+            .map(|&(k, v)| match k {
+                "keys" => ("keysFromEnv", v),
+                "target" => ("targetFromEnv", "4"),
+                _ => (k, v),
+            })
+            .chain([("activationTargetFromEnv", "2")])
+            .collect();
+        let spec = parse(&pairs).unwrap();
+        assert_eq!(
+            spec,
+            parse(&with(&[("target", "4"), ("activationTarget", "2")])).unwrap()
+        );
+        // Both spellings: refused, naming both.
+        let error = parse(&with(&[("targetFromEnv", "2")])).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "metadata key `targetFromEnv`: is set together with `target`, and both mean \
+             `target` (KEDA forwards `targetFromEnv` with the value it resolved from the \
+             workload's env): keep one"
+        );
+        // A FromEnv key of no known key is an unknown key, like its twin.
+        let error = parse(&with(&[("queueFromEnv", "x")])).unwrap_err();
+        assert!(error.to_string().contains("`queue`"), "{error}");
+        // `FromEnv` alone is no twin of anything.
+        let error = parse(&with(&[("FromEnv", "x")])).unwrap_err();
+        assert!(error.to_string().contains("`FromEnv`"), "{error}");
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! other key, measure spellings, numbers at f64's edges), glued to raw text, repeated past the
 //! size bounds, or joined into comma-separated lists.
 //!
-//! A crash is a panic, or an answer tests/metadata_properties.rs would reject: an accepted
+//! A crash is a panic, or an answer tests/it/metadata_properties.rs would reject: an accepted
 //! trigger with a target that is not finite and > 0, an activation target not finite and
 //! >= 0 or a metric name that is not a DNS-1123 label; an error other than INVALID_ARGUMENT
 //! naming a key or PERMISSION_DENIED for the fenced source. How to run it: docs/SECURITY.md.

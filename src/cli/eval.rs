@@ -2,16 +2,19 @@
 //! run of ScaledObjects against the live backends.
 //!
 //! Every ScaledObject of every file (several documents, `kind: List`) is evaluated the way
-//! KEDA would see it through this scaler: each `type: external` trigger's metadata is parsed
-//! by [`parse_trigger`] exactly as the server parses `scalerMetadata` (so an invalid trigger
-//! shows the gRPC status KEDA would get), measured through an [`Engine`] built from the same
-//! config as the server's, and the readings go through [`desired_replicas`]: KEDA's and the
-//! HPA's replica math, explained step by step. Triggers of other types are listed as not
-//! evaluated; a ScaledObject with one has no replica count, since the HPA would take the
-//! highest over metrics this command cannot read.
+//! KEDA would see it through this scaler: each `type: external` trigger's metadata, its
+//! `*FromEnv` keys resolved from the scale target's manifest when it is among the files
+//! ([`resolve_from_env`]), is parsed by [`parse_trigger`] exactly as the server parses
+//! `scalerMetadata` (so an invalid trigger shows the gRPC status KEDA would get), measured
+//! through an [`Engine`] built from the same config as the server's, and the readings go through [`desired_replicas_with_fallback`]:
+//! KEDA's and the HPA's replica math, explained step by step. A trigger that cannot be
+//! measured goes through the ScaledObject's `fallback`, as if it had failed past
+//! `failureThreshold`. Triggers of other types are listed as not evaluated; a ScaledObject
+//! with one has no replica count, since the HPA would take the highest over metrics this
+//! command cannot read.
 //!
-//! Exit 0 when every ScaledObject got a replica count, 1 otherwise, 2 when a file cannot be
-//! read or holds invalid YAML or no ScaledObject.
+//! Exit 0 when every ScaledObject got a replica count and every trigger answered, 1
+//! otherwise, 2 when a file cannot be read or holds invalid YAML or no ScaledObject.
 
 use std::{
     collections::HashMap,
@@ -23,14 +26,21 @@ use futures::future::join_all;
 use serde::Serialize;
 use tonic::Status;
 
+mod jobs;
+
+pub use jobs::{JobCounts, JobReport};
+
 use super::{Exit, Output, number};
 use crate::{
     config::Config,
     engine::Engine,
-    eval::{ScaledObject, Trigger, TriggerReading, desired_replicas, parse_scaled_objects},
+    eval::{
+        Decision, FailedTrigger, ScaleTarget, ScaledJob, ScaledObject, Trigger, TriggerReading,
+        Workload, desired_replicas_with_fallback, parse_scaled_objects, resolve_from_env,
+    },
     metrics::Metrics,
     server::build_engine,
-    trigger::{Catalog, TriggerSpec, parse_trigger},
+    trigger::{Catalog, TriggerSpec, from_env_keys, parse_trigger},
 };
 
 /// What `eval` was asked.
@@ -41,6 +51,9 @@ pub struct EvalOptions {
     /// The workload's current replicas: enables the HPA's tolerance and is the base of
     /// `Value` metrics.
     pub current_replicas: Option<u32>,
+    /// The Jobs of each ScaledJob already running and pending (`--running-jobs`,
+    /// `--pending-jobs`).
+    pub jobs: JobCounts,
     pub output: Output,
 }
 
@@ -48,6 +61,7 @@ pub struct EvalOptions {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct EvalReport {
     pub scaled_objects: Vec<ObjectReport>,
+    pub scaled_jobs: Vec<JobReport>,
     /// Documents that are not ScaledObjects, and why.
     pub skipped: Vec<Skipped>,
 }
@@ -93,7 +107,8 @@ pub struct TriggerReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub parts: Option<ValueParts>,
     /// The gRPC code KEDA would get instead of a value (`InvalidArgument`, `Unavailable`, …),
-    /// or `NotEvaluated` for a trigger this scaler does not serve.
+    /// `NotEvaluated` for a trigger this scaler does not serve, or `Unresolved` for `*FromEnv`
+    /// keys whose value the files do not tell.
     pub code: Option<String>,
     /// The message that comes with it: the server's own status message.
     pub error: Option<String>,
@@ -128,7 +143,9 @@ impl TriggerReport {
 struct ParsedFile {
     name: String,
     objects: Vec<ScaledObject>,
+    jobs: Vec<ScaledJob>,
     skipped: Vec<Skipped>,
+    workloads: Vec<Workload>,
 }
 
 /// Reads and parses every file; the first unreadable or invalid one is the error (one line).
@@ -148,13 +165,13 @@ fn read_files(files: &[PathBuf]) -> Result<Vec<ParsedFile>, String> {
                     reason: s.reason,
                 })
                 .collect();
-            if parsed.scaled_objects.is_empty() {
+            if parsed.scaled_objects.is_empty() && parsed.scaled_jobs.is_empty() {
                 let what: Vec<String> = skipped
                     .iter()
                     .map(|s| format!("{}: {}", s.document, s.reason))
                     .collect();
                 return Err(format!(
-                    "{name}: no keda.sh/v1alpha1 ScaledObject (found: {})",
+                    "{name}: no keda.sh/v1alpha1 ScaledObject or ScaledJob (found: {})",
                     if what.is_empty() {
                         "nothing".to_string()
                     } else {
@@ -165,7 +182,9 @@ fn read_files(files: &[PathBuf]) -> Result<Vec<ParsedFile>, String> {
             Ok(ParsedFile {
                 name,
                 objects: parsed.scaled_objects,
+                jobs: parsed.scaled_jobs,
                 skipped,
+                workloads: parsed.workloads,
             })
         })
         .collect()
@@ -182,46 +201,65 @@ fn read_text(path: &Path) -> std::io::Result<String> {
 }
 
 /// Evaluates every ScaledObject of `files` against the sources of `config`.
-pub async fn evaluate(
-    config: &Config,
-    files: &[PathBuf],
-    current_replicas: Option<u32>,
-) -> Result<EvalReport, String> {
-    let files = read_files(files)?;
+pub async fn evaluate(config: &Config, options: &EvalOptions) -> Result<EvalReport, String> {
+    let current_replicas = options.current_replicas;
+    let files = read_files(&options.files)?;
     let catalog = Catalog::new(&config.sources, &config.server.limits);
     // Cold reads only: every measurement is read once, bounded by its source's timeout, so
     // no refresher runs.
     let engine = build_engine(config, Metrics::new(config.measurements.max_live));
     let mut report = EvalReport {
         scaled_objects: Vec::new(),
+        scaled_jobs: Vec::new(),
         skipped: Vec::new(),
+    };
+    // A scale target's manifest may be in any of the files.
+    let workloads: Vec<Workload> = files.iter().flat_map(|f| f.workloads.clone()).collect();
+    let context = Context {
+        catalog: &catalog,
+        engine: &engine,
+        workloads: &workloads,
     };
     for file in files {
         let objects = file
             .objects
             .iter()
-            .map(|so| evaluate_object(&file.name, so, &catalog, &engine, current_replicas));
+            .map(|so| evaluate_object(&file.name, so, &context, current_replicas));
         report.scaled_objects.extend(join_all(objects).await);
+        let jobs = file
+            .jobs
+            .iter()
+            .map(|job| jobs::evaluate_job(&file.name, job, &context, options.jobs));
+        report.scaled_jobs.extend(join_all(jobs).await);
         report.skipped.extend(file.skipped);
     }
     Ok(report)
 }
 
+/// What every trigger is evaluated against.
+pub(super) struct Context<'a> {
+    catalog: &'a Catalog,
+    engine: &'a Engine,
+    /// The workloads among the files, for `*FromEnv` keys.
+    workloads: &'a [Workload],
+}
+
 async fn evaluate_object(
     file: &str,
     so: &ScaledObject,
-    catalog: &Catalog,
-    engine: &Engine,
+    context: &Context<'_>,
     current_replicas: Option<u32>,
 ) -> ObjectReport {
-    let triggers: Vec<TriggerReport> = join_all(
-        so.triggers
-            .iter()
-            .enumerate()
-            .map(|(index, trigger)| evaluate_trigger(so, index, trigger, catalog, engine)),
-    )
-    .await;
-    let (replicas, explanation) = decide(so, &triggers, current_replicas);
+    let triggers: Vec<TriggerReport> =
+        join_all(so.triggers.iter().enumerate().map(|(index, trigger)| {
+            let target = so.scale_target.as_ref();
+            evaluate_trigger(&so.namespace, target, index, trigger, context)
+        }))
+        .await;
+    let (replicas, explanation) = match decide(so, &triggers, current_replicas) {
+        Ok(decision) => (Some(decision.replicas), decision.to_string()),
+        Err(why) => (None, format!("no replica count: {why}")),
+    };
     ObjectReport {
         file: file.to_string(),
         document: so.at.to_string(),
@@ -233,85 +271,71 @@ async fn evaluate_object(
     }
 }
 
-/// The replicas KEDA and the HPA would settle on from the triggers' readings, and why; or,
-/// when a trigger has no value, what is missing and what KEDA's fallback would do.
+/// KEDA's and the HPA's replicas from the trigger reports, or why there are none. A trigger
+/// that parsed but could not be measured goes through the ScaledObject's `fallback`; one
+/// that did not parse (GetMetricSpec fails) or that this scaler does not serve leaves the
+/// HPA without that metric, so there is no count.
 fn decide(
     so: &ScaledObject,
     triggers: &[TriggerReport],
     current_replicas: Option<u32>,
-) -> (Option<u32>, String) {
-    let readings: Option<Vec<TriggerReading>> = so
-        .triggers
-        .iter()
-        .zip(triggers)
-        .enumerate()
-        .map(|(index, (trigger, report))| {
-            Some(TriggerReading {
-                label: trigger.label(index),
+) -> Result<Decision, String> {
+    let mut readings = Vec::new();
+    let mut failed = Vec::new();
+    let mut missing = 0;
+    for (index, (trigger, report)) in so.triggers.iter().zip(triggers).enumerate() {
+        let label = trigger.label(index);
+        match (report.value, report.target, report.activation_target) {
+            (Some(value), Some(target), Some(activation_target)) => {
+                readings.push(TriggerReading {
+                    label,
+                    name: trigger.name.clone(),
+                    value,
+                    target,
+                    activation_target,
+                    metric_type: trigger.metric_type,
+                });
+            }
+            (None, Some(target), _) => failed.push(FailedTrigger {
+                label,
                 name: trigger.name.clone(),
-                value: report.value?,
-                target: report.target?,
-                activation_target: report.activation_target?,
+                target,
                 metric_type: trigger.metric_type,
-            })
-        })
-        .collect();
-    let Some(readings) = readings else {
-        return (None, explain_missing(so, triggers, current_replicas));
-    };
-    match desired_replicas(
+            }),
+            _ => missing += 1,
+        }
+    }
+    if missing > 0 {
+        return Err(format!(
+            "{missing} of {} triggers have no metric for the HPA",
+            triggers.len()
+        ));
+    }
+    desired_replicas_with_fallback(
         &readings,
+        &failed,
         so.scaling_modifiers.as_ref(),
         so.limits,
         current_replicas,
-    ) {
-        Ok(decision) => (Some(decision.replicas), decision.to_string()),
-        Err(error) => (None, format!("no replica count: {error}")),
-    }
+        so.fallback.as_ref(),
+    )
+    .map_err(|e| e.to_string())
 }
 
-/// How many triggers have no value, and what KEDA's fallback would ask for when a read
-/// failed (not when a trigger was only left unevaluated).
-fn explain_missing(
-    so: &ScaledObject,
-    triggers: &[TriggerReport],
-    current_replicas: Option<u32>,
-) -> String {
-    let missing = triggers.iter().filter(|t| t.value.is_none()).count();
-    let mut explanation = format!(
-        "no replica count: {missing} of {} triggers have no value",
-        triggers.len()
-    );
-    let unmeasured = triggers
-        .iter()
-        .any(|t| t.code.as_deref().is_some_and(|c| c != "NotEvaluated"));
-    if let Some(fallback) = so.fallback.filter(|_| unmeasured) {
-        let replicas = match fallback.replicas_for(current_replicas) {
-            Some(n) => format!("{n} replicas"),
-            None => "the current replicas (pass --current-replicas)".to_string(),
-        };
-        explanation.push_str(&format!(
-            "\nfallback: after {} failed reads in a row KEDA would ask for {replicas} \
-             (behavior {})",
-            fallback.failure_threshold,
-            fallback.behavior.as_str()
-        ));
-    }
-    explanation
-}
-
-async fn evaluate_trigger(
-    so: &ScaledObject,
+/// One trigger of an object in `namespace` scaling `target`.
+pub(super) async fn evaluate_trigger(
+    namespace: &str,
+    target: Option<&ScaleTarget>,
     index: usize,
     trigger: &Trigger,
-    catalog: &Catalog,
-    engine: &Engine,
+    context: &Context<'_>,
 ) -> TriggerReport {
     let label = trigger.label(index);
+    let failed = |code: &str, error: String| {
+        TriggerReport::failed(label.clone(), &trigger.trigger_type, code, error)
+    };
     if trigger.trigger_type != "external" {
-        return TriggerReport::failed(
-            label,
-            &trigger.trigger_type,
+        return failed(
             "NotEvaluated",
             format!(
                 "not evaluated: type `{}` is measured by KEDA itself, not by backlog-scaler \
@@ -320,23 +344,36 @@ async fn evaluate_trigger(
             ),
         );
     }
-    let metadata: HashMap<String, String> = trigger
-        .metadata
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    let spec = match parse_trigger(&metadata, &so.namespace, catalog) {
+    // What KEDA would forward: `*FromEnv` keys resolved from the scale target's env.
+    let resolved = resolve_from_env(&trigger.metadata, target, namespace, context.workloads);
+    if !resolved.unresolved.is_empty() {
+        return failed("Unresolved", resolved.unresolved.join("; "));
+    }
+    let metadata: HashMap<String, String> = resolved.metadata.into_iter().collect();
+    let spec = match parse_trigger(&metadata, namespace, context.catalog) {
         Ok(spec) => spec,
         Err(error) => {
             let status = Status::from(error);
-            return TriggerReport::failed(
-                label,
-                &trigger.trigger_type,
-                &format!("{:?}", status.code()),
-                status.message().to_string(),
-            );
+            let code = format!("{:?}", status.code());
+            return failed(&code, status.message().to_string());
         }
     };
+    // `includeActive` may have come as `includeActiveFromEnv`.
+    let waiting = from_env_keys(&metadata)
+        .ok()
+        .and_then(|metadata| waiting_only(&metadata, namespace, context.catalog));
+    measure(label, trigger, &spec, waiting.as_ref(), context.engine).await
+}
+
+/// The value of a parsed trigger (and its parts, given `waiting`: see [`measure_in_parts`]),
+/// or the status KEDA would get.
+async fn measure(
+    label: String,
+    trigger: &Trigger,
+    spec: &TriggerSpec,
+    waiting: Option<&TriggerSpec>,
+    engine: &Engine,
+) -> TriggerReport {
     let mut report = TriggerReport {
         label,
         trigger_type: trigger.trigger_type.clone(),
@@ -349,8 +386,7 @@ async fn evaluate_trigger(
         code: None,
         error: None,
     };
-    let waiting = waiting_only(&metadata, &so.namespace, catalog);
-    let (measured, parts) = measure_in_parts(engine, &spec, waiting.as_ref()).await;
+    let (measured, parts) = measure_in_parts(engine, spec, waiting).await;
     match measured {
         Ok(value) => {
             report.value = Some(value);
@@ -404,9 +440,19 @@ fn waiting_only(
     parse_trigger(&waiting, namespace, catalog).ok()
 }
 
-/// Exit 0 when every ScaledObject got a replica count.
+/// Exit 0 when every ScaledObject got a replica count and every trigger answered: a count
+/// that only a fallback gives still needs a look.
 pub fn exit_of(report: &EvalReport) -> Exit {
-    if report.scaled_objects.iter().all(|so| so.replicas.is_some()) {
+    let answered = |triggers: &[TriggerReport]| triggers.iter().all(|t| t.code.is_none());
+    let objects = report
+        .scaled_objects
+        .iter()
+        .all(|so| so.replicas.is_some() && answered(&so.triggers));
+    let jobs = report
+        .scaled_jobs
+        .iter()
+        .all(|job| job.jobs.is_some() && answered(&job.triggers));
+    if objects && jobs {
         Exit::Ok
     } else {
         Exit::Failed
@@ -421,39 +467,7 @@ pub fn render_text(report: &EvalReport) -> String {
             "ScaledObject {}/{} ({}, {})\n",
             so.namespace, so.name, so.file, so.document
         ));
-        for t in &so.triggers {
-            match (&t.metric_name, t.value, &t.error) {
-                (Some(metric), Some(value), _) => out.push_str(&format!(
-                    "  trigger {}: metric {metric}, value {}, target {}, activationTarget {}, {}\n",
-                    t.label,
-                    match t.parts {
-                        Some(parts) => format!(
-                            "{} = {} waiting + {} in progress",
-                            number(value),
-                            number(parts.waiting),
-                            number(parts.in_progress)
-                        ),
-                        None => number(value),
-                    },
-                    t.target.map_or("?".into(), number),
-                    t.activation_target.map_or("?".into(), number),
-                    if t.active == Some(true) {
-                        "active"
-                    } else {
-                        "not active"
-                    },
-                )),
-                (metric, _, error) => {
-                    let metric = metric
-                        .as_ref()
-                        .map(|m| format!("metric {m}, "))
-                        .unwrap_or_default();
-                    let code = t.code.as_deref().unwrap_or("Unknown");
-                    let error = error.as_deref().unwrap_or("no value");
-                    out.push_str(&format!("  trigger {}: {metric}{code}: {error}\n", t.label));
-                }
-            }
-        }
+        render_triggers(&so.triggers, &mut out);
         match so.replicas {
             Some(n) => out.push_str(&format!("  replicas: {n}\n")),
             None => out.push_str("  replicas: none\n"),
@@ -462,6 +476,7 @@ pub fn render_text(report: &EvalReport) -> String {
             out.push_str(&format!("    {line}\n"));
         }
     }
+    jobs::render_text(&report.scaled_jobs, &mut out);
     for skipped in &report.skipped {
         out.push_str(&format!(
             "skipped {}, {}: {}\n",
@@ -471,13 +486,50 @@ pub fn render_text(report: &EvalReport) -> String {
     out
 }
 
+/// One line per trigger: its value, or the code and message KEDA would get.
+pub(super) fn render_triggers(triggers: &[TriggerReport], out: &mut String) {
+    for t in triggers {
+        match (&t.metric_name, t.value, &t.error) {
+            (Some(metric), Some(value), _) => out.push_str(&format!(
+                "  trigger {}: metric {metric}, value {}, target {}, activationTarget {}, {}\n",
+                t.label,
+                match t.parts {
+                    Some(parts) => format!(
+                        "{} = {} waiting + {} in progress",
+                        number(value),
+                        number(parts.waiting),
+                        number(parts.in_progress)
+                    ),
+                    None => number(value),
+                },
+                t.target.map_or("?".into(), number),
+                t.activation_target.map_or("?".into(), number),
+                if t.active == Some(true) {
+                    "active"
+                } else {
+                    "not active"
+                },
+            )),
+            (metric, _, error) => {
+                let metric = metric
+                    .as_ref()
+                    .map(|m| format!("metric {m}, "))
+                    .unwrap_or_default();
+                let code = t.code.as_deref().unwrap_or("Unknown");
+                let error = error.as_deref().unwrap_or("no value");
+                out.push_str(&format!("  trigger {}: {metric}{code}: {error}\n", t.label));
+            }
+        }
+    }
+}
+
 pub fn render_json(report: &EvalReport) -> String {
     serde_json::to_string_pretty(report).expect("eval results serialize")
 }
 
 /// Runs `eval` and prints the result on stdout (a bad file: one line on stderr, exit 2).
 pub async fn run(config: &Config, options: &EvalOptions) -> Exit {
-    let report = match evaluate(config, &options.files, options.current_replicas).await {
+    let report = match evaluate(config, options).await {
         Ok(report) => report,
         Err(error) => {
             eprintln!("backlog-scaler: {error}");

@@ -6,10 +6,13 @@
 //!
 //! - [`scaledobject`]: the YAML file → [`ScaledObject`]s, with KEDA's defaults and the checks
 //!   KEDA and the API server apply; other documents are reported as skipped.
-//! - [`formula`]: the `advanced.scalingModifiers` formula (the subset of expr-lang KEDA's docs
-//!   use), compiled once and evaluated per reading.
+//! - [`formula`]: the `advanced.scalingModifiers` formula (expr-lang as formulas over trigger
+//!   values use it), compiled once and evaluated per reading.
 //! - [`replicas`]: readings → a [`Decision`]: per-metric proposals, activity, idle and
 //!   scale-to-zero, the HPA's 10 % tolerance and the replica bounds, each step recorded.
+//! - [`fallback`]: triggers that cannot be read, through KEDA's `fallback` behaviors.
+//! - [`scaledjob`]: the Jobs KEDA creates for a ScaledJob in one polling interval.
+//! - [`workload`]: `*FromEnv` trigger keys, resolved from the scale target's manifest.
 //!
 //! Nothing here measures or talks to a backend: a trigger's value and target come in as a
 //! [`TriggerReading`], which the caller builds from the trigger's parsed metadata
@@ -47,17 +50,23 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod fallback;
 pub mod formula;
 pub mod replicas;
+pub mod scaledjob;
 pub mod scaledobject;
+pub mod workload;
 
+pub use fallback::{FailedTrigger, FallbackStep};
 pub use formula::{Formula, FormulaError};
 pub use replicas::{
     Clamp, CompositeValue, Decision, MetricProposal, ReplicaError, Rule, TriggerActivity,
-    TriggerReading, desired_replicas,
+    TriggerReading, desired_replicas, desired_replicas_with_fallback,
 };
+pub use scaledjob::{JobDecision, JobReading, ScaledJob, ScalingStrategy, jobs_to_create};
 pub use scaledobject::{
     DocumentRef, Fallback, FallbackBehavior, MetricType, ReplicaLimits, ScaledObject,
     ScaledObjectError, ScaledObjectFile, ScalingModifiers, SkippedDocument, Trigger,
     parse_scaled_objects,
 };
+pub use workload::{ResolvedMetadata, ScaleTarget, Workload, resolve_from_env};

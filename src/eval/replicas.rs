@@ -23,21 +23,24 @@
 //! 5. **Bounds**. The HPA takes the highest proposal over all metrics and clamps it to
 //!    `[max(minReplicaCount, 1), maxReplicaCount]` (KEDA creates the HPA with at least 1).
 //!
+//! Triggers that could not be read go through KEDA's `fallback` ([`super::fallback`]), as if
+//! they had failed `failureThreshold` times in a row.
+//!
 //! Not modelled, because they depend on history rather than on one reading: the HPA's scaling
 //! `behavior` (scale-up rate limits, the 5-minute scale-down stabilization window), KEDA's
-//! `cooldownPeriod`, fallback after failed reads (see
-//! [`Fallback::replicas_for`](super::scaledobject::Fallback::replicas_for)), and pods that are
-//! not ready. The HPA sees values as milli-quantities; this uses the floats, so results can
+//! `cooldownPeriod`, how many reads have failed so far, and pods that are not ready (KEDA's
+//! fallback for `Value` metrics divides by the ready replicas: the current ones here). The HPA sees values as milli-quantities; this uses the floats, so results can
 //! differ only when a value has more than three decimals.
 //!
 //! Every input is checked: NaN, infinities and non-positive targets are errors, never a panic
 //! or a bogus count.
 
-use std::{collections::BTreeMap, fmt};
+use std::fmt;
 
 use super::{
+    fallback::{FailedTrigger, FallbackStep},
     formula::FormulaError,
-    scaledobject::{MetricType, ReplicaLimits, ScalingModifiers},
+    scaledobject::{Fallback, MetricType, ReplicaLimits, ScalingModifiers},
 };
 
 /// The HPA's default tolerance: no change while the usage ratio is within 10 % of 1
@@ -140,6 +143,8 @@ pub struct Decision {
     pub metrics: Vec<MetricProposal>,
     /// Whether KEDA considers the ScaledObject active.
     pub active: bool,
+    /// When some triggers could not be read: the fallback rule KEDA applied.
+    pub fallback: Option<FallbackStep>,
     pub current_replicas: Option<u32>,
     pub rule: Rule,
     /// The answer.
@@ -166,6 +171,19 @@ pub enum ReplicaError {
     Utilization { label: String },
     #[error("scalingModifiers formula, {0}")]
     Formula(#[from] FormulaError),
+    #[error(
+        "{} could not be read and the ScaledObject has no `fallback`: KEDA hands the error to \
+         the HPA, which computes no count from this metric",
+        labels.join(", ")
+    )]
+    Unreadable { labels: Vec<String> },
+    #[error(
+        "the scalingModifiers formula gave nil and the ScaledObject has no `fallback`: KEDA \
+         sends the HPA no composite metric"
+    )]
+    NilWithoutFallback,
+    #[error("fallback: {0}")]
+    Fallback(String),
     #[error("replica limits: {0}")]
     Limits(String),
 }
@@ -180,22 +198,31 @@ pub fn desired_replicas(
     limits: ReplicaLimits,
     current_replicas: Option<u32>,
 ) -> Result<Decision, ReplicaError> {
+    desired_replicas_with_fallback(
+        readings,
+        &[],
+        scaling_modifiers,
+        limits,
+        current_replicas,
+        None,
+    )
+}
+
+/// [`desired_replicas`] when some triggers could not be read (`failed`: the scaler answered
+/// GetMetrics with an error, after GetMetricSpec succeeded), assuming the failures last past
+/// `fallback.failureThreshold`: KEDA's `fallback` as its `pkg/fallback` computes it (see
+/// [`fallback`](super::fallback)). Without a fallback there is no count: KEDA hands the
+/// error to the HPA.
+pub fn desired_replicas_with_fallback(
+    readings: &[TriggerReading],
+    failed: &[FailedTrigger],
+    scaling_modifiers: Option<&ScalingModifiers>,
+    limits: ReplicaLimits,
+    current_replicas: Option<u32>,
+    fallback: Option<&Fallback>,
+) -> Result<Decision, ReplicaError> {
     check_limits(limits)?;
-    if readings.is_empty() {
-        return Err(ReplicaError::NoReadings);
-    }
-    for reading in readings {
-        let label = &reading.label;
-        finite(label, "the value", reading.value)?;
-        finite(label, "the target", reading.target)?;
-        finite(label, "the activationTarget", reading.activation_target)?;
-        if reading.target <= 0.0 {
-            return Err(ReplicaError::TargetNotPositive {
-                label: label.clone(),
-                target: reading.target,
-            });
-        }
-    }
+    check_readings(readings, failed)?;
     let triggers: Vec<TriggerActivity> = readings
         .iter()
         .map(|r| TriggerActivity {
@@ -205,42 +232,148 @@ pub fn desired_replicas(
             active: r.value > r.activation_target,
         })
         .collect();
-
-    let (composite, metrics, active) = match scaling_modifiers {
-        Some(modifiers) => {
-            let composite = composite_value(readings, modifiers)?;
-            let metric = propose(
-                COMPOSITE_METRIC,
-                composite.value,
-                modifiers.target,
-                modifiers.metric_type,
-                current_replicas,
-            )?;
-            let active = composite.active;
-            (Some(composite), vec![metric], active)
+    let metrics = match (failed, fallback) {
+        ([], _) => measured_metrics(readings, scaling_modifiers, current_replicas, fallback)?,
+        (_, None) => {
+            return Err(ReplicaError::Unreadable {
+                labels: failed.iter().map(|f| f.label.clone()).collect(),
+            });
         }
-        None => {
-            let metrics = readings
-                .iter()
-                .map(|r| propose(&r.label, r.value, r.target, r.metric_type, current_replicas))
-                .collect::<Result<Vec<_>, _>>()?;
-            (None, metrics, triggers.iter().any(|t| t.active))
-        }
+        (_, Some(fallback)) => super::fallback::apply(
+            readings,
+            failed,
+            scaling_modifiers,
+            current_replicas,
+            fallback,
+        )?,
     };
-
-    let (rule, replicas) = match (active, limits.idle_replica_count) {
+    let (rule, replicas) = match (metrics.active, limits.idle_replica_count) {
         (false, Some(idle)) => (Rule::Idle, idle),
         (false, None) if limits.min_replica_count == 0 => (Rule::ScaleToZero, 0),
-        _ => hpa(&metrics, limits),
+        _ => hpa(&metrics.proposals, limits),
     };
     Ok(Decision {
         triggers,
-        composite,
-        metrics,
-        active,
+        composite: metrics.composite,
+        metrics: metrics.proposals,
+        active: metrics.active,
+        fallback: metrics.fallback,
         current_replicas,
         rule,
         replicas,
+    })
+}
+
+/// What the HPA is given, and whether KEDA considers the ScaledObject active.
+pub(super) struct Metrics {
+    pub(super) composite: Option<CompositeValue>,
+    pub(super) proposals: Vec<MetricProposal>,
+    pub(super) active: bool,
+    pub(super) fallback: Option<FallbackStep>,
+}
+
+/// Every reading's value, target and activation target finite, targets > 0; at least one
+/// trigger.
+fn check_readings(
+    readings: &[TriggerReading],
+    failed: &[FailedTrigger],
+) -> Result<(), ReplicaError> {
+    if readings.is_empty() && failed.is_empty() {
+        return Err(ReplicaError::NoReadings);
+    }
+    for reading in readings {
+        finite(&reading.label, "the value", reading.value)?;
+        check_target(&reading.label, reading.target)?;
+        finite(
+            &reading.label,
+            "the activationTarget",
+            reading.activation_target,
+        )?;
+    }
+    for f in failed {
+        check_target(&f.label, f.target)?;
+    }
+    Ok(())
+}
+
+pub(super) fn check_target(label: &str, target: f64) -> Result<(), ReplicaError> {
+    finite(label, "the target", target)?;
+    if target <= 0.0 {
+        return Err(ReplicaError::TargetNotPositive {
+            label: label.to_owned(),
+            target,
+        });
+    }
+    Ok(())
+}
+
+/// Every trigger read: one metric per trigger, or the composite alone.
+fn measured_metrics(
+    readings: &[TriggerReading],
+    scaling_modifiers: Option<&ScalingModifiers>,
+    current_replicas: Option<u32>,
+    fallback: Option<&Fallback>,
+) -> Result<Metrics, ReplicaError> {
+    match scaling_modifiers {
+        Some(modifiers) => {
+            let values = readings
+                .iter()
+                .filter_map(|r| Some((r.name.clone()?, Some(r.value))))
+                .collect();
+            match modifiers.formula.evaluate_nullable(&values)? {
+                Some(value) => composite_metrics(value, modifiers, current_replicas, None),
+                None => super::fallback::nil_formula(modifiers, fallback, current_replicas, &[]),
+            }
+        }
+        None => {
+            let proposals = readings
+                .iter()
+                .map(|r| propose(&r.label, r.value, r.target, r.metric_type, current_replicas))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Metrics {
+                composite: None,
+                proposals,
+                active: readings.iter().any(|r| r.value > r.activation_target),
+                fallback: None,
+            })
+        }
+    }
+}
+
+/// The composite metric of `value`: activity against the modifiers' activationTarget, and
+/// the one proposal.
+pub(super) fn composite_metrics(
+    value: f64,
+    modifiers: &ScalingModifiers,
+    current_replicas: Option<u32>,
+    fallback: Option<FallbackStep>,
+) -> Result<Metrics, ReplicaError> {
+    // The formula never returns a non-finite value; the target is checked at parse time, but
+    // `ScalingModifiers` can be built by hand.
+    check_target(COMPOSITE_METRIC, modifiers.target)?;
+    finite(
+        COMPOSITE_METRIC,
+        "the activationTarget",
+        modifiers.activation_target,
+    )?;
+    let composite = CompositeValue {
+        formula: modifiers.formula.source().to_owned(),
+        value,
+        activation_target: modifiers.activation_target,
+        active: value > modifiers.activation_target,
+    };
+    let proposal = propose(
+        COMPOSITE_METRIC,
+        value,
+        modifiers.target,
+        modifiers.metric_type,
+        current_replicas,
+    )?;
+    Ok(Metrics {
+        active: composite.active,
+        composite: Some(composite),
+        proposals: vec![proposal],
+        fallback,
     })
 }
 
@@ -270,7 +403,7 @@ fn check_limits(limits: ReplicaLimits) -> Result<(), ReplicaError> {
     Ok(())
 }
 
-fn finite(label: &str, what: &'static str, value: f64) -> Result<(), ReplicaError> {
+pub(super) fn finite(label: &str, what: &'static str, value: f64) -> Result<(), ReplicaError> {
     if value.is_finite() {
         return Ok(());
     }
@@ -278,37 +411,6 @@ fn finite(label: &str, what: &'static str, value: f64) -> Result<(), ReplicaErro
         label: label.to_owned(),
         what,
         value,
-    })
-}
-
-fn composite_value(
-    readings: &[TriggerReading],
-    modifiers: &ScalingModifiers,
-) -> Result<CompositeValue, ReplicaError> {
-    let values: BTreeMap<String, f64> = readings
-        .iter()
-        .filter_map(|r| Some((r.name.clone()?, r.value)))
-        .collect();
-    // The formula never returns a non-finite value; the target is checked at parse time, but
-    // `ScalingModifiers` can be built by hand.
-    let value = modifiers.formula.evaluate(&values)?;
-    finite(COMPOSITE_METRIC, "the target", modifiers.target)?;
-    finite(
-        COMPOSITE_METRIC,
-        "the activationTarget",
-        modifiers.activation_target,
-    )?;
-    if modifiers.target <= 0.0 {
-        return Err(ReplicaError::TargetNotPositive {
-            label: COMPOSITE_METRIC.to_owned(),
-            target: modifiers.target,
-        });
-    }
-    Ok(CompositeValue {
-        formula: modifiers.formula.source().to_owned(),
-        value,
-        activation_target: modifiers.activation_target,
-        active: value > modifiers.activation_target,
     })
 }
 
@@ -325,7 +427,7 @@ fn ceil_count(x: f64) -> u64 {
 }
 
 /// One metric's proposal: the HPA's replica calculator for external metrics.
-fn propose(
+pub(super) fn propose(
     label: &str,
     value: f64,
     target: f64,
@@ -427,6 +529,54 @@ fn activity(value: f64, activation_target: f64, active: bool) -> String {
 impl fmt::Display for Decision {
     /// One line per step, in the order KEDA and the HPA take them.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.write_inputs(f)?;
+        match self.rule {
+            Rule::Idle => write!(
+                f,
+                "not active: KEDA scales to idleReplicaCount: {} replicas",
+                self.replicas
+            ),
+            Rule::ScaleToZero => write!(
+                f,
+                "not active and minReplicaCount 0: KEDA scales to 0 replicas (after \
+                 cooldownPeriod)"
+            ),
+            Rule::Hpa {
+                highest,
+                lower,
+                upper,
+                clamp,
+            } => {
+                for m in &self.metrics {
+                    write_metric(f, m, self.current_replicas)?;
+                }
+                let bound = match clamp {
+                    Clamp::Within => format!("within [{lower}, {upper}]"),
+                    Clamp::RaisedToMin => {
+                        format!("raised to the lower bound of [{lower}, {upper}]")
+                    }
+                    Clamp::LoweredToMax => {
+                        format!("lowered to maxReplicaCount of [{lower}, {upper}]")
+                    }
+                };
+                let inactive = if self.active {
+                    ""
+                } else {
+                    " (not active, but minReplicaCount > 0 keeps the HPA in charge)"
+                };
+                write!(
+                    f,
+                    "HPA: highest proposal {highest}, {bound}: {} replicas{inactive}",
+                    self.replicas
+                )
+            }
+        }
+    }
+}
+
+impl Decision {
+    /// The lines before the HPA: each trigger's activity, the fallback, the composite value.
+    fn write_inputs(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for t in &self.triggers {
             writeln!(
                 f,
@@ -434,6 +584,9 @@ impl fmt::Display for Decision {
                 t.label,
                 activity(t.value, t.activation_target, t.active)
             )?;
+        }
+        if let Some(step) = &self.fallback {
+            writeln!(f, "{step}")?;
         }
         if let Some(c) = &self.composite {
             writeln!(
@@ -443,75 +596,41 @@ impl fmt::Display for Decision {
                 activity(c.value, c.activation_target, c.active)
             )?;
         }
-        match self.rule {
-            Rule::Idle => {
-                return write!(
-                    f,
-                    "not active: KEDA scales to idleReplicaCount: {} replicas",
-                    self.replicas
-                );
-            }
-            Rule::ScaleToZero => {
-                return write!(
-                    f,
-                    "not active and minReplicaCount 0: KEDA scales to 0 replicas (after \
-                     cooldownPeriod)"
-                );
-            }
-            Rule::Hpa { .. } => {}
-        }
-        for m in &self.metrics {
-            let formula = match m.base_replicas {
-                Some(base) => format!("ceil({base} × {} / {})", num(m.value), num(m.target)),
-                None => format!("ceil({} / {})", num(m.value), num(m.target)),
-            };
-            write!(
-                f,
-                "metric {} ({}): {formula} = {}",
-                m.label, m.metric_type, m.computed
-            )?;
-            if let (Some(ratio), Some(current)) = (m.usage_ratio, self.current_replicas) {
-                if m.within_tolerance {
-                    write!(
-                        f,
-                        "; usage ratio {} is within the HPA's 10 % tolerance: keeps {current}",
-                        num(ratio)
-                    )?;
-                } else {
-                    write!(
-                        f,
-                        "; usage ratio {} is outside the HPA's 10 % tolerance",
-                        num(ratio)
-                    )?;
-                }
-            }
-            writeln!(f)?;
-        }
-        if let Rule::Hpa {
-            highest,
-            lower,
-            upper,
-            clamp,
-        } = self.rule
-        {
-            let inactive = if self.active {
-                ""
-            } else {
-                " (not active, but minReplicaCount > 0 keeps the HPA in charge)"
-            };
-            let bound = match clamp {
-                Clamp::Within => format!("within [{lower}, {upper}]"),
-                Clamp::RaisedToMin => format!("raised to the lower bound of [{lower}, {upper}]"),
-                Clamp::LoweredToMax => format!("lowered to maxReplicaCount of [{lower}, {upper}]"),
-            };
-            write!(
-                f,
-                "HPA: highest proposal {highest}, {bound}: {} replicas{inactive}",
-                self.replicas
-            )?;
-        }
         Ok(())
     }
+}
+
+/// One metric's line: the HPA's computation and its tolerance.
+fn write_metric(
+    f: &mut fmt::Formatter<'_>,
+    m: &MetricProposal,
+    current_replicas: Option<u32>,
+) -> fmt::Result {
+    let formula = match m.base_replicas {
+        Some(base) => format!("ceil({base} × {} / {})", num(m.value), num(m.target)),
+        None => format!("ceil({} / {})", num(m.value), num(m.target)),
+    };
+    write!(
+        f,
+        "metric {} ({}): {formula} = {}",
+        m.label, m.metric_type, m.computed
+    )?;
+    if let (Some(ratio), Some(current)) = (m.usage_ratio, current_replicas) {
+        if m.within_tolerance {
+            write!(
+                f,
+                "; usage ratio {} is within the HPA's 10 % tolerance: keeps {current}",
+                num(ratio)
+            )?;
+        } else {
+            write!(
+                f,
+                "; usage ratio {} is outside the HPA's 10 % tolerance",
+                num(ratio)
+            )?;
+        }
+    }
+    writeln!(f)
 }
 
 #[cfg(test)]

@@ -22,7 +22,11 @@ use std::{collections::BTreeMap, fmt, str::FromStr};
 use serde::Deserialize;
 use serde_yaml_ng::{Mapping, Value};
 
-use super::formula::Formula;
+use super::{
+    formula::Formula,
+    scaledjob::{ScaledJob, parse_scaled_job},
+    workload::{ScaleTarget, Workload, parse_workload},
+};
 
 /// The only apiVersion of KEDA's ScaledObject.
 pub const API_VERSION: &str = "keda.sh/v1alpha1";
@@ -56,7 +60,12 @@ impl fmt::Display for DocumentRef {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ScaledObjectFile {
     pub scaled_objects: Vec<ScaledObject>,
+    /// `keda.sh/v1alpha1` ScaledJobs, in file order.
+    pub scaled_jobs: Vec<ScaledJob>,
     pub skipped: Vec<SkippedDocument>,
+    /// The skipped documents that are workloads with a pod template: where `*FromEnv` keys
+    /// come from.
+    pub workloads: Vec<Workload>,
 }
 
 /// A document (or List item) that is not a `keda.sh/v1alpha1` ScaledObject.
@@ -75,6 +84,8 @@ pub struct ScaledObject {
     /// `metadata.namespace`, `default` when unset (as `kubectl apply` without `-n`).
     pub namespace: String,
     pub limits: ReplicaLimits,
+    /// `spec.scaleTargetRef`, when it names a workload.
+    pub scale_target: Option<ScaleTarget>,
     /// In spec order; never empty.
     pub triggers: Vec<Trigger>,
     pub fallback: Option<Fallback>,
@@ -170,12 +181,11 @@ impl FromStr for MetricType {
     }
 }
 
-/// `spec.fallback`: the replicas KEDA asks for once a trigger has failed `failure_threshold`
-/// times in a row (KEDA's ScaledObject specification, "fallback").
+/// `spec.fallback`: the replicas KEDA asks for once a trigger has failed more than
+/// `failure_threshold` times in a row (KEDA's ScaledObject specification, "fallback").
 ///
-/// KEDA does this by answering the HPA with `target × replicas` as the failed trigger's
-/// metric, so it works only for `AverageValue` triggers (see [`Trigger`]'s `metric_type`);
-/// with `Value` triggers KEDA treats fallback as disabled.
+/// KEDA answers the HPA with `target × replicas` as the failed trigger's metric, divided by
+/// the ready replicas for a `Value` metric; [`super::fallback`] replays it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fallback {
     pub failure_threshold: u32,
@@ -195,6 +205,9 @@ pub enum FallbackBehavior {
     CurrentReplicasIfHigher,
     /// The lower of the current replicas and `fallback.replicas`.
     CurrentReplicasIfLower,
+    /// A failed trigger is nil in the scalingModifiers formula; `fallback.replicas` when the
+    /// formula gives nil.
+    ScalingModifiers,
 }
 
 impl FallbackBehavior {
@@ -204,6 +217,7 @@ impl FallbackBehavior {
             FallbackBehavior::CurrentReplicas => "currentReplicas",
             FallbackBehavior::CurrentReplicasIfHigher => "currentReplicasIfHigher",
             FallbackBehavior::CurrentReplicasIfLower => "currentReplicasIfLower",
+            FallbackBehavior::ScalingModifiers => "scalingModifiers",
         }
     }
 }
@@ -213,7 +227,7 @@ impl Fallback {
     /// depends on the current replicas and they are not known.
     pub fn replicas_for(&self, current_replicas: Option<u32>) -> Option<u32> {
         match self.behavior {
-            FallbackBehavior::Static => Some(self.replicas),
+            FallbackBehavior::Static | FallbackBehavior::ScalingModifiers => Some(self.replicas),
             FallbackBehavior::CurrentReplicas => current_replicas,
             FallbackBehavior::CurrentReplicasIfHigher => {
                 current_replicas.map(|current| current.max(self.replicas))
@@ -243,7 +257,7 @@ pub struct ScalingModifiers {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct ScaledObjectError {
     pub at: DocumentRef,
-    /// `namespace/name` once known.
+    /// `ScaledObject namespace/name` (or `ScaledJob ...`) once known.
     pub object: Option<String>,
     /// The field as a path, e.g. `spec.triggers[0].metricType`; `None` for YAML syntax errors.
     pub field: Option<String>,
@@ -254,7 +268,7 @@ impl fmt::Display for ScaledObjectError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.at)?;
         if let Some(object) = &self.object {
-            write!(f, " (ScaledObject {object})")?;
+            write!(f, " ({object})")?;
         }
         if let Some(field) = &self.field {
             write!(f, ": {field}")?;
@@ -263,7 +277,7 @@ impl fmt::Display for ScaledObjectError {
     }
 }
 
-type Result<T, E = ScaledObjectError> = std::result::Result<T, E>;
+pub(super) type Result<T, E = ScaledObjectError> = std::result::Result<T, E>;
 
 /// Reads every ScaledObject in `yaml` (one or more documents, or `kind: List`s).
 ///
@@ -272,7 +286,9 @@ type Result<T, E = ScaledObjectError> = std::result::Result<T, E>;
 pub fn parse_scaled_objects(yaml: &str) -> Result<ScaledObjectFile> {
     let mut file = ScaledObjectFile {
         scaled_objects: Vec::new(),
+        scaled_jobs: Vec::new(),
         skipped: Vec::new(),
+        workloads: Vec::new(),
     };
     for (index, document) in serde_yaml_ng::Deserializer::from_str(yaml).enumerate() {
         let at = DocumentRef {
@@ -331,6 +347,9 @@ fn classify(value: &Value, at: DocumentRef, file: &mut ScaledObjectFile) -> Resu
         (Some("ScaledObject"), Some(API_VERSION)) => {
             file.scaled_objects.push(parse_object(map, at)?);
         }
+        (Some("ScaledJob"), Some(API_VERSION)) => {
+            file.scaled_jobs.push(parse_scaled_job(map, at)?);
+        }
         (Some("ScaledObject"), other) => file.skipped.push(SkippedDocument {
             at,
             reason: format!(
@@ -338,10 +357,13 @@ fn classify(value: &Value, at: DocumentRef, file: &mut ScaledObjectFile) -> Resu
                 other.unwrap_or("(none)")
             ),
         }),
-        (Some(kind), api_version) => file.skipped.push(SkippedDocument {
-            at,
-            reason: format!("kind {kind} ({})", api_version.unwrap_or("no apiVersion")),
-        }),
+        (Some(kind), api_version) => {
+            file.workloads.extend(parse_workload(map));
+            file.skipped.push(SkippedDocument {
+                at,
+                reason: format!("kind {kind} ({})", api_version.unwrap_or("no apiVersion")),
+            });
+        }
         (None, _) => file.skipped.push(SkippedDocument {
             at,
             reason: "no `kind`: not a Kubernetes object".to_owned(),
@@ -351,13 +373,13 @@ fn classify(value: &Value, at: DocumentRef, file: &mut ScaledObjectFile) -> Resu
 }
 
 /// Where errors of one object point.
-struct Ctx {
-    at: DocumentRef,
-    object: Option<String>,
+pub(super) struct Ctx {
+    pub(super) at: DocumentRef,
+    pub(super) object: Option<String>,
 }
 
 impl Ctx {
-    fn error(&self, field: &str, reason: impl Into<String>) -> ScaledObjectError {
+    pub(super) fn error(&self, field: &str, reason: impl Into<String>) -> ScaledObjectError {
         ScaledObjectError {
             at: self.at,
             object: self.object.clone(),
@@ -367,7 +389,7 @@ impl Ctx {
     }
 
     /// `value` as a mapping.
-    fn mapping<'v>(&self, value: &'v Value, field: &str) -> Result<&'v Mapping> {
+    pub(super) fn mapping<'v>(&self, value: &'v Value, field: &str) -> Result<&'v Mapping> {
         value
             .as_mapping()
             .ok_or_else(|| self.error(field, format!("must be a mapping, got {}", describe(value))))
@@ -375,7 +397,7 @@ impl Ctx {
 
     /// `value` as a string. Kubernetes refuses other scalars in string fields, so this does
     /// too, saying how to fix it.
-    fn string<'v>(&self, value: &'v Value, field: &str) -> Result<&'v str> {
+    pub(super) fn string<'v>(&self, value: &'v Value, field: &str) -> Result<&'v str> {
         if let Some(s) = value.as_str() {
             return Ok(s);
         }
@@ -395,7 +417,7 @@ impl Ctx {
     }
 
     /// A replica count: a whole number in Kubernetes' `int32` range, not negative.
-    fn replica_count(&self, value: &Value, field: &str) -> Result<u32> {
+    pub(super) fn replica_count(&self, value: &Value, field: &str) -> Result<u32> {
         value
             .as_i64()
             .filter(|n| (0..=MAX_REPLICA_COUNT).contains(n))
@@ -413,7 +435,7 @@ impl Ctx {
 
     /// A finite number written as a string (`target: "2"`). No surrounding spaces: KEDA's
     /// float parsing refuses them too.
-    fn number_string(&self, value: &Value, field: &str) -> Result<f64> {
+    pub(super) fn number_string(&self, value: &Value, field: &str) -> Result<f64> {
         let text = self.string(value, field)?;
         match text.parse::<f64>() {
             Ok(n) if n.is_finite() => Ok(n),
@@ -424,12 +446,12 @@ impl Ctx {
 
 /// `map[key]`, treating an explicit `null` (`key:` with nothing after it) as absent, as
 /// Kubernetes does.
-fn get<'v>(map: &'v Mapping, key: &str) -> Option<&'v Value> {
+pub(super) fn get<'v>(map: &'v Mapping, key: &str) -> Option<&'v Value> {
     map.get(key).filter(|v| !v.is_null())
 }
 
 /// How a YAML value reads in an error message.
-fn describe(value: &Value) -> String {
+pub(super) fn describe(value: &Value) -> String {
     match value {
         Value::Null => "null".to_owned(),
         Value::Bool(b) => format!("the boolean `{b}`"),
@@ -461,35 +483,59 @@ fn parse_object(map: &Mapping, at: DocumentRef) -> Result<ScaledObject> {
     } else {
         namespace
     };
-    ctx.object = Some(format!("{namespace}/{name}"));
+    ctx.object = Some(format!("ScaledObject {namespace}/{name}"));
 
     let spec = get(map, "spec").ok_or_else(|| ctx.error("spec", "required"))?;
     let spec = ctx.mapping(spec, "spec")?;
     let limits = parse_limits(&ctx, spec)?;
+    let scale_target = parse_scale_target(&ctx, spec)?;
     let triggers = parse_triggers(&ctx, spec)?;
     let fallback = match get(spec, "fallback") {
         Some(fallback) => Some(parse_fallback(&ctx, fallback)?),
         None => None,
     };
-    let scaling_modifiers = match get(spec, "advanced") {
-        Some(advanced) => {
-            let advanced = ctx.mapping(advanced, "spec.advanced")?;
-            match get(advanced, "scalingModifiers") {
-                Some(modifiers) => parse_scaling_modifiers(&ctx, modifiers, &triggers)?,
-                None => None,
-            }
-        }
-        None => None,
-    };
+    let scaling_modifiers = parse_advanced(&ctx, spec, &triggers)?;
+    if fallback.is_some_and(|f| f.behavior == FallbackBehavior::ScalingModifiers)
+        && scaling_modifiers.is_none()
+    {
+        return Err(ctx.error(
+            "spec.fallback.behavior",
+            "scalingModifiers requires spec.advanced.scalingModifiers.formula, as KEDA's \
+             admission webhook does",
+        ));
+    }
     Ok(ScaledObject {
         at,
         name: name.to_owned(),
         namespace: namespace.to_owned(),
         limits,
+        scale_target,
         triggers,
         fallback,
         scaling_modifiers,
     })
+}
+
+/// `spec.scaleTargetRef`: `name`, `kind` (default `Deployment`), `envSourceContainerName`.
+fn parse_scale_target(ctx: &Ctx, spec: &Mapping) -> Result<Option<ScaleTarget>> {
+    let Some(target) = get(spec, "scaleTargetRef") else {
+        return Ok(None);
+    };
+    let target = ctx.mapping(target, "spec.scaleTargetRef")?;
+    let field = |key: &str| -> Result<Option<String>> {
+        get(target, key)
+            .map(|v| ctx.string(v, &format!("spec.scaleTargetRef.{key}")))
+            .transpose()
+            .map(|v| v.filter(|s| !s.is_empty()).map(str::to_owned))
+    };
+    let Some(name) = field("name")? else {
+        return Ok(None);
+    };
+    Ok(Some(ScaleTarget {
+        kind: field("kind")?.unwrap_or_else(|| "Deployment".to_owned()),
+        name,
+        env_source_container: field("envSourceContainerName")?,
+    }))
 }
 
 fn parse_limits(ctx: &Ctx, spec: &Mapping) -> Result<ReplicaLimits> {
@@ -528,7 +574,7 @@ fn parse_limits(ctx: &Ctx, spec: &Mapping) -> Result<ReplicaLimits> {
     })
 }
 
-fn parse_triggers(ctx: &Ctx, spec: &Mapping) -> Result<Vec<Trigger>> {
+pub(super) fn parse_triggers(ctx: &Ctx, spec: &Mapping) -> Result<Vec<Trigger>> {
     let required = "required: KEDA needs at least one trigger";
     let list = get(spec, "triggers").ok_or_else(|| ctx.error("spec.triggers", required))?;
     let list = list.as_sequence().ok_or_else(|| {
@@ -631,12 +677,13 @@ fn parse_fallback(ctx: &Ctx, value: &Value) -> Result<Fallback> {
             "currentReplicas" => FallbackBehavior::CurrentReplicas,
             "currentReplicasIfHigher" => FallbackBehavior::CurrentReplicasIfHigher,
             "currentReplicasIfLower" => FallbackBehavior::CurrentReplicasIfLower,
+            "scalingModifiers" => FallbackBehavior::ScalingModifiers,
             other => {
                 return Err(ctx.error(
                     "spec.fallback.behavior",
                     format!(
-                        "expected static, currentReplicas, currentReplicasIfHigher or \
-                         currentReplicasIfLower, got `{other}`"
+                        "expected static, currentReplicas, currentReplicasIfHigher, \
+                         currentReplicasIfLower or scalingModifiers, got `{other}`"
                     ),
                 ));
             }
@@ -648,6 +695,22 @@ fn parse_fallback(ctx: &Ctx, value: &Value) -> Result<Fallback> {
         replicas,
         behavior,
     })
+}
+
+/// `spec.advanced.scalingModifiers`, if any.
+fn parse_advanced(
+    ctx: &Ctx,
+    spec: &Mapping,
+    triggers: &[Trigger],
+) -> Result<Option<ScalingModifiers>> {
+    let Some(advanced) = get(spec, "advanced") else {
+        return Ok(None);
+    };
+    let advanced = ctx.mapping(advanced, "spec.advanced")?;
+    match get(advanced, "scalingModifiers") {
+        Some(modifiers) => parse_scaling_modifiers(ctx, modifiers, triggers),
+        None => Ok(None),
+    }
 }
 
 /// `None` when neither `formula` nor `target` is set: KEDA then uses no modifiers.
@@ -700,17 +763,33 @@ fn parse_scaling_modifiers(
             "Utilization is not accepted for the composite metric; use AverageValue or Value",
         ));
     }
-    let formula = Formula::parse(formula).map_err(|e| ctx.error(&formula_field, e.to_string()))?;
-    let names: Vec<&str> = triggers.iter().filter_map(|t| t.name.as_deref()).collect();
-    formula
-        .check_variables(&names)
-        .map_err(|e| ctx.error(&formula_field, e.to_string()))?;
+    let formula = compile_formula(ctx, &formula_field, formula, triggers)?;
     Ok(Some(ScalingModifiers {
         formula,
         target: target_value,
         activation_target,
         metric_type,
     }))
+}
+
+/// The formula parsed, its variables checked against the trigger names, and run once with
+/// every trigger at -1, as KEDA's admission webhook does.
+fn compile_formula(ctx: &Ctx, field: &str, formula: &str, triggers: &[Trigger]) -> Result<Formula> {
+    let formula = Formula::parse(formula).map_err(|e| ctx.error(field, e.to_string()))?;
+    let names: Vec<&str> = triggers.iter().filter_map(|t| t.name.as_deref()).collect();
+    formula
+        .check_variables(&names)
+        .map_err(|e| ctx.error(field, e.to_string()))?;
+    formula.check_admission(&names).map_err(|e| {
+        ctx.error(
+            field,
+            format!(
+                "KEDA's admission webhook runs the formula with every trigger at -1 and \
+                 refuses it: {e}"
+            ),
+        )
+    })?;
+    Ok(formula)
 }
 
 #[cfg(test)]

@@ -201,16 +201,27 @@ mod tests {
     use super::*;
 
     /// A process group that ignores SIGTERM for a moment, as a PostgreSQL finishing its
-    /// shutdown does.
-    fn slow_to_stop() -> Daemon {
+    /// shutdown does. Returned once the shell has installed its trap: a SIGTERM that came
+    /// before would end it at once and the test would measure nothing.
+    async fn slow_to_stop() -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let ready = dir.path().join("ready");
         let mut command = Command::new("sh");
-        command.args(["-c", "trap '' TERM; sleep 0.5"]);
-        Daemon::spawn("slow", command, libc::SIGTERM, PathBuf::from("/dev/null")).unwrap()
+        command.args(["-c", "trap '' TERM; : > \"$1\"; sleep 0.5", "sh"]);
+        command.arg(&ready);
+        let daemon =
+            Daemon::spawn("slow", command, libc::SIGTERM, PathBuf::from("/dev/null")).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !ready.exists() {
+            assert!(std::time::Instant::now() < deadline, "sh never started");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        daemon
     }
 
     #[tokio::test(flavor = "current_thread")]
     async fn stop_waits_for_the_process_while_the_runtime_keeps_running() {
-        let mut daemon = slow_to_stop();
+        let mut daemon = slow_to_stop().await;
         let ticks = Arc::new(AtomicUsize::new(0));
         let ticker = tokio::spawn({
             let ticks = ticks.clone();
@@ -240,7 +251,7 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn a_dropped_daemon_is_killed_at_once() {
-        let daemon = slow_to_stop();
+        let daemon = slow_to_stop().await;
         let pid = daemon.pid() as libc::pid_t;
         let started = std::time::Instant::now();
         drop(daemon);

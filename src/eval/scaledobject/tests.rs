@@ -170,13 +170,21 @@ spec:
 fn other_documents_are_skipped_and_reported() {
     let yaml = format!(
         "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: w}}\n---\n{}\n---\n---\n\
-         apiVersion: keda.sh/v1alpha1\nkind: ScaledJob\nmetadata: {{name: j}}\n---\n\
+         apiVersion: keda.sh/v1alpha1\nkind: ScaledJob\nmetadata: {{name: j}}\nspec:\n{}---\n\
          apiVersion: keda.k8s.io/v1alpha1\nkind: ScaledObject\nmetadata: {{name: old}}\n---\n\
          - just\n- a list\n---\nfoo: bar\n---\n{}",
         object("first", ONE_TRIGGER),
+        ONE_TRIGGER,
         object("second", ONE_TRIGGER)
     );
     let file = parse_scaled_objects(&yaml).unwrap_or_else(|e| panic!("{e}"));
+    // ScaledJobs are read too, on their own list.
+    let jobs: Vec<(usize, &str)> = file
+        .scaled_jobs
+        .iter()
+        .map(|j| (j.at.document, j.name.as_str()))
+        .collect();
+    assert_eq!(jobs, [(4, "j")]);
     let found: Vec<(usize, &str)> = file
         .scaled_objects
         .iter()
@@ -193,7 +201,6 @@ fn other_documents_are_skipped_and_reported() {
         [
             (1, "kind Deployment (apps/v1)"),
             (3, "empty document"),
-            (4, "kind ScaledJob (keda.sh/v1alpha1)"),
             (
                 5,
                 "a ScaledObject of apiVersion `keda.k8s.io/v1alpha1`, not keda.sh/v1alpha1"
@@ -321,7 +328,8 @@ fn invalid_objects_are_refused_naming_document_object_and_field() {
         (object("w", &with("  maxReplicaCount: 4294967296\n")), "spec.maxReplicaCount: must be a whole number"),
         (object("w", &with("  fallback: {replicas: 3}\n")), "spec.fallback.failureThreshold: required when `fallback` is set"),
         (object("w", &with("  fallback: {failureThreshold: 3}\n")), "spec.fallback.replicas: required"),
-        (object("w", &with("  fallback: {failureThreshold: 3, replicas: 2, behavior: sticky}\n")), "spec.fallback.behavior: expected static, currentReplicas, currentReplicasIfHigher or currentReplicasIfLower, got `sticky`"),
+        (object("w", &with("  fallback: {failureThreshold: 3, replicas: 2, behavior: sticky}\n")), "spec.fallback.behavior: expected static, currentReplicas, currentReplicasIfHigher, currentReplicasIfLower or scalingModifiers, got `sticky`"),
+        (object("w", &with("  fallback: {failureThreshold: 3, replicas: 2, behavior: scalingModifiers}\n")), "spec.fallback.behavior: scalingModifiers requires spec.advanced.scalingModifiers.formula"),
         (object("w", &with("  fallback: 3\n")), "spec.fallback: must be a mapping, got the number `3`"),
         (object("w", &modifiers("      formula: \"a + b\"\n")), "spec.advanced.scalingModifiers.target: required with a formula"),
         (object("w", &modifiers("      target: \"2\"\n")), "spec.advanced.scalingModifiers.formula: required with a target"),
@@ -335,6 +343,7 @@ fn invalid_objects_are_refused_naming_document_object_and_field() {
         (object("w", &modifiers("      formula: \"a +\"\n      target: \"2\"\n")), "spec.advanced.scalingModifiers.formula: column 4: expected a number"),
         (object("w", &modifiers("      formula: \"a + c\"\n      target: \"2\"\n")), "spec.advanced.scalingModifiers.formula: column 5: unknown variable `c`; the formula can use the trigger names `a`, `b`"),
         (object("w", &modifiers("      formula: \"a > b\"\n      target: \"2\"\n")), "spec.advanced.scalingModifiers.formula: column 1: the formula produces a boolean"),
+        (object("w", &modifiers("      formula: \"a > 0 ? a : nil\"\n      target: \"2\"\n")), "spec.advanced.scalingModifiers.formula: KEDA's admission webhook runs the formula with every trigger at -1 and refuses it: column 1: the formula produced nil"),
         (format!("{}---\n{}", object("a", t), object("b", "  triggers: 3\n")), "document 2 (ScaledObject default/b): spec.triggers: must be a list, got the number `3`"),
         ("apiVersion: v1\nkind: List\nitems:\n  - apiVersion: keda.sh/v1alpha1\n    kind: ScaledObject\n    metadata: {name: x, namespace: ns}\n".into(), "document 1, items[0] (ScaledObject ns/x): spec: required"),
     ];
