@@ -93,6 +93,8 @@ pub struct SourceStats {
     /// Age of the oldest live reading, in seconds (0 with no live measurement).
     pub oldest_reading_seconds: f64,
     pub max_staleness_seconds: f64,
+    /// The source learns of changes as they happen (Redis client tracking), not only by polling.
+    pub event_driven: bool,
 }
 
 // Request latencies: a warm answer takes tens of microseconds, a cold one up to the read
@@ -122,6 +124,8 @@ pub struct Metrics {
     measurements: Family<SourceLabel, Gauge>,
     measurement_age: Family<SourceLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
     max_staleness: Family<SourceLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    event_driven: Family<SourceLabel, Gauge>,
+    change_events: Family<SourceLabel, Counter>,
     measurements_limit: Gauge,
     pub streams_open: Gauge,
     pub connections_open: Gauge,
@@ -182,6 +186,8 @@ impl Metrics {
             measurements: Family::default(),
             measurement_age: Family::default(),
             max_staleness: Family::default(),
+            event_driven: Family::default(),
+            change_events: Family::default(),
             measurements_limit: Gauge::default(),
             streams_open: Gauge::default(),
             connections_open: Gauge::default(),
@@ -211,6 +217,16 @@ impl Metrics {
             "max_staleness_seconds",
             "The source's max_staleness: readings older than this are not served",
             self.max_staleness.clone(),
+        );
+        r.register(
+            "source_event_driven",
+            "1 while the source learns of changes as they happen (Redis client tracking); 0 while it only polls",
+            self.event_driven.clone(),
+        );
+        r.register(
+            "source_change_events",
+            "Changes an event-driven source reported (each may touch several measurements; re-reads are coalesced)",
+            self.change_events.clone(),
         );
         self.measurements_limit.set(max_live as i64);
         r.register(
@@ -283,6 +299,18 @@ impl Metrics {
             .observe(seconds);
     }
 
+    /// Records `events` change events reported by an event-driven source.
+    pub fn record_changes(&self, source: &str, events: u64) {
+        if events == 0 {
+            return;
+        }
+        self.change_events
+            .get_or_create(&SourceLabel {
+                source: source.to_string(),
+            })
+            .inc_by(events);
+    }
+
     /// The OpenMetrics text of every metric, with the per-source gauges set from `sources`.
     pub fn encode(&self, sources: &[SourceStats]) -> String {
         self.set_source_gauges(sources);
@@ -309,6 +337,9 @@ impl Metrics {
             self.max_staleness
                 .get_or_create(&label)
                 .set(stats.max_staleness_seconds);
+            self.event_driven
+                .get_or_create(&label)
+                .set(i64::from(stats.event_driven));
         }
     }
 }
@@ -437,7 +468,9 @@ mod tests {
             measurements: 3,
             oldest_reading_seconds: 2.5,
             max_staleness_seconds: 5.0,
+            event_driven: true,
         };
+        metrics.record_changes("redis-main", 3);
         let text = metrics.encode(&[stats]);
         for line in [
             r#"backlog_scaler_backend_reads_total{source="redis-main",outcome="timeout"} 1"#,
@@ -445,6 +478,8 @@ mod tests {
             r#"backlog_scaler_measurements{source="redis-main"} 3"#,
             r#"backlog_scaler_measurement_age_seconds{source="redis-main"} 2.5"#,
             r#"backlog_scaler_max_staleness_seconds{source="redis-main"} 5.0"#,
+            r#"backlog_scaler_source_event_driven{source="redis-main"} 1"#,
+            r#"backlog_scaler_source_change_events_total{source="redis-main"} 3"#,
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }

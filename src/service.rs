@@ -9,10 +9,7 @@ use std::{panic::AssertUnwindSafe, pin::Pin, sync::Arc, time::Duration};
 use prometheus_client::metrics::gauge::Gauge;
 
 use futures::Stream;
-use tokio::{
-    sync::{OwnedSemaphorePermit, Semaphore, mpsc},
-    time::MissedTickBehavior,
-};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{Request, Response, Status};
@@ -193,44 +190,48 @@ impl ExternalScaler for ScalerService {
 
     type StreamIsActiveStream = ActivityStream;
 
-    /// Sends the current activity at once, then on every change, checking at the source's
-    /// refresh interval. A backend error ends the stream with that error (KEDA reconnects);
-    /// the stream also ends when the client goes away or the server drains.
+    /// Sends the current activity at once, then on every change: it looks again whenever the
+    /// engine stores readings of the source (a refresh, or a re-read right after an
+    /// event-driven source reported a change), not on a ticker of its own; past the source's
+    /// max_staleness without any store it looks anyway, so a value that went stale is
+    /// reported. A backend error ends the stream with that error (KEDA reconnects); the stream
+    /// also ends when the client goes away or the server drains.
     async fn stream_is_active(
         &self,
         request: Request<ScaledObjectRef>,
     ) -> Result<Response<Self::StreamIsActiveStream>, Status> {
         let spec = self.parse(request.get_ref())?;
-        let interval = self.engine.refresh_interval(&spec.source)?;
+        // Subscribed before the first look, so no store in between is missed.
+        let mut stored = self.engine.readings_stored(&spec.source)?;
+        let at_the_latest = self.engine.max_staleness(&spec.source)?;
         let place = self.streams.take()?;
         // Capacity 1: a slow reader gets the latest state, not a backlog of old ones.
         let (sender, receiver) = mpsc::channel(1);
         let service = self.clone();
         self.streams.tasks.spawn(async move {
             let _place = place;
-            let mut ticker = tokio::time::interval(interval);
-            ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
             let mut last_sent: Option<bool> = None;
             loop {
-                tokio::select! {
-                    _ = sender.closed() => return,
-                    _ = service.shutdown.cancelled() => return,
-                    _ = ticker.tick() => {}
-                }
                 let update = match service.measure(&spec).await {
                     Ok(value) => {
                         let active = spec.is_active(value);
-                        if last_sent == Some(active) {
-                            continue;
-                        }
-                        last_sent = Some(active);
-                        Ok(IsActiveResponse { result: active })
+                        (last_sent != Some(active))
+                            .then_some(Ok(IsActiveResponse { result: active }))
                     }
-                    Err(status) => Err(status),
+                    Err(status) => Some(Err(status)),
                 };
-                let failed = update.is_err();
-                if sender.send(update).await.is_err() || failed {
-                    return;
+                if let Some(update) = update {
+                    last_sent = update.as_ref().ok().map(|r| r.result);
+                    let failed = update.is_err();
+                    if sender.send(update).await.is_err() || failed {
+                        return;
+                    }
+                }
+                tokio::select! {
+                    _ = sender.closed() => return,
+                    _ = service.shutdown.cancelled() => return,
+                    changed = stored.changed() => if changed.is_err() { return },
+                    _ = tokio::time::sleep(at_the_latest) => {}
                 }
             }
         });

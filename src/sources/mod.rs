@@ -18,9 +18,13 @@
 
 use std::{
     any::Any,
+    collections::HashSet,
     fmt,
     hash::{Hash, Hasher},
-    sync::Arc,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -134,6 +138,53 @@ pub trait Source: Send + Sync + 'static {
             self.probe().await?;
             Ok(CheckReport::default())
         })
+    }
+
+    /// For a source that can learn of changes as they happen: runs until dropped, reporting
+    /// the measurements whose data changed to `changes`, so the engine re-reads them at once
+    /// instead of at the next refresh. `None` (the default): the source is only polled.
+    fn watch(&self, changes: Arc<ChangeFeed>) -> Option<BoxFuture<'_, ()>> {
+        let _ = changes;
+        None
+    }
+
+    /// True while the source learns of changes as they happen (see [`watch`](Self::watch));
+    /// false while it is only polled.
+    fn event_driven(&self) -> bool {
+        false
+    }
+}
+
+/// The measurements an event-driven source reported as changed and the engine has not re-read
+/// yet. A set, so a key that changes a thousand times before the next re-read costs one read.
+#[derive(Default)]
+pub struct ChangeFeed {
+    pending: Mutex<HashSet<Query>>,
+    ready: tokio::sync::Notify,
+    /// Change events reported since the engine last took the set.
+    events: AtomicU64,
+}
+
+impl ChangeFeed {
+    /// Reports `events` change events (changed keys, say) touching `queries`.
+    pub fn mark(&self, queries: impl IntoIterator<Item = Query>, events: u64) {
+        self.pending.lock().expect("lock poisoned").extend(queries);
+        self.events.fetch_add(events, Ordering::Relaxed);
+        self.ready.notify_one();
+    }
+
+    /// Waits until something was marked since the last [`take`](Self::take).
+    pub async fn ready(&self) {
+        self.ready.notified().await;
+    }
+
+    /// The changed measurements and the number of change events since the last take.
+    pub fn take(&self) -> (Vec<Query>, u64) {
+        let pending = std::mem::take(&mut *self.pending.lock().expect("lock poisoned"));
+        (
+            pending.into_iter().collect(),
+            self.events.swap(0, Ordering::Relaxed),
+        )
     }
 }
 

@@ -563,7 +563,7 @@ fn configmap_is_a_valid_config_and_every_trigger_parses_against_it() {
             continue;
         }
         for trigger in document["spec"]["triggers"].as_array().unwrap() {
-            if trigger["type"] != "external" {
+            if !matches!(trigger["type"].as_str(), Some("external" | "external-push")) {
                 continue;
             }
             let metadata: HashMap<String, String> = trigger["metadata"]

@@ -19,6 +19,7 @@ mod observability;
 mod packaging;
 mod pgbouncer;
 mod postgres;
+mod redis_events;
 mod redis_latency;
 mod redis_list;
 mod redis_queues;

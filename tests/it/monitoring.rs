@@ -42,9 +42,10 @@ const INSTALL_PROMTOOL: &str = "promtool not found: run scripts/install-test-dep
 // === The metrics expressions may name ===
 
 /// Counters the scaler exports, by their exposed names (prometheus-client appends `_total`).
-const SCALER_COUNTERS: [&str; 2] = [
+const SCALER_COUNTERS: [&str; 3] = [
     "backlog_scaler_grpc_requests_total",
     "backlog_scaler_backend_reads_total",
+    "backlog_scaler_source_change_events_total",
 ];
 
 /// Histograms the scaler exports; only their `_bucket`, `_sum` and `_count` series exist.
@@ -53,7 +54,7 @@ const SCALER_HISTOGRAMS: [&str; 2] = [
     "backlog_scaler_backend_read_duration_seconds",
 ];
 
-const SCALER_GAUGES: [&str; 8] = [
+const SCALER_GAUGES: [&str; 9] = [
     "backlog_scaler_source_up",
     "backlog_scaler_measurements",
     "backlog_scaler_measurement_age_seconds",
@@ -62,6 +63,7 @@ const SCALER_GAUGES: [&str; 8] = [
     "backlog_scaler_build_info",
     "backlog_scaler_streams_open",
     "backlog_scaler_connections_open",
+    "backlog_scaler_source_event_driven",
 ];
 
 /// The KEDA operator's per-trigger metrics (names of KEDA 2.14 and later).

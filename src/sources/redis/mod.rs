@@ -15,9 +15,11 @@
 //! hashes of the Sidekiq processes listed) go out, de-duplicated the same way, as one second
 //! pipeline; a refresh of plain backlogs has none.
 //! Every call is bounded by connection and response timeouts derived from the source's
-//! `timeout`, with at most one retry (`connections.rs`).
+//! `timeout`, with at most one retry (`connections.rs`). [`events`] makes the source
+//! event-driven: Redis reports each change of a key the measurements read, and the engine
+//! re-reads at once.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc};
 
 use futures::future::BoxFuture;
 use redis::Value;
@@ -26,13 +28,14 @@ use crate::{
     Result,
     error::ConfigError,
     metadata::{Metadata, Parsed, metric_names},
-    sources::{Backend, CheckReport, Query, Section, Source, typed},
+    sources::{Backend, ChangeFeed, CheckReport, Query, RefreshSettings, Section, Source, typed},
 };
 
 pub mod check;
 pub mod cluster;
 pub mod config;
 mod connections;
+pub mod events;
 pub mod in_progress;
 pub mod latency;
 pub mod libraries;
@@ -60,7 +63,7 @@ impl Backend for RedisBackend {
         Ok(Arc::new(RedisSource::new(
             &section.name,
             settings,
-            section.refresh.timeout,
+            section.refresh,
         )))
     }
 }
@@ -69,15 +72,23 @@ impl Backend for RedisBackend {
 pub struct RedisSource {
     name: String,
     connections: Connections,
+    events: events::Events,
 }
 
 impl RedisSource {
     /// Makes no connection.
-    pub fn new(name: &str, settings: RedisSettings, timeout: Duration) -> Self {
+    pub fn new(name: &str, settings: RedisSettings, refresh: RefreshSettings) -> Self {
+        let events = events::Events::new(settings.node.clone(), refresh);
         RedisSource {
             name: name.to_string(),
-            connections: Connections::new(name, settings, timeout),
+            connections: Connections::new(name, settings, refresh.timeout),
+            events,
         }
+    }
+
+    /// Whether the source is event-driven, and if not, why.
+    pub fn events_mode(&self) -> events::Mode {
+        self.events.mode()
     }
 
     async fn read_all(&self, queries: &[Query]) -> Vec<Result<f64>> {
@@ -86,6 +97,12 @@ impl RedisSource {
             .map_or(0, |d| d.as_millis() as i64);
         let typed: Vec<Result<&RedisQuery>> =
             queries.iter().map(|q| typed(&self.name, q)).collect();
+        let watched: Vec<(&Query, &RedisQuery)> = queries
+            .iter()
+            .zip(&typed)
+            .filter_map(|(query, typed)| Some((query, *typed.as_ref().ok()?)))
+            .collect();
+        self.events.remember(&watched);
         let plans: Vec<Vec<RedisRead>> = typed
             .iter()
             .map(|query| {
@@ -184,7 +201,25 @@ impl Source for RedisSource {
     }
 
     fn check(&self) -> BoxFuture<'_, Result<CheckReport>> {
-        Box::pin(check::check(&self.connections))
+        Box::pin(async move {
+            let mut report = check::check(&self.connections).await?;
+            report
+                .findings
+                .push(events::check(&self.connections, &self.events).await);
+            Ok(report)
+        })
+    }
+
+    fn watch(&self, changes: Arc<ChangeFeed>) -> Option<BoxFuture<'_, ()>> {
+        Some(Box::pin(events::run(
+            &self.connections,
+            &self.events,
+            changes,
+        )))
+    }
+
+    fn event_driven(&self) -> bool {
+        self.events.event_driven()
     }
 }
 
