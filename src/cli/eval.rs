@@ -322,6 +322,9 @@ fn decide(
     .map_err(|e| e.to_string())
 }
 
+/// The trigger types KEDA sends to an external scaler.
+const SCALER_TRIGGER_TYPES: [&str; 2] = ["external", "external-push"];
+
 /// One trigger of an object in `namespace` scaling `target`.
 pub(super) async fn evaluate_trigger(
     namespace: &str,
@@ -334,12 +337,14 @@ pub(super) async fn evaluate_trigger(
     let failed = |code: &str, error: String| {
         TriggerReport::failed(label.clone(), &trigger.trigger_type, code, error)
     };
-    if trigger.trigger_type != "external" {
+    // `external-push` asks the same GetMetricSpec and GetMetrics on the HPA's schedule; only
+    // activity arrives over StreamIsActive instead of IsActive, with the same rule.
+    if !SCALER_TRIGGER_TYPES.contains(&trigger.trigger_type.as_str()) {
         return failed(
             "NotEvaluated",
             format!(
                 "not evaluated: type `{}` is measured by KEDA itself, not by backlog-scaler \
-                 (only `external` triggers are)",
+                 (only `external` and `external-push` triggers are)",
                 trigger.trigger_type
             ),
         );
