@@ -27,8 +27,8 @@ use crate::{
     Error,
     engine::Engine,
     proto::{
-        GetMetricSpecResponse, GetMetricsRequest, GetMetricsResponse, IsActiveResponse, MetricSpec,
-        MetricValue, ScaledObjectRef, external_scaler_server::ExternalScaler,
+        GetMetricSpecResponse, GetMetricsResponse, IsActiveResponse, MetricSpec, MetricValue,
+        wire::{GetMetricsRequest, ScaledObjectRef, external_scaler_server::ExternalScaler},
     },
     trigger::{Catalog, TriggerCache, TriggerSpec},
 };
@@ -118,8 +118,8 @@ impl ScalerService {
     /// never a dropped call.
     fn parse(&self, scaled_object: &ScaledObjectRef) -> Result<Arc<TriggerSpec>, Status> {
         let parsed = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            self.triggers.parse(
-                &scaled_object.scaler_metadata,
+            self.triggers.parse_entries(
+                scaled_object.scaler_metadata.entries(),
                 &scaled_object.namespace,
                 &self.catalog,
             )

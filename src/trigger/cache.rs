@@ -116,7 +116,19 @@ impl TriggerCache {
         namespace: &str,
         catalog: &Catalog,
     ) -> Result<Arc<TriggerSpec>> {
-        let fingerprint = self.fingerprint(metadata, namespace);
+        let entries = metadata.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        self.parse_entries(entries, namespace, catalog)
+    }
+
+    /// [`parse_trigger`] of the map these entries make, remembered: the map is built only
+    /// when the trigger is not. A key may repeat; as in a protobuf map, the last one counts.
+    pub fn parse_entries<'a>(
+        &self,
+        entries: impl Iterator<Item = (&'a str, &'a str)> + Clone,
+        namespace: &str,
+        catalog: &Catalog,
+    ) -> Result<Arc<TriggerSpec>> {
+        let fingerprint = self.fingerprint(entries.clone(), namespace);
         let found = {
             let generations = self.generations.read().expect("lock poisoned");
             if let Some(spec) = generations.current.get(&fingerprint) {
@@ -126,7 +138,11 @@ impl TriggerCache {
         };
         let spec = match found {
             Some(spec) => spec,
-            None => Arc::new(parse_trigger(metadata, namespace, catalog)?),
+            None => {
+                let metadata: HashMap<String, String> =
+                    entries.map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
+                Arc::new(parse_trigger(&metadata, namespace, catalog)?)
+            }
         };
         self.remember(fingerprint, spec.clone());
         Ok(spec)
@@ -163,31 +179,46 @@ impl TriggerCache {
         self.len() == 0
     }
 
-    /// Independent of the map's iteration order: the entries are hashed sorted by key.
-    fn fingerprint(&self, metadata: &HashMap<String, String>, namespace: &str) -> Fingerprint {
+    /// Independent of the entries' order: they are hashed sorted by key, and of a repeated
+    /// key only the last entry is.
+    fn fingerprint<'a>(
+        &self,
+        entries: impl Iterator<Item = (&'a str, &'a str)>,
+        namespace: &str,
+    ) -> Fingerprint {
         let mut on_stack = [("", ""); SORTED_ON_STACK];
         let mut on_heap = Vec::new();
-        let entries = if metadata.len() <= SORTED_ON_STACK {
-            let slots = &mut on_stack[..metadata.len()];
-            for (slot, (key, value)) in slots.iter_mut().zip(metadata) {
-                *slot = (key.as_str(), value.as_str());
+        let mut count = 0;
+        for entry in entries {
+            if count < SORTED_ON_STACK {
+                on_stack[count] = entry;
+            } else {
+                if on_heap.is_empty() {
+                    on_heap.extend_from_slice(&on_stack);
+                }
+                on_heap.push(entry);
             }
-            slots
+            count += 1;
+        }
+        let entries = if count <= SORTED_ON_STACK {
+            &mut on_stack[..count]
         } else {
-            on_heap.extend(metadata.iter().map(|(k, v)| (k.as_str(), v.as_str())));
             on_heap.as_mut_slice()
         };
-        // Keys of a map are distinct, so this order is total.
-        entries.sort_unstable_by_key(|(key, _)| *key);
+        // Stable: the entries of a repeated key stay in the order they came.
+        entries.sort_by_key(|(key, _)| *key);
         let mut hasher = SipHasher13::new_with_keys(self.key.0, self.key.1);
         let mut part = |bytes: &[u8]| {
             hasher.write_usize(bytes.len());
             hasher.write(bytes);
         };
         part(namespace.as_bytes());
-        for (key, value) in entries.iter() {
-            part(key.as_bytes());
-            part(value.as_bytes());
+        for (at, (key, value)) in entries.iter().enumerate() {
+            let replaced = entries.get(at + 1).is_some_and(|(next, _)| next == key);
+            if !replaced {
+                part(key.as_bytes());
+                part(value.as_bytes());
+            }
         }
         let hash = hasher.finish128();
         Fingerprint(hash.h1, hash.h2)
@@ -201,6 +232,10 @@ mod tests {
 
     const MINUTE: Duration = Duration::from_secs(60);
     const HOUR: Duration = Duration::from_secs(3600);
+
+    fn entries(map: &HashMap<String, String>) -> impl Iterator<Item = (&str, &str)> + Clone {
+        map.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
 
     fn list_trigger(keys: &str) -> HashMap<String, String> {
         metadata(&[
@@ -235,12 +270,12 @@ mod tests {
         let swapped = metadata(&[("x", "y"), ("y", "x")]);
         let straight = metadata(&[("x", "x"), ("y", "y")]);
         assert_ne!(
-            cache.fingerprint(&swapped, "team-a"),
-            cache.fingerprint(&straight, "team-a")
+            cache.fingerprint(entries(&swapped), "team-a"),
+            cache.fingerprint(entries(&straight), "team-a")
         );
         assert_ne!(
-            cache.fingerprint(&list_trigger("a"), "team-a"),
-            cache.fingerprint(&list_trigger("a"), "team-b")
+            cache.fingerprint(entries(&list_trigger("a")), "team-a"),
+            cache.fingerprint(entries(&list_trigger("a")), "team-b")
         );
     }
 
@@ -262,7 +297,7 @@ mod tests {
         ];
         let fingerprints: std::collections::HashSet<_> = triggers
             .iter()
-            .map(|(map, namespace)| cache.fingerprint(map, namespace))
+            .map(|(map, namespace)| cache.fingerprint(entries(map), namespace))
             .collect();
         assert_eq!(fingerprints.len(), triggers.len());
     }
@@ -270,10 +305,13 @@ mod tests {
     #[test]
     fn the_fingerprint_ignores_the_map_order_and_depends_on_the_secret_key() {
         let cache = TriggerCache::new(10, HOUR);
-        let first = cache.fingerprint(&list_trigger("a"), "team-a");
+        let first = cache.fingerprint(entries(&list_trigger("a")), "team-a");
         // Every map gets its own random iteration order; the fingerprint must not see it.
         for _ in 0..20 {
-            assert_eq!(cache.fingerprint(&list_trigger("a"), "team-a"), first);
+            assert_eq!(
+                cache.fingerprint(entries(&list_trigger("a")), "team-a"),
+                first
+            );
         }
         // More entries than are sorted on the stack take the other path, to the same end.
         let many: Vec<(String, String)> = (0..SORTED_ON_STACK + 5)
@@ -282,13 +320,46 @@ mod tests {
         let forward: HashMap<String, String> = many.iter().cloned().collect();
         let backward: HashMap<String, String> = many.iter().rev().cloned().collect();
         assert_eq!(
-            cache.fingerprint(&forward, "team-a"),
-            cache.fingerprint(&backward, "team-a")
+            cache.fingerprint(entries(&forward), "team-a"),
+            cache.fingerprint(entries(&backward), "team-a")
         );
         // Another process (another secret key) fingerprints the same trigger differently, so
         // no client can compute a fingerprint to aim a collision at.
         let other = TriggerCache::new(10, HOUR);
-        assert_ne!(other.fingerprint(&list_trigger("a"), "team-a"), first);
+        assert_ne!(
+            other.fingerprint(entries(&list_trigger("a")), "team-a"),
+            first
+        );
+    }
+
+    #[test]
+    fn of_a_repeated_key_the_last_entry_counts_as_in_a_protobuf_map() {
+        let (catalog, cache) = (catalog(), TriggerCache::new(10, HOUR));
+        let one = [("target", "1")];
+        let two = [("target", "2")];
+        let one_then_two = [("target", "1"), ("target", "2")];
+        let two_then_one = [("target", "2"), ("target", "1")];
+        let fingerprint =
+            |e: &[(&'static str, &'static str)]| cache.fingerprint(e.iter().copied(), "team-a");
+        assert_eq!(fingerprint(&one_then_two), fingerprint(&two));
+        assert_eq!(fingerprint(&two_then_one), fingerprint(&one));
+        assert_ne!(fingerprint(&one_then_two), fingerprint(&two_then_one));
+        // Parsed, the repeated key gives what the map a generated decoder builds gives.
+        let mut pairs = vec![("source", "redis-main"), ("metric", "redis-list")];
+        pairs.extend([("keys", "a"), ("target", "5"), ("keys", "b")]);
+        let spec = cache
+            .parse_entries(pairs.iter().copied(), "team-a", &catalog)
+            .unwrap();
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(*spec, parse_trigger(&map, "team-a", &catalog).unwrap());
+        assert_eq!(
+            *spec,
+            *cache.parse(&list_trigger("b"), "team-a", &catalog).unwrap()
+        );
+        assert_eq!(cache.len(), 1);
     }
 
     #[test]
