@@ -22,7 +22,7 @@ use redis::{
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::sources::redis::query::CELERY_SEPARATOR;
+use crate::sources::redis::libraries::CELERY_SEPARATOR;
 
 pub const JOBS_KEY: &str = "dev:jobs";
 pub const CELERY_QUEUE: &str = "dev-celery";

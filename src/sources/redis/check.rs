@@ -15,7 +15,7 @@ use redis::{
     cluster_routing::{RoutingInfo, SingleNodeRoutingInfo},
 };
 
-use super::{Connections, RedisQuery, RedisRead, RedisSource, describe};
+use super::{Connections, RedisQuery, RedisRead, RedisSource, reply::describe};
 use crate::{
     Result,
     sources::{CheckReport, Finding},

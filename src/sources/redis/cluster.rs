@@ -3,41 +3,16 @@
 //! that owns its slot and follows MOVED and ASK redirections (a resharded slot) by itself;
 //! it rejects pipelines whose keys span slots, hence the grouping.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 
 use futures::future::join_all;
-use redis::{Value, cluster_async::ClusterConnection};
+use redis::{Value, cluster_async::ClusterConnection, cluster_routing::Slot};
 
-use super::{RedisRead, describe};
+use super::{
+    read::RedisRead,
+    reply::{describe, server_error_makes_source_unavailable},
+};
 use crate::{Error, Result};
-
-/// The hash slot of a key (CRC16/XMODEM of the key or its `{hash tag}`, mod 16384), as
-/// every Redis Cluster node computes it.
-pub fn key_slot(key: &[u8]) -> u16 {
-    let hashed = match key.iter().position(|b| *b == b'{') {
-        Some(open) => match key[open + 1..].iter().position(|b| *b == b'}') {
-            Some(len) if len > 0 => &key[open + 1..open + 1 + len],
-            _ => key,
-        },
-        None => key,
-    };
-    crc16_xmodem(hashed) % 16384
-}
-
-fn crc16_xmodem(bytes: &[u8]) -> u16 {
-    let mut crc: u16 = 0;
-    for byte in bytes {
-        crc ^= u16::from(*byte) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc
-}
 
 /// Sends `reads` as one pipeline per slot and returns the replies in `reads` order.
 pub async fn pipeline_per_slot(
@@ -45,10 +20,10 @@ pub async fn pipeline_per_slot(
     connection: &ClusterConnection,
     reads: &[RedisRead],
 ) -> Result<Vec<Value>> {
-    let mut groups: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
+    let mut groups: HashMap<Slot, Vec<usize>> = HashMap::new();
     for (index, read) in reads.iter().enumerate() {
         groups
-            .entry(key_slot(read.key().as_bytes()))
+            .entry(Slot::for_key(read.key()))
             .or_default()
             .push(index);
     }
@@ -62,11 +37,9 @@ pub async fn pipeline_per_slot(
             }
             let replies: Vec<Value> = pipe.query_async(&mut connection).await.map_err(|e| {
                 match e.code() {
-                    Some(code)
-                        if super::query::server_error_makes_source_unavailable(code).is_some() =>
-                    {
-                        let reason = super::query::server_error_makes_source_unavailable(code)
-                            .unwrap_or_default();
+                    Some(code) if server_error_makes_source_unavailable(code).is_some() => {
+                        let reason =
+                            server_error_makes_source_unavailable(code).unwrap_or_default();
                         Error::unavailable(source, format!("{reason} ({code})"))
                     }
                     // The node answered: a command of the group failed on its data.
@@ -101,22 +74,25 @@ pub async fn pipeline_per_slot(
 mod tests {
     use super::*;
 
+    /// Slots come from redis-rs (the same CRC16/XMODEM and hash-tag rule its cluster client
+    /// routes by); these values are CLUSTER KEYSLOT's, so a grouping error would show here.
     #[test]
-    fn slots_match_redis() {
-        // Values from CLUSTER KEYSLOT and the Redis Cluster specification.
-        assert_eq!(crc16_xmodem(b"123456789"), 0x31c3);
-        assert_eq!(key_slot(b"foo"), 12182);
-        assert_eq!(key_slot(b"bar"), 5061);
-        assert_eq!(key_slot(b"{user1000}.following"), key_slot(b"user1000"));
+    fn slots_match_cluster_keyslot() {
+        let slot = |n| Slot::new(n).expect("a slot below 16384");
+        assert_eq!(Slot::for_key("foo"), slot(12182));
+        assert_eq!(Slot::for_key("bar"), slot(5061));
         assert_eq!(
-            key_slot(b"foo{}{bar}"),
-            crc16_xmodem(b"foo{}{bar}") % 16384,
+            Slot::for_key("{user1000}.following"),
+            Slot::for_key("user1000")
+        );
+        assert_ne!(
+            Slot::for_key("foo{}{bar}"),
+            Slot::for_key("bar"),
             "an empty tag hashes the whole key"
         );
-        assert_ne!(key_slot(b"foo{}{bar}"), key_slot(b"bar"));
         assert_eq!(
-            key_slot(b"{bull}:mail:wait"),
-            key_slot(b"{bull}:mail:delayed")
+            Slot::for_key("{bull}:mail:wait"),
+            Slot::for_key("{bull}:mail:delayed")
         );
     }
 }

@@ -8,7 +8,8 @@ use crate::{
 
 use super::{
     latency::WaitingQueue,
-    query::{CELERY_SEPARATOR, QueueLibrary, RedisQuery, ScoreUnit, StreamMode},
+    libraries::CELERY_SEPARATOR,
+    query::{QueueLibrary, RedisQuery, ScoreUnit, StreamMode},
 };
 
 /// kombu's default priority steps (`priority_steps` transport option).

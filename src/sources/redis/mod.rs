@@ -2,8 +2,11 @@
 //! queue latencies with at most two.
 //!
 //! [`config`] parses the source's config section into clients, [`metrics`] declares the
-//! metrics and their metadata keys, [`query`] owns what is read and how replies add up
-//! ([`latency`] for `measure: latency`); this module owns the connections and
+//! metrics and their metadata keys, [`query`] owns what each backlog reads and how its
+//! replies add up ([`latency`] for `measure: latency`), on top of three leaves that use
+//! nothing above them: [`read`] (the read commands), [`reply`] (decoding replies, and which
+//! server errors make a source unavailable) and [`libraries`] (wire facts of the queue
+//! libraries that both kinds of query share). This module owns the connections and
 //! the batching: the reads of every query of a refresh are de-duplicated (a thousand
 //! ScaledObjects over ten queues cost ten LLENs) and sent as one pipeline — on Redis Cluster
 //! one per hash slot ([`cluster`]), on Sentinel to the current master ([`sentinel`]). Reads
@@ -26,19 +29,24 @@ use crate::{
     Error, Result,
     error::ConfigError,
     metadata::{Metadata, Parsed, metric_names},
-    sources::{AUTHENTICATION_FAILED, Backend, CheckReport, Query, Section, Source, typed},
+    sources::{Backend, CheckReport, Query, Section, Source, typed},
 };
 
 pub mod check;
 pub mod cluster;
 pub mod config;
 pub mod latency;
+pub mod libraries;
 pub mod metrics;
 pub mod query;
+pub mod read;
+pub mod reply;
 pub mod sentinel;
 
 use config::{RedisSettings, Topology};
-pub use query::{RedisQuery, RedisRead};
+pub use query::RedisQuery;
+pub use read::RedisRead;
+use reply::describe;
 
 /// `type = "redis"`, `"redis-cluster"` and `"redis-sentinel"`.
 pub struct RedisBackend;
@@ -330,25 +338,4 @@ fn one_pipeline(reads: &[RedisRead]) -> redis::Pipeline {
         pipe.add_command(read.command());
     }
     pipe
-}
-
-/// A short, secret-free description of a Redis client error.
-fn describe(error: &redis::RedisError) -> String {
-    if error.is_timeout() {
-        "timed out".to_string()
-    } else if error.kind() == redis::ErrorKind::AuthenticationFailed
-        || matches!(error.code(), Some("WRONGPASS" | "NOAUTH"))
-    {
-        let code = error.code().unwrap_or("AUTH");
-        format!("{AUTHENTICATION_FAILED}: check the source's username and password ({code})")
-    } else if error.is_connection_refusal() {
-        "connection refused".to_string()
-    } else if error.is_io_error() || error.is_connection_dropped() {
-        format!("connection failed ({:?})", error.kind())
-    } else {
-        match error.code() {
-            Some(code) => format!("Redis answered {code}"),
-            None => format!("{:?}", error.kind()),
-        }
-    }
 }

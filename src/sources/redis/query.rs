@@ -2,7 +2,8 @@
 //! value — a backlog counted the way each queue library counts it, or (with
 //! `measure: latency`, in [`super::latency`]) how long the oldest waiting job has waited.
 //!
-//! A query never talks to Redis itself. It lists the [`RedisRead`]s it needs; the source
+//! A query never talks to Redis itself. It lists the [`RedisRead`]s ([`super::read`]) it
+//! needs; the source
 //! de-duplicates the reads of every query of a refresh, sends them in one pipeline per node,
 //! and hands each query its replies. A query may then ask for follow-up reads that depend on
 //! those replies (a job id, then its hash): they go out, de-duplicated too, as a second
@@ -13,14 +14,13 @@ use redis::Value;
 use serde::Serialize;
 use tracing::debug;
 
-use super::latency::WaitingQueue;
+use super::{
+    latency::WaitingQueue,
+    libraries::BULLMQ_DELAY_FACTOR,
+    read::RedisRead,
+    reply::{field_int, fields, find_group, integer, sum},
+};
 use crate::{Error, Result, sources::QueryKind};
-
-/// kombu's default separator between a Celery queue name and its priority step.
-pub const CELERY_SEPARATOR: &str = "\x06\x16";
-
-/// BullMQ scores delayed jobs as due_ms · 0x1000 + a 12-bit counter (`getDelayedScore`).
-pub const BULLMQ_DELAY_FACTOR: i64 = 0x1000;
 
 /// One Redis measurement, as the trigger asked for it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
@@ -82,126 +82,6 @@ pub enum StreamMode {
 pub enum QueueLibrary {
     Sidekiq,
     Rq,
-}
-
-/// One read command against one key. Reads are the unit of de-duplication and routing.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum RedisRead {
-    Llen(String),
-    Zcard(String),
-    /// ZCOUNT key -inf max.
-    ZcountUpTo(String, i64),
-    Xlen(String),
-    XinfoGroups(String),
-    XinfoStream(String),
-    Hexists(String, &'static str),
-    /// LINDEX key index: the element a queue's consumer takes next (a job, or a job id).
-    Lindex(String, i64),
-    /// LRANGE key start stop: the first few elements of a list.
-    Lrange(String, i64, i64),
-    /// ZRANGE key 0 0 WITHSCORES: the member with the lowest score.
-    ZrangeFirst(String),
-    Hget(String, &'static str),
-    /// XPENDING key group, the summary form: count, smallest and greatest id, consumers.
-    XpendingSummary(String, String),
-    /// XRANGE key start + COUNT 1: the first entry at or after `start`.
-    XrangeFirst(String, String),
-}
-
-impl RedisRead {
-    /// The key the read touches; the node that serves it is chosen by this key.
-    pub fn key(&self) -> &str {
-        match self {
-            RedisRead::Llen(key)
-            | RedisRead::Zcard(key)
-            | RedisRead::ZcountUpTo(key, _)
-            | RedisRead::Xlen(key)
-            | RedisRead::XinfoGroups(key)
-            | RedisRead::XinfoStream(key)
-            | RedisRead::Hexists(key, _)
-            | RedisRead::Lindex(key, _)
-            | RedisRead::Lrange(key, ..)
-            | RedisRead::ZrangeFirst(key)
-            | RedisRead::Hget(key, _)
-            | RedisRead::XpendingSummary(key, _)
-            | RedisRead::XrangeFirst(key, _) => key,
-        }
-    }
-
-    /// The type of value the key must hold, for messages.
-    pub fn expected_type(&self) -> &'static str {
-        match self {
-            RedisRead::Llen(_) | RedisRead::Lindex(..) | RedisRead::Lrange(..) => "a list",
-            RedisRead::Zcard(_) | RedisRead::ZcountUpTo(..) | RedisRead::ZrangeFirst(_) => {
-                "a sorted set"
-            }
-            RedisRead::Xlen(_)
-            | RedisRead::XinfoGroups(_)
-            | RedisRead::XinfoStream(_)
-            | RedisRead::XpendingSummary(..)
-            | RedisRead::XrangeFirst(..) => "a stream",
-            RedisRead::Hexists(..) | RedisRead::Hget(..) => "a hash",
-        }
-    }
-
-    pub fn command(&self) -> redis::Cmd {
-        let mut cmd;
-        match self {
-            RedisRead::Llen(key) => {
-                cmd = redis::cmd("LLEN");
-                cmd.arg(key);
-            }
-            RedisRead::Zcard(key) => {
-                cmd = redis::cmd("ZCARD");
-                cmd.arg(key);
-            }
-            RedisRead::ZcountUpTo(key, max) => {
-                cmd = redis::cmd("ZCOUNT");
-                cmd.arg(key).arg("-inf").arg(*max);
-            }
-            RedisRead::Xlen(key) => {
-                cmd = redis::cmd("XLEN");
-                cmd.arg(key);
-            }
-            RedisRead::XinfoGroups(key) => {
-                cmd = redis::cmd("XINFO");
-                cmd.arg("GROUPS").arg(key);
-            }
-            RedisRead::XinfoStream(key) => {
-                cmd = redis::cmd("XINFO");
-                cmd.arg("STREAM").arg(key);
-            }
-            RedisRead::Hexists(key, field) => {
-                cmd = redis::cmd("HEXISTS");
-                cmd.arg(key).arg(*field);
-            }
-            RedisRead::Lindex(key, index) => {
-                cmd = redis::cmd("LINDEX");
-                cmd.arg(key).arg(*index);
-            }
-            RedisRead::Lrange(key, start, stop) => {
-                cmd = redis::cmd("LRANGE");
-                cmd.arg(key).arg(*start).arg(*stop);
-            }
-            RedisRead::ZrangeFirst(key) => {
-                cmd = redis::cmd("ZRANGE");
-                cmd.arg(key).arg(0).arg(0).arg("WITHSCORES");
-            }
-            RedisRead::Hget(key, field) => {
-                cmd = redis::cmd("HGET");
-                cmd.arg(key).arg(*field);
-            }
-            RedisRead::XpendingSummary(key, group) => {
-                cmd = redis::cmd("XPENDING");
-                cmd.arg(key).arg(group);
-            }
-            RedisRead::XrangeFirst(key, start) => {
-                cmd = redis::cmd("XRANGE");
-                cmd.arg(key).arg(start).arg("+").arg("COUNT").arg(1);
-            }
-        }
-        cmd
-    }
 }
 
 impl QueryKind for RedisQuery {
@@ -326,17 +206,6 @@ impl RedisQuery {
     }
 }
 
-/// The sum of integer replies; a reply of another shape names its key and the type it should
-/// have.
-fn sum(source: &str, replies: &[(&RedisRead, &Value)]) -> Result<f64> {
-    let mut total: i64 = 0;
-    for (read, reply) in replies {
-        let count = integer(source, read.key(), read.expected_type(), reply)?;
-        total = total.saturating_add(count);
-    }
-    Ok(total as f64)
-}
-
 /// A bug: the replies do not fit the reads the query asked for.
 fn mismatch(query: &RedisQuery, replies: &[(&RedisRead, &Value)]) -> Error {
     Error::Internal(format!(
@@ -387,126 +256,6 @@ fn stream_group(
         StreamMode::Lag => lag,
         _ => lag + pending,
     } as f64)
-}
-
-/// The fields of `group` in an XINFO GROUPS reply; `None` when the stream does not exist, an
-/// error when the group does not.
-pub(super) fn find_group(
-    source: &str,
-    stream: &str,
-    group: &str,
-    groups_reply: &Value,
-) -> Result<Option<Vec<(String, Value)>>> {
-    let groups = match groups_reply {
-        Value::Array(groups) => groups,
-        Value::ServerError(error) if error.details().is_some_and(|d| d.contains("no such key")) => {
-            return Ok(None);
-        }
-        other => return Err(reply_error(source, stream, "a stream", other)),
-    };
-    match group_entry(groups, group) {
-        Some(info) => Ok(Some(info)),
-        None => Err(Error::rejected(
-            source,
-            format!("stream `{stream}` has no consumer group `{group}`"),
-        )),
-    }
-}
-
-/// The fields of `group` among the entries of an XINFO GROUPS reply.
-pub(super) fn group_entry(groups: &[Value], group: &str) -> Option<Vec<(String, Value)>> {
-    groups
-        .iter()
-        .map(fields)
-        .find(|info| field_text(info, "name").as_deref() == Some(group))
-}
-
-fn fields(value: &Value) -> Vec<(String, Value)> {
-    match value {
-        Value::Map(pairs) => pairs
-            .iter()
-            .filter_map(|(k, v)| Some((text(k)?, v.clone())))
-            .collect(),
-        Value::Array(items) => items
-            .chunks(2)
-            .filter_map(|pair| match pair {
-                [k, v] => Some((text(k)?, v.clone())),
-                _ => None,
-            })
-            .collect(),
-        _ => Vec::new(),
-    }
-}
-
-pub(super) fn text(value: &Value) -> Option<String> {
-    match value {
-        Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
-        Value::SimpleString(s) => Some(s.clone()),
-        _ => None,
-    }
-}
-
-pub(super) fn field_text(info: &[(String, Value)], name: &str) -> Option<String> {
-    info.iter()
-        .find(|(k, _)| k == name)
-        .and_then(|(_, v)| text(v))
-}
-
-fn field_int(info: &[(String, Value)], name: &str) -> Option<i64> {
-    info.iter()
-        .find(|(k, _)| k == name)
-        .and_then(|(_, v)| match v {
-            Value::Int(n) => Some(*n),
-            other => text(other)?.parse().ok(),
-        })
-}
-
-/// An integer reply; a WRONGTYPE error names the key and the type it should have.
-pub(super) fn integer(source: &str, key: &str, expected: &str, reply: &Value) -> Result<i64> {
-    match reply {
-        Value::Int(n) => Ok(*n),
-        other => Err(reply_error(source, key, expected, other)),
-    }
-}
-
-/// Server errors that say "not now" or "not with these credentials" rather than "not this
-/// data": the source is unavailable, whatever key was read.
-pub fn server_error_makes_source_unavailable(code: &str) -> Option<&'static str> {
-    match code {
-        "NOAUTH" | "WRONGPASS" => {
-            Some("authentication failed: check the source's username and password")
-        }
-        "LOADING" => Some("Redis is loading its data set"),
-        "MASTERDOWN" => Some("the replica has lost its master"),
-        "CLUSTERDOWN" => Some("the cluster is down"),
-        "TRYAGAIN" | "MOVED" | "ASK" => Some("the cluster is resharding or a node is unreachable"),
-        "BUSY" => Some("Redis is busy running a script"),
-        _ => None,
-    }
-}
-
-pub(super) fn reply_error(source: &str, key: &str, expected: &str, reply: &Value) -> Error {
-    match reply {
-        Value::ServerError(error)
-            if server_error_makes_source_unavailable(error.code()).is_some() =>
-        {
-            let reason = server_error_makes_source_unavailable(error.code()).unwrap_or_default();
-            Error::unavailable(source, format!("{reason} ({})", error.code()))
-        }
-        Value::ServerError(error) if error.code() == "NOPERM" => Error::rejected(
-            source,
-            format!("the ACL user may not read key `{key}` (NOPERM): grant it +@read on the key"),
-        ),
-        Value::ServerError(error) if error.code() == "WRONGTYPE" => Error::rejected(
-            source,
-            format!("key `{key}` holds another type of value, not {expected}"),
-        ),
-        Value::ServerError(error) => Error::rejected(
-            source,
-            format!("reading key `{key}` failed: {}", error.code()),
-        ),
-        other => Error::Internal(format!("unexpected Redis reply for key `{key}`: {other:?}")),
-    }
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use redis::{
 };
 use tokio::sync::Mutex;
 
-use super::{config::NodeSettings, describe};
+use super::{config::NodeSettings, reply::describe};
 use crate::{Error, Result};
 
 pub struct SentinelBackend {
