@@ -44,6 +44,12 @@ pub struct EncodedMetadata {
     spans: Vec<Span>,
 }
 
+/// Room made for the entries' text at the first entry, at most (a trigger's metadata is a
+/// few hundred bytes; a bigger map grows as a `String` does).
+const RESERVE_AT_MOST: usize = 4096;
+/// Room made for entries at the first one: more than most triggers have.
+const ENTRIES_RESERVED: usize = 8;
+
 type Range = (usize, usize);
 
 #[derive(Clone, Copy, PartialEq, Default, Debug)]
@@ -88,6 +94,12 @@ impl EncodedMetadata {
         ctx: DecodeContext,
     ) -> Result<(), DecodeError> {
         encoding::check_wire_type(WireType::LengthDelimited, wire_type)?;
+        if self.spans.capacity() == 0 {
+            // The entries' text is at most what is left of the request: room for it at once
+            // instead of one allocation per doubling.
+            self.text.reserve(buf.remaining().min(RESERVE_AT_MOST));
+            self.spans.reserve(ENTRIES_RESERVED);
+        }
         let text = &mut self.text;
         let mut span = Span::default();
         encoding::merge_loop(&mut span, buf, ctx, |span, buf, ctx| {
