@@ -119,7 +119,7 @@ fn hot_paths(c: &mut Criterion) {
             namespace: "default".into(),
             scaler_metadata: metadata.clone(),
         }),
-        metric_name: spec.metric_name.clone(),
+        metric_name: spec.metric_name.to_string(),
     }
     .encode_to_vec();
     c.bench_function("decode GetMetricsRequest (6 metadata entries)", |b| {
@@ -138,7 +138,7 @@ fn hot_paths(c: &mut Criterion) {
         b.iter(|| {
             GetMetricsResponse {
                 metric_values: vec![MetricValue {
-                    metric_name: spec.metric_name.clone(),
+                    metric_name: spec.metric_name.to_string(),
                     metric_value: 1,
                     metric_value_float: black_box(1.0),
                 }],

@@ -89,7 +89,7 @@ pub async fn check(source: &RedisSource) -> Result<CheckReport> {
 /// that takes the connection but answers NOAUTH fails here too.
 pub(super) async fn probe(source: &RedisSource) -> Result<()> {
     let probe = RedisQuery::List {
-        keys: vec!["backlog-scaler:probe".into()],
+        keys: vec!["backlog-scaler:probe".to_string()].into(),
     };
     let reads = probe.reads(0);
     let replies = source.pipeline(&reads).await?;

@@ -105,7 +105,7 @@ fn list(md: &Metadata<'_>, _: &()) -> Result<RedisQuery> {
         md,
         &format!("plain list items carry no enqueue time; {LATENCY_ALTERNATIVES}"),
     )?;
-    Ok(RedisQuery::List { keys })
+    Ok(RedisQuery::List { keys: keys.into() })
 }
 
 const SCORE_UNITS: &[(&str, ScoreUnit)] = &[("seconds", ScoreUnit::Seconds), ("ms", ScoreUnit::Ms)];
@@ -131,7 +131,10 @@ fn zset(md: &Metadata<'_>, _: &()) -> Result<RedisQuery> {
             ));
         }
     };
-    Ok(RedisQuery::Zset { keys, due_only })
+    Ok(RedisQuery::Zset {
+        keys: keys.into(),
+        due_only,
+    })
 }
 
 const STREAM_MODES: &[(&str, StreamMode)] = &[
@@ -244,7 +247,7 @@ fn celery(md: &Metadata<'_>, _: &()) -> Result<RedisQuery> {
         ),
     )?;
     Ok(RedisQuery::Celery {
-        keys: celery_keys(prefix, queue, &separator, &steps),
+        keys: celery_keys(prefix, queue, &separator, &steps).into(),
     })
 }
 

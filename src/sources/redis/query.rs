@@ -27,10 +27,10 @@ use crate::{Error, Result, sources::QueryKind};
 #[serde(tag = "metric", rename_all = "kebab-case")]
 pub enum RedisQuery {
     /// `redis-list`: LLEN summed over `keys`.
-    List { keys: Vec<String> },
+    List { keys: Keys },
     /// `redis-zset`: ZCARD summed over `keys`, or with `scoreMax: now` only the entries due.
     Zset {
-        keys: Vec<String>,
+        keys: Keys,
         due_only: Option<ScoreUnit>,
     },
     /// `redis-stream`: length, pending, lag or backlog of a stream (and consumer group).
@@ -46,7 +46,7 @@ pub enum RedisQuery {
         count_when_paused: bool,
     },
     /// `celery` (kombu's Redis transport): the queue key and its priority sub-queues.
-    Celery { keys: Vec<String> },
+    Celery { keys: Keys },
     /// `sidekiq` and `rq`: one list per queue.
     QueueList { library: QueueLibrary, key: String },
     /// `measure: latency` of `sidekiq`, `rq`, `bullmq` and `redis-stream`: seconds since the
@@ -54,6 +54,50 @@ pub enum RedisQuery {
     /// variants above serialize (and their metric names hash) exactly as before the key
     /// existed.
     Latency { queue: WaitingQueue },
+}
+
+/// The keys of a query, held for as long as it is live: one key (nearly every trigger) in
+/// one allocation, several in one list. Serialized as a list of strings, as a `Vec<String>`
+/// was, so metric names do not change.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Keys(KeysRepr);
+
+/// Private, so one key is always `One`: equal key lists are equal values.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum KeysRepr {
+    One(Box<str>),
+    Many(Box<[Box<str>]>),
+}
+
+impl Keys {
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        let keys: &[Box<str>] = match &self.0 {
+            KeysRepr::One(key) => std::slice::from_ref(key),
+            KeysRepr::Many(keys) => keys,
+        };
+        keys.iter().map(|key| &**key)
+    }
+
+    pub fn first(&self) -> Option<&str> {
+        self.iter().next()
+    }
+}
+
+impl From<Vec<String>> for Keys {
+    fn from(keys: Vec<String>) -> Keys {
+        match <[String; 1]>::try_from(keys) {
+            Ok([key]) => Keys(KeysRepr::One(key.into_boxed_str())),
+            Err(keys) => Keys(KeysRepr::Many(
+                keys.into_iter().map(String::into_boxed_str).collect(),
+            )),
+        }
+    }
+}
+
+impl Serialize for Keys {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.iter())
+    }
 }
 
 /// Unit of zset scores compared with "now".
@@ -91,7 +135,7 @@ impl QueryKind for RedisQuery {
         match self {
             RedisQuery::List { keys }
             | RedisQuery::Zset { keys, .. }
-            | RedisQuery::Celery { keys } => keys.first().cloned().unwrap_or_default(),
+            | RedisQuery::Celery { keys } => keys.first().unwrap_or_default().to_string(),
             RedisQuery::Stream { stream, .. } => stream.clone(),
             RedisQuery::Bullmq { queue_key, .. } => queue_key.clone(),
             RedisQuery::QueueList { key, .. } => key.clone(),
@@ -106,11 +150,11 @@ impl RedisQuery {
     pub fn reads(&self, now_ms: i64) -> Vec<RedisRead> {
         match self {
             RedisQuery::List { keys } | RedisQuery::Celery { keys } => {
-                keys.iter().cloned().map(RedisRead::Llen).collect()
+                keys.iter().map(|key| RedisRead::Llen(key.into())).collect()
             }
             RedisQuery::Zset { keys, due_only } => keys
                 .iter()
-                .cloned()
+                .map(str::to_string)
                 .map(|key| match due_only {
                     None => RedisRead::Zcard(key),
                     Some(ScoreUnit::Ms) => RedisRead::ZcountUpTo(key, now_ms),
