@@ -40,13 +40,13 @@ py() { python3 -c "$1"; }
 
 echo "== machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(lscpu | sed -n 's/Model name: *//p'), $(date -u +%FT%TZ), load average $(cut -d' ' -f1-3 /proc/loadavg)"
 cargo build --release --locked --quiet
-cargo bench --locked --no-run --bench loadgen --quiet
+if [[ "$SECTIONS" != 1 ]]; then cargo bench --locked --no-run --bench loadgen --quiet; fi
 if [ -n "${SCALER_BIN:-}" ]; then
   echo "== code: the scaler at $SCALER_BIN ($(stat -c %y "$SCALER_BIN" | cut -d. -f1)); load generator of $(git rev-parse --short HEAD 2>/dev/null)"
 else
   echo "== code: $(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet HEAD -- src 2>/dev/null || echo ' + uncommitted changes in src/')"
 fi
-loadgen_bin=$(ls -t "$release"/deps/loadgen-* | grep -v '\.d$' | head -1)
+loadgen_bin=$(ls -t "$release"/deps/loadgen-* 2>/dev/null | grep -v '\.d$' | head -1 || true)
 loadgen() { "$loadgen_bin" "$@"; }
 
 redis_port=$(free_port)
