@@ -17,6 +17,33 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
-        .compile_fds(descriptors)?;
+        .compile_fds(descriptors.clone())?;
+
+    // The server the scaler runs: the same service, but requests carry `ScaledObjectRef` as
+    // `proto::wire` decodes it (the metadata map kept as text, not a `HashMap` per request).
+    // Every other message is the one generated above.
+    let wire_dir = out_dir.join("wire");
+    std::fs::create_dir_all(&wire_dir)?;
+    let mut wire = tonic_prost_build::configure()
+        .build_client(false)
+        .build_server(true)
+        .out_dir(&wire_dir)
+        .extern_path(
+            ".externalscaler.ScaledObjectRef",
+            "crate::proto::wire::ScaledObjectRef",
+        );
+    for message in [
+        "IsActiveResponse",
+        "GetMetricSpecResponse",
+        "MetricSpec",
+        "GetMetricsResponse",
+        "MetricValue",
+    ] {
+        wire = wire.extern_path(
+            format!(".externalscaler.{message}"),
+            format!("crate::proto::{message}"),
+        );
+    }
+    wire.compile_fds(descriptors)?;
     Ok(())
 }

@@ -1,5 +1,6 @@
-//! Criterion micro-benchmarks of the request hot path: parsing trigger metadata, naming the
-//! metric, and answering a warm measurement from the engine's memory.
+//! Criterion micro-benchmarks of the request hot path: decoding a GetMetrics request, finding
+//! its parsed trigger (or parsing it), naming the metric, answering a warm measurement from
+//! the engine's memory and encoding the answer.
 //!
 //! `cargo bench --bench hot_paths`
 
@@ -12,11 +13,13 @@ use backlog_scaler::{
     metadata::{Metadata, Parsed},
     metrics::Metrics,
     naming,
+    proto::{GetMetricsRequest, GetMetricsResponse, MetricValue, ScaledObjectRef},
     sources::{Query, RefreshSettings, Source},
-    trigger::{Catalog, parse_trigger},
+    trigger::{Catalog, TriggerCache, parse_trigger},
 };
 use criterion::{Criterion, criterion_group, criterion_main};
 use futures::future::BoxFuture;
+use prost::Message;
 
 /// Answers every query with 1.0; the benchmark measures the engine, not a backend.
 struct ConstantSource;
@@ -108,6 +111,39 @@ fn hot_paths(c: &mut Criterion) {
             runtime
                 .block_on(engine.measure(black_box(&spec.source), black_box(&spec.query)))
                 .unwrap()
+        })
+    });
+    let request = GetMetricsRequest {
+        scaled_object_ref: Some(ScaledObjectRef {
+            name: "worker".into(),
+            namespace: "default".into(),
+            scaler_metadata: metadata.clone(),
+        }),
+        metric_name: spec.metric_name.to_string(),
+    }
+    .encode_to_vec();
+    c.bench_function("decode GetMetricsRequest (6 metadata entries)", |b| {
+        b.iter(|| GetMetricsRequest::decode(black_box(&request[..])).unwrap())
+    });
+    let cache = TriggerCache::new(1000, Duration::from_secs(3600));
+    cache.parse(&metadata, "default", &catalog).unwrap();
+    c.bench_function("TriggerCache::parse (warm: a remembered trigger)", |b| {
+        b.iter(|| {
+            cache
+                .parse(black_box(&metadata), "default", &catalog)
+                .unwrap()
+        })
+    });
+    c.bench_function("encode GetMetricsResponse", |b| {
+        b.iter(|| {
+            GetMetricsResponse {
+                metric_values: vec![MetricValue {
+                    metric_name: spec.metric_name.to_string(),
+                    metric_value: 1,
+                    metric_value_float: black_box(1.0),
+                }],
+            }
+            .encode_to_vec()
         })
     });
     c.bench_function(

@@ -5,8 +5,11 @@
 #
 #   benches/perf2.sh [seconds-per-load, default 8]
 #   SECTIONS=1,3 benches/perf2.sh      # only some goals
+#   SCALER_BIN=/path/to/backlog-scaler benches/perf2.sh   # measure another build (before/after)
 #
-# 1 warm GetMetrics ÷ Health/Check req/s, h2load, 5 alternating rounds (median)
+# The build is `$CARGO_TARGET_DIR` (default target/)/release.
+#
+# 1 warm GetMetrics ÷ Health/Check req/s, h2load, ROUNDS (default 7) alternating rounds (median)
 # 2 RSS bytes per live measurement beyond the idle process, at 10,000 and 100,000
 # 3 restart storm: 10,000 never-seen Redis measurements within 1 s (answer time, batch reads),
 #   1,000 never-seen pg-activity filters at once (pg_stat_activity reads)
@@ -19,13 +22,21 @@
 set -euo pipefail
 SECONDS_PER_LOAD=${1:-8}
 SECTIONS=${SECTIONS:-1,2,3,4,5,6}
+ROUNDS=${ROUNDS:-7}
+release=${CARGO_TARGET_DIR:-target}/release
+scaler_bin=${SCALER_BIN:-$release/backlog-scaler}
 want() { [[ ",$SECTIONS," == *",$1,"* ]]; }
 source "$(dirname "$0")/lib/prelude.sh"
 py() { python3 -c "$1"; }
 
 machine_line
-echo "== code: $(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet HEAD -- src 2>/dev/null || echo ' + uncommitted changes in src/')"
-build_release_and_loadgen
+# Goal 1 alone needs only the scaler and h2load.
+if [[ "$SECTIONS" == 1 ]]; then cargo build --release --locked --quiet; else build_release_and_loadgen; fi
+if [ -n "${SCALER_BIN:-}" ]; then
+  echo "== code: the scaler at $SCALER_BIN ($(stat -c %y "$SCALER_BIN" | cut -d. -f1)); load generator of $(git rev-parse --short HEAD 2>/dev/null)"
+else
+  echo "== code: $(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet HEAD -- src 2>/dev/null || echo ' + uncommitted changes in src/')"
+fi
 loadgen() { "$loadgen_bin" "$@"; }
 
 start_redis
@@ -54,7 +65,7 @@ url = "redis://127.0.0.1:$redis_port/0"
 type = "postgres"
 url = "postgres://scaler@127.0.0.1:$pg_port/postgres?sslmode=disable"
 TOML
-  target/release/backlog-scaler serve --config "$work/$1.toml" >/dev/null 2>"$work/$1.log" &
+  "$scaler_bin" serve --config "$work/$1.toml" >/dev/null 2>"$work/$1.log" &
   pid=$!; pids+=($pid); wait_port "$port"; wait_port "$http"
 }
 stop_scaler() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
@@ -63,12 +74,12 @@ scrape() { curl -s "http://127.0.0.1:$1/metrics" | awk -v s="$2" -v f="${3:-}" '
 
 # ---------------------------------------------------------------------------------------------
 if want 1; then
-  echo "== (1) warm GetMetrics vs Health/Check, h2load 8 connections x 16 streams, 1 thread, 5 alternating rounds of ${SECONDS_PER_LOAD}s"
+  echo "== (1) warm GetMetrics vs Health/Check, h2load 8 connections x 16 streams, 1 thread, $ROUNDS alternating rounds of ${SECONDS_PER_LOAD}s"
   # The measured scaler records no RPC series (no http_listen), as BENCHMARKS.md (a).
   port1=$(free_port)
   printf '[server]\ngrpc_listen = "127.0.0.1:%s"\n[sources.redis-main]\ntype = "redis"\nurl = "redis://127.0.0.1:%s/0"\n' \
     "$port1" "$redis_port" > "$work/h2.toml"
-  target/release/backlog-scaler serve --config "$work/h2.toml" >/dev/null 2>"$work/h2.log" &
+  "$scaler_bin" serve --config "$work/h2.toml" >/dev/null 2>"$work/h2.log" &
   pid1=$!; pids+=($pid1); wait_port "$port1"
   # gRPC bodies: a 5-byte frame header (not compressed, big-endian length) + the protobuf.
   python3 - "$work" <<'PY'
@@ -99,7 +110,7 @@ PY
     awk '/^finished in/ {gsub(",", "", $4); print $4}' "$work/h2.txt"
   }
   ratios=()
-  for round in $(seq 5); do
+  for round in $(seq "$ROUNDS"); do
     h=$(h2 /grpc.health.v1.Health/Check "$work/health.bin")
     g=$(h2 /externalscaler.ExternalScaler/GetMetrics "$work/get-metrics.bin")
     r=$(py "print(f'{$g/$h:.3f}')"); ratios+=("$r")

@@ -35,7 +35,8 @@
 //!   `scalerMetadata`, metric tables), [`credentials`] (secrets, CA roots, the server's TLS
 //!   config), [`metrics`] (the Prometheus registry and what is recorded in it), [`naming`]
 //!   (deterministic DNS-1123 metric names), [`error`] (the one error enum and its one mapping
-//!   to `tonic::Status`), [`proto`] (generated from `proto/externalscaler.proto`).
+//!   to `tonic::Status`), [`proto`] (generated from `proto/externalscaler.proto`; its `wire`
+//!   module is the server's side, which decodes `scalerMetadata` without a map per request).
 //!
 //! # Adding a backend
 //!

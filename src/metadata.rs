@@ -141,6 +141,9 @@ impl<'a> Metadata<'a> {
             }
             items.push(item.to_string());
         }
+        // A parsed query keeps its list as long as it is live: no spare capacity (a `Vec`
+        // starts with room for 4).
+        items.shrink_to_fit();
         Ok(Some(items))
     }
 

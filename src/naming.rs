@@ -30,7 +30,11 @@ pub fn metric_name(metric: &str, subject: &str, identity: &str) -> String {
     if name.is_empty() {
         name.push('m');
     }
-    format!("{name}-{:08x}", fnv1a32(identity.as_bytes()))
+    let mut name = format!("{name}-{:08x}", fnv1a32(identity.as_bytes()));
+    // A parsed trigger keeps its name as long as it lives: no spare capacity (formatting
+    // leaves up to twice the length).
+    name.shrink_to_fit();
+    name
 }
 
 /// Lower-cases, maps every run of other characters to one `-`, trims `-` at both ends.

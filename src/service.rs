@@ -19,8 +19,8 @@ use crate::{
     Error,
     engine::Engine,
     proto::{
-        GetMetricSpecResponse, GetMetricsRequest, GetMetricsResponse, IsActiveResponse, MetricSpec,
-        MetricValue, ScaledObjectRef, external_scaler_server::ExternalScaler,
+        GetMetricSpecResponse, GetMetricsResponse, IsActiveResponse, MetricSpec, MetricValue,
+        wire::{GetMetricsRequest, ScaledObjectRef, external_scaler_server::ExternalScaler},
     },
     trigger::{Catalog, TriggerCache, TriggerSpec},
 };
@@ -127,8 +127,8 @@ impl ScalerService {
     /// never a dropped call.
     fn parse(&self, scaled_object: &ScaledObjectRef) -> Result<Arc<TriggerSpec>, Status> {
         let parsed = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            self.triggers.parse(
-                &scaled_object.scaler_metadata,
+            self.triggers.parse_entries(
+                scaled_object.scaler_metadata.entries(),
                 &scaled_object.namespace,
                 &self.catalog,
             )
@@ -245,7 +245,7 @@ impl ExternalScaler for ScalerService {
         let spec = self.parse(request.get_ref())?;
         Ok(Response::new(GetMetricSpecResponse {
             metric_specs: vec![MetricSpec {
-                metric_name: spec.metric_name.clone(),
+                metric_name: spec.metric_name.to_string(),
                 target_size: spec.target_size(),
                 target_size_float: spec.target,
             }],
@@ -270,7 +270,7 @@ impl ExternalScaler for ScalerService {
         let value = self.measure(&spec).await?;
         Ok(Response::new(GetMetricsResponse {
             metric_values: vec![MetricValue {
-                metric_name: spec.metric_name.clone(),
+                metric_name: spec.metric_name.to_string(),
                 // For KEDA < 2.17, which reads only the integer: round up, so a fractional
                 // backlog never reads as less work than there is.
                 metric_value: value.ceil() as i64,

@@ -382,7 +382,7 @@ async fn measure(
     let mut report = TriggerReport {
         label,
         trigger_type: trigger.trigger_type.clone(),
-        metric_name: Some(spec.metric_name.clone()),
+        metric_name: Some(spec.metric_name.to_string()),
         value: None,
         target: Some(spec.target),
         activation_target: Some(spec.activation_target),

@@ -31,7 +31,7 @@ use crate::{
     config::{Config, ServerLimits},
     engine::{Engine, Limits, SourceEntry},
     metrics::Metrics,
-    proto::{FILE_DESCRIPTOR_SET, external_scaler_server::ExternalScalerServer},
+    proto::{FILE_DESCRIPTOR_SET, wire::external_scaler_server::ExternalScalerServer},
     service::ScalerService,
     trigger::Catalog,
 };

@@ -3,11 +3,17 @@
 //! KEDA sends the same metadata for a trigger on every poll and every HPA read, so a warm
 //! GetMetrics would otherwise parse it, check it and hash its metric name again each time
 //! (about 2 µs, a tenth of a request's CPU at full load). The cache keys a parsed trigger by a
-//! 128-bit fingerprint of the map and the namespace: two keyed hashes with keys drawn at
-//! start, combined so that the map's iteration order does not matter. Two distinct triggers
-//! share a fingerprint with a probability of about n² / 2¹²⁹ (n distinct triggers), far
-//! below any hardware error rate, and an outsider cannot aim for a collision without the
-//! keys.
+//! 128-bit fingerprint of the namespace and the map: one pass of SipHash-1-3 with 128-bit
+//! output, keyed with secrets drawn at start, over the namespace and the entries sorted by key,
+//! each part length-prefixed so that no two different triggers feed it the same bytes. Two
+//! distinct triggers share a fingerprint with a probability of about n² / 2¹²⁹ (n distinct
+//! triggers), far below any hardware error rate, and an outsider cannot aim for a collision
+//! without the keys: a crafted trigger is never answered with another namespace's spec.
+//! Comparing the stored metadata on every hit would make a collision cost time instead, but
+//! would keep a copy of every map (as many bytes again as the rest of a trigger's entry).
+//!
+//! The fingerprint is already a keyed hash, so the tables use its first half as their own
+//! hash instead of hashing it once more.
 //!
 //! Only successful parses are kept (a rejected trigger is parsed again, and its error is
 //! built anew). Deleted ScaledObjects must not stay forever, so triggers live in two
@@ -19,21 +25,60 @@
 
 use std::{
     collections::HashMap,
-    hash::{BuildHasher, RandomState},
+    hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState},
     sync::{Arc, RwLock},
     time::Duration,
 };
 
+use siphasher::sip128::{Hasher128, SipHasher13};
 use tokio::time::Instant;
 
 use super::{Catalog, TriggerSpec, parse_trigger};
 use crate::Result;
 
-type Parsed = HashMap<u128, Arc<TriggerSpec>>;
+type Parsed = HashMap<Fingerprint, Arc<TriggerSpec>, BuildHasherDefault<FirstHalf>>;
+
+/// A trigger's 128-bit keyed hash, as two words: 8-byte aligned, so a table slot with its
+/// `Arc` is 24 bytes (a `u128` key would make it 32).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Fingerprint(u64, u64);
+
+impl Hash for Fingerprint {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.0);
+    }
+}
+
+/// The tables' hasher: a fingerprint's first half, which is already keyed and uniform.
+#[derive(Default)]
+struct FirstHalf(u64);
+
+impl Hasher for FirstHalf {
+    fn write_u64(&mut self, word: u64) {
+        self.0 = word;
+    }
+
+    /// Only [`Fingerprint`] is hashed with it, through `write_u64`; anything else still gets
+    /// a usable (if slow) hash.
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// Entries sorted on the stack up to this many (the default `max_metadata_entries` is 64, a
+/// real trigger has 4–10); more go through a `Vec`.
+const SORTED_ON_STACK: usize = 16;
 
 /// See the module documentation.
 pub struct TriggerCache {
-    keys: (RandomState, RandomState),
+    /// SipHash's 128-bit key.
+    key: (u64, u64),
     generations: RwLock<Generations>,
     capacity: usize,
     period: Duration,
@@ -49,11 +94,14 @@ struct Generations {
 impl TriggerCache {
     /// At most `capacity` triggers; one not asked for during two `period`s is forgotten.
     pub fn new(capacity: usize, period: Duration) -> TriggerCache {
+        // Each `RandomState` holds secret keys drawn for the process (successive ones differ),
+        // so a hash made with it is a secret no client can predict.
+        let secret = || RandomState::new().hash_one(0u8);
         TriggerCache {
-            keys: (RandomState::new(), RandomState::new()),
+            key: (secret(), secret()),
             generations: RwLock::new(Generations {
-                current: Parsed::new(),
-                previous: Parsed::new(),
+                current: Parsed::default(),
+                previous: Parsed::default(),
                 started: Instant::now(),
             }),
             capacity: capacity.max(2),
@@ -68,7 +116,19 @@ impl TriggerCache {
         namespace: &str,
         catalog: &Catalog,
     ) -> Result<Arc<TriggerSpec>> {
-        let fingerprint = self.fingerprint(metadata, namespace);
+        let entries = metadata.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        self.parse_entries(entries, namespace, catalog)
+    }
+
+    /// [`parse_trigger`] of the map these entries make, remembered: the map is built only
+    /// when the trigger is not. A key may repeat; as in a protobuf map, the last one counts.
+    pub fn parse_entries<'a>(
+        &self,
+        entries: impl Iterator<Item = (&'a str, &'a str)> + Clone,
+        namespace: &str,
+        catalog: &Catalog,
+    ) -> Result<Arc<TriggerSpec>> {
+        let fingerprint = self.fingerprint(entries.clone(), namespace);
         let found = {
             let generations = self.generations.read().expect("lock poisoned");
             if let Some(spec) = generations.current.get(&fingerprint) {
@@ -78,14 +138,18 @@ impl TriggerCache {
         };
         let spec = match found {
             Some(spec) => spec,
-            None => Arc::new(parse_trigger(metadata, namespace, catalog)?),
+            None => {
+                let metadata: HashMap<String, String> =
+                    entries.map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
+                Arc::new(parse_trigger(&metadata, namespace, catalog)?)
+            }
         };
         self.remember(fingerprint, spec.clone());
         Ok(spec)
     }
 
     /// Puts a trigger in the current generation, starting a new one first when it is due.
-    fn remember(&self, fingerprint: u128, spec: Arc<TriggerSpec>) {
+    fn remember(&self, fingerprint: Fingerprint, spec: Arc<TriggerSpec>) {
         let mut generations = self.generations.write().expect("lock poisoned");
         let now = Instant::now();
         if now.saturating_duration_since(generations.started) >= self.period
@@ -115,16 +179,49 @@ impl TriggerCache {
         self.len() == 0
     }
 
-    /// Order-independent: each entry is hashed on its own and the hashes are added.
-    fn fingerprint(&self, metadata: &HashMap<String, String>, namespace: &str) -> u128 {
-        let one = |keys: &RandomState| {
-            let mut sum = keys.hash_one((0u8, namespace));
-            for entry in metadata {
-                sum = sum.wrapping_add(keys.hash_one((1u8, entry)));
+    /// Independent of the entries' order: they are hashed sorted by key, and of a repeated
+    /// key only the last entry is.
+    fn fingerprint<'a>(
+        &self,
+        entries: impl Iterator<Item = (&'a str, &'a str)>,
+        namespace: &str,
+    ) -> Fingerprint {
+        let mut on_stack = [("", ""); SORTED_ON_STACK];
+        let mut on_heap = Vec::new();
+        let mut count = 0;
+        for entry in entries {
+            if count < SORTED_ON_STACK {
+                on_stack[count] = entry;
+            } else {
+                if on_heap.is_empty() {
+                    on_heap.extend_from_slice(&on_stack);
+                }
+                on_heap.push(entry);
             }
-            keys.hash_one((sum, metadata.len()))
+            count += 1;
+        }
+        let entries = if count <= SORTED_ON_STACK {
+            &mut on_stack[..count]
+        } else {
+            on_heap.as_mut_slice()
         };
-        (u128::from(one(&self.keys.0)) << 64) | u128::from(one(&self.keys.1))
+        // Stable: the entries of a repeated key stay in the order they came.
+        entries.sort_by_key(|(key, _)| *key);
+        let mut hasher = SipHasher13::new_with_keys(self.key.0, self.key.1);
+        let mut part = |bytes: &[u8]| {
+            hasher.write_usize(bytes.len());
+            hasher.write(bytes);
+        };
+        part(namespace.as_bytes());
+        for (at, (key, value)) in entries.iter().enumerate() {
+            let replaced = entries.get(at + 1).is_some_and(|(next, _)| next == key);
+            if !replaced {
+                part(key.as_bytes());
+                part(value.as_bytes());
+            }
+        }
+        let hash = hasher.finish128();
+        Fingerprint(hash.h1, hash.h2)
     }
 }
 
@@ -135,6 +232,10 @@ mod tests {
 
     const MINUTE: Duration = Duration::from_secs(60);
     const HOUR: Duration = Duration::from_secs(3600);
+
+    fn entries(map: &HashMap<String, String>) -> impl Iterator<Item = (&str, &str)> + Clone {
+        map.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
 
     fn list_trigger(keys: &str) -> HashMap<String, String> {
         metadata(&[
@@ -169,13 +270,96 @@ mod tests {
         let swapped = metadata(&[("x", "y"), ("y", "x")]);
         let straight = metadata(&[("x", "x"), ("y", "y")]);
         assert_ne!(
-            cache.fingerprint(&swapped, "team-a"),
-            cache.fingerprint(&straight, "team-a")
+            cache.fingerprint(entries(&swapped), "team-a"),
+            cache.fingerprint(entries(&straight), "team-a")
         );
         assert_ne!(
-            cache.fingerprint(&list_trigger("a"), "team-a"),
-            cache.fingerprint(&list_trigger("a"), "team-b")
+            cache.fingerprint(entries(&list_trigger("a")), "team-a"),
+            cache.fingerprint(entries(&list_trigger("a")), "team-b")
         );
+    }
+
+    #[test]
+    fn no_two_triggers_feed_the_fingerprint_the_same_bytes() {
+        let cache = TriggerCache::new(10, HOUR);
+        // Boundaries moved between key and value, between entries, between the namespace
+        // and the map; an empty entry against none.
+        let triggers = [
+            (metadata(&[("ab", "c")]), "team-a"),
+            (metadata(&[("a", "bc")]), "team-a"),
+            (metadata(&[("a", "b"), ("c", "")]), "team-a"),
+            (metadata(&[("a", "b"), ("", "c")]), "team-a"),
+            (metadata(&[("a", "b")]), "team-a"),
+            (metadata(&[("a", "b"), ("", "")]), "team-a"),
+            (metadata(&[("team-a", "")]), ""),
+            (metadata(&[("a", "")]), "team-"),
+            (metadata(&[]), "team-a"),
+        ];
+        let fingerprints: std::collections::HashSet<_> = triggers
+            .iter()
+            .map(|(map, namespace)| cache.fingerprint(entries(map), namespace))
+            .collect();
+        assert_eq!(fingerprints.len(), triggers.len());
+    }
+
+    #[test]
+    fn the_fingerprint_ignores_the_map_order_and_depends_on_the_secret_key() {
+        let cache = TriggerCache::new(10, HOUR);
+        let first = cache.fingerprint(entries(&list_trigger("a")), "team-a");
+        // Every map gets its own random iteration order; the fingerprint must not see it.
+        for _ in 0..20 {
+            assert_eq!(
+                cache.fingerprint(entries(&list_trigger("a")), "team-a"),
+                first
+            );
+        }
+        // More entries than are sorted on the stack take the other path, to the same end.
+        let many: Vec<(String, String)> = (0..SORTED_ON_STACK + 5)
+            .map(|i| (format!("k{i}"), format!("v{i}")))
+            .collect();
+        let forward: HashMap<String, String> = many.iter().cloned().collect();
+        let backward: HashMap<String, String> = many.iter().rev().cloned().collect();
+        assert_eq!(
+            cache.fingerprint(entries(&forward), "team-a"),
+            cache.fingerprint(entries(&backward), "team-a")
+        );
+        // Another process (another secret key) fingerprints the same trigger differently, so
+        // no client can compute a fingerprint to aim a collision at.
+        let other = TriggerCache::new(10, HOUR);
+        assert_ne!(
+            other.fingerprint(entries(&list_trigger("a")), "team-a"),
+            first
+        );
+    }
+
+    #[test]
+    fn of_a_repeated_key_the_last_entry_counts_as_in_a_protobuf_map() {
+        let (catalog, cache) = (catalog(), TriggerCache::new(10, HOUR));
+        let one = [("target", "1")];
+        let two = [("target", "2")];
+        let one_then_two = [("target", "1"), ("target", "2")];
+        let two_then_one = [("target", "2"), ("target", "1")];
+        let fingerprint =
+            |e: &[(&'static str, &'static str)]| cache.fingerprint(e.iter().copied(), "team-a");
+        assert_eq!(fingerprint(&one_then_two), fingerprint(&two));
+        assert_eq!(fingerprint(&two_then_one), fingerprint(&one));
+        assert_ne!(fingerprint(&one_then_two), fingerprint(&two_then_one));
+        // Parsed, the repeated key gives what the map a generated decoder builds gives.
+        let mut pairs = vec![("source", "redis-main"), ("metric", "redis-list")];
+        pairs.extend([("keys", "a"), ("target", "5"), ("keys", "b")]);
+        let spec = cache
+            .parse_entries(pairs.iter().copied(), "team-a", &catalog)
+            .unwrap();
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(*spec, parse_trigger(&map, "team-a", &catalog).unwrap());
+        assert_eq!(
+            *spec,
+            *cache.parse(&list_trigger("b"), "team-a", &catalog).unwrap()
+        );
+        assert_eq!(cache.len(), 1);
     }
 
     #[test]

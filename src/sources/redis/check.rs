@@ -93,7 +93,7 @@ pub(super) async fn check(source: &Connections) -> Result<CheckReport> {
 /// that takes the connection but answers NOAUTH fails here too.
 pub(super) async fn probe(source: &Connections) -> Result<()> {
     let probe = RedisQuery::List {
-        keys: vec!["backlog-scaler:probe".into()],
+        keys: vec!["backlog-scaler:probe".to_string()].into(),
     };
     let reads = probe.reads(0);
     let replies = source.pipeline(&reads).await?;

@@ -769,7 +769,11 @@ mod tests {
 
     fn list(keys: &[&str]) -> (Query, RedisQuery) {
         let query = RedisQuery::List {
-            keys: keys.iter().map(|k| k.to_string()).collect(),
+            keys: keys
+                .iter()
+                .map(|k| k.to_string())
+                .collect::<Vec<_>>()
+                .into(),
         };
         (Query::new(query.clone()), query)
     }

@@ -107,7 +107,7 @@ fn list(md: &Metadata<'_>, _: &()) -> Result<RedisQuery> {
         md,
         &format!("plain list items carry no enqueue time; {LATENCY_ALTERNATIVES}"),
     )?;
-    Ok(RedisQuery::List { keys })
+    Ok(RedisQuery::List { keys: keys.into() })
 }
 
 const SCORE_UNITS: &[(&str, ScoreUnit)] = &[("seconds", ScoreUnit::Seconds), ("ms", ScoreUnit::Ms)];
@@ -133,7 +133,10 @@ fn zset(md: &Metadata<'_>, _: &()) -> Result<RedisQuery> {
             ));
         }
     };
-    Ok(RedisQuery::Zset { keys, due_only })
+    Ok(RedisQuery::Zset {
+        keys: keys.into(),
+        due_only,
+    })
 }
 
 const STREAM_MODES: &[(&str, StreamMode)] = &[
@@ -264,7 +267,7 @@ fn celery(md: &Metadata<'_>, _: &()) -> Result<RedisQuery> {
         ),
     )?;
     Ok(RedisQuery::Celery {
-        keys: celery_keys(prefix, queue, &separator, &steps),
+        keys: celery_keys(prefix, queue, &separator, &steps).into(),
         in_progress,
     })
 }

@@ -28,10 +28,10 @@ use crate::{Error, Result, sources::QueryKind};
 #[serde(tag = "metric", rename_all = "kebab-case")]
 pub enum RedisQuery {
     /// `redis-list`: LLEN summed over `keys`.
-    List { keys: Vec<String> },
+    List { keys: Keys },
     /// `redis-zset`: ZCARD summed over `keys`, or with `scoreMax: now` only the entries due.
     Zset {
-        keys: Vec<String>,
+        keys: Keys,
         due_only: Option<ScoreUnit>,
     },
     /// `redis-stream`: length, pending, lag or backlog of a stream (and consumer group).
@@ -49,7 +49,7 @@ pub enum RedisQuery {
     /// `celery` (kombu's Redis transport): the queue key and its priority sub-queues
     /// (+ the queue's unacknowledged messages, with `includeActive`).
     Celery {
-        keys: Vec<String>,
+        keys: Keys,
         /// Left out of the serialization when absent, so the metric names of triggers
         /// without `includeActive` stay as they were.
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -68,6 +68,61 @@ pub enum RedisQuery {
     /// variants above serialize (and their metric names hash) exactly as before the key
     /// existed.
     Latency { queue: WaitingQueue },
+}
+
+/// The keys of a query, held for as long as it is live: one key (nearly every trigger) in
+/// one allocation, several in one list. Serialized as a list of strings, as a `Vec<String>`
+/// was, so metric names do not change.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Keys(KeysRepr);
+
+/// Private, so one key is always `One`: equal key lists are equal values.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum KeysRepr {
+    One(Box<str>),
+    Many(Box<[Box<str>]>),
+}
+
+impl Keys {
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        let keys: &[Box<str>] = match &self.0 {
+            KeysRepr::One(key) => std::slice::from_ref(key),
+            KeysRepr::Many(keys) => keys,
+        };
+        keys.iter().map(|key| &**key)
+    }
+
+    pub fn first(&self) -> Option<&str> {
+        self.iter().next()
+    }
+
+    pub fn len(&self) -> usize {
+        match &self.0 {
+            KeysRepr::One(_) => 1,
+            KeysRepr::Many(keys) => keys.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl From<Vec<String>> for Keys {
+    fn from(keys: Vec<String>) -> Keys {
+        match <[String; 1]>::try_from(keys) {
+            Ok([key]) => Keys(KeysRepr::One(key.into_boxed_str())),
+            Err(keys) => Keys(KeysRepr::Many(
+                keys.into_iter().map(String::into_boxed_str).collect(),
+            )),
+        }
+    }
+}
+
+impl Serialize for Keys {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.iter())
+    }
 }
 
 /// Unit of zset scores compared with "now".
@@ -105,7 +160,7 @@ impl QueryKind for RedisQuery {
         match self {
             RedisQuery::List { keys }
             | RedisQuery::Zset { keys, .. }
-            | RedisQuery::Celery { keys, .. } => keys.first().cloned().unwrap_or_default(),
+            | RedisQuery::Celery { keys, .. } => keys.first().unwrap_or_default().to_string(),
             RedisQuery::Stream { stream, .. } => stream.clone(),
             RedisQuery::Bullmq { queue_key, .. } => queue_key.clone(),
             RedisQuery::QueueList { key, .. } => key.clone(),
@@ -119,15 +174,18 @@ impl RedisQuery {
     /// [`combine`](Self::combine) expects replies.
     pub fn reads(&self, now_ms: i64) -> Vec<RedisRead> {
         match self {
-            RedisQuery::List { keys } => keys.iter().cloned().map(RedisRead::Llen).collect(),
+            RedisQuery::List { keys } => {
+                keys.iter().map(|key| RedisRead::Llen(key.into())).collect()
+            }
             RedisQuery::Celery { keys, in_progress } => {
-                let mut reads: Vec<RedisRead> = keys.iter().cloned().map(RedisRead::Llen).collect();
+                let mut reads: Vec<RedisRead> =
+                    keys.iter().map(|key| RedisRead::Llen(key.into())).collect();
                 reads.extend(in_progress.iter().flat_map(|p| p.reads(now_ms)));
                 reads
             }
             RedisQuery::Zset { keys, due_only } => keys
                 .iter()
-                .cloned()
+                .map(str::to_string)
                 .map(|key| match due_only {
                     None => RedisRead::Zcard(key),
                     Some(ScoreUnit::Ms) => RedisRead::ZcountUpTo(key, now_ms),
