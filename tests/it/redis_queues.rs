@@ -599,6 +599,25 @@ struct Work {
     running: f64,
 }
 
+/// What every includeActive test sets up, whatever the library: 5 jobs on `work` with 2
+/// workers (3 waiting, 2 running) and, busy beside it, 2 jobs on `other` with 1 worker.
+const BUSY_QUEUES: [(&str, Work); 2] = [
+    (
+        "work",
+        Work {
+            waiting: 3.0,
+            running: 2.0,
+        },
+    ),
+    (
+        "other",
+        Work {
+            waiting: 1.0,
+            running: 1.0,
+        },
+    ),
+];
+
 impl Work {
     fn total(self) -> f64 {
         self.waiting + self.running
@@ -876,22 +895,7 @@ async fn celery_include_active_counts_the_queue_s_unacked_messages() {
     celery(port, &["push", "work", "5", RELEASE]).await;
     celery(port, &["push", "other", "2", RELEASE]).await;
     celery(port, &["push", "early", "4", RELEASE]).await;
-    for (queue, expected) in [
-        (
-            "work",
-            Work {
-                waiting: 3.0,
-                running: 2.0,
-            },
-        ),
-        (
-            "other",
-            Work {
-                waiting: 1.0,
-                running: 1.0,
-            },
-        ),
-    ] {
+    for (queue, expected) in BUSY_QUEUES {
         let pairs = [
             ("metric", "celery"),
             ("queue", queue),
@@ -948,22 +952,7 @@ async fn bullmq_include_active_counts_the_jobs_workers_hold() {
     }
     bullmq(port, "work", &["push", "5", RELEASE]).await;
     bullmq(port, "other", &["push", "2", RELEASE]).await;
-    for (queue, expected) in [
-        (
-            "work",
-            Work {
-                waiting: 3.0,
-                running: 2.0,
-            },
-        ),
-        (
-            "other",
-            Work {
-                waiting: 1.0,
-                running: 1.0,
-            },
-        ),
-    ] {
+    for (queue, expected) in BUSY_QUEUES {
         let pairs = [("metric", "bullmq"), ("queue", queue)];
         assert_counts_like_the_library(&scaler, "redis-main", &pairs, expected, async || {
             work(&bullmq(port, queue, &["count"]).await)
