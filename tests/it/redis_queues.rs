@@ -261,14 +261,7 @@ async fn sidekiq_zset_and_stream_counts_match_redis_own_answers() {
         .unwrap();
 
     // A stream with a consumer group: 10 entries, 4 delivered, 1 of them acknowledged.
-    for i in 0..10 {
-        let _: String = connection.xadd("events", "*", &[("n", i)]).await.unwrap();
-    }
-    let _: () = redis::cmd("XGROUP")
-        .arg(&["CREATE", "events", "workers", "0"])
-        .query_async(&mut connection)
-        .await
-        .unwrap();
+    stream_with_group(&mut connection, 10).await;
     let read: redis::streams::StreamReadReply = connection
         .xread_options(
             &["events"],
@@ -446,14 +439,7 @@ async fn every_metric_counts_the_same_on_standalone_cluster_and_sentinel() {
         .zadd_multiple("retry", &[(1.0, "due"), (4e9, "later")])
         .await
         .unwrap();
-    for i in 0..5 {
-        let _: String = connection.xadd("events", "*", &[("n", i)]).await.unwrap();
-    }
-    let _: () = redis::cmd("XGROUP")
-        .arg(&["CREATE", "events", "workers", "0"])
-        .query_async(&mut connection)
-        .await
-        .unwrap();
+    stream_with_group(&mut connection, 5).await;
     // Redis' own answer for the plain list trigger below.
     let mut list_lengths = 0.0;
     for key in ["work", "rq:queue:high", "queue:default"] {
@@ -988,4 +974,17 @@ async fn include_active_refuses_latency_and_values_other_than_true_or_false() {
             "{metric}: {status:?}"
         );
     }
+}
+
+/// The stream `events` with `entries` entries and the consumer group `workers` reading from
+/// its start, nothing delivered yet.
+async fn stream_with_group(connection: &mut redis::aio::MultiplexedConnection, entries: usize) {
+    for i in 0..entries {
+        let _: String = connection.xadd("events", "*", &[("n", i)]).await.unwrap();
+    }
+    let _: () = redis::cmd("XGROUP")
+        .arg(&["CREATE", "events", "workers", "0"])
+        .query_async(connection)
+        .await
+        .unwrap();
 }
