@@ -425,6 +425,7 @@ impl Engine {
             last_asked_ms: AtomicU64::new(self.inner.now_ms()),
         };
         measurements.insert(query.clone(), measurement);
+        state.source.live(std::slice::from_ref(query), &[]);
         debug!(source = %state.name, ?query, "new measurement");
         Ok(true)
     }
@@ -550,7 +551,7 @@ async fn scheduled_cold_read(inner: Arc<Inner>, state: Arc<SourceState>, at: Ins
 /// finished.
 async fn read_cold(inner: &Inner, state: &SourceState, queries: &[Query]) {
     let started_ms = inner.now_ms();
-    let outcomes = read_bounded(inner, state, queries).await;
+    let outcomes = read_bounded(inner, state, queries, deadline(state)).await;
     inner.record_health(state, &outcomes);
     let _ = state.oldest_reading_ms.compare_exchange(
         NO_READING,
@@ -572,10 +573,7 @@ impl Inner {
     /// A source is up when any outcome shows the backend answered (a rejected query still
     /// means the backend is reachable).
     fn record_health(&self, state: &SourceState, outcomes: &[Result<f64>]) {
-        let up = outcomes
-            .iter()
-            .any(|o| !matches!(o, Err(e) if e.is_unavailable()));
-        self.set_health(state, up);
+        self.set_health(state, answered(outcomes));
     }
 
     fn set_health(&self, state: &SourceState, up: bool) {
@@ -596,10 +594,28 @@ impl Inner {
     }
 }
 
-/// Reads `queries` within the source's budget and records the read in the metrics.
-async fn read_bounded(inner: &Inner, state: &SourceState, queries: &[Query]) -> Vec<Result<f64>> {
+/// True when any outcome shows the backend answered (a rejected query still means the
+/// backend is reachable).
+fn answered(outcomes: &[Result<f64>]) -> bool {
+    outcomes
+        .iter()
+        .any(|o| !matches!(o, Err(e) if e.is_unavailable()))
+}
+
+/// The end of the source's budget for a read that starts now.
+fn deadline(state: &SourceState) -> Instant {
+    Instant::now() + state.settings.timeout
+}
+
+/// Reads `queries` by `deadline` and records the read in the metrics.
+async fn read_bounded(
+    inner: &Inner,
+    state: &SourceState,
+    queries: &[Query],
+    deadline: Instant,
+) -> Vec<Result<f64>> {
     let started = Instant::now();
-    let (outcomes, outcome) = read_or_fail(state, queries).await;
+    let (outcomes, outcome) = read_or_fail(state, queries, deadline).await;
     inner
         .metrics
         .record_read(&state.name, outcome, started.elapsed().as_secs_f64());
@@ -608,11 +624,15 @@ async fn read_bounded(inner: &Inner, state: &SourceState, queries: &[Query]) -> 
 
 /// A timeout fails every query with UNAVAILABLE; a panic inside the source fails every query
 /// with INTERNAL instead of unwinding into the engine.
-async fn read_or_fail(state: &SourceState, queries: &[Query]) -> (Vec<Result<f64>>, ReadOutcome) {
+async fn read_or_fail(
+    state: &SourceState,
+    queries: &[Query],
+    deadline: Instant,
+) -> (Vec<Result<f64>>, ReadOutcome) {
     let budget = state.settings.timeout;
     let fail_all = |error: Error| vec![Err(error); queries.len()];
     let read = AssertUnwindSafe(state.source.read_batch(queries)).catch_unwind();
-    match tokio::time::timeout(budget, read).await {
+    match tokio::time::timeout_at(deadline, read).await {
         Ok(Ok(outcomes)) if outcomes.len() == queries.len() => {
             // The backend answered unless every query says it could not be reached.
             let down = outcomes
@@ -729,7 +749,7 @@ async fn reread_changed(inner: &Inner, state: &SourceState) {
         }
         last_batch = Some(Instant::now());
         let started_ms = inner.now_ms();
-        let outcomes = read_bounded(inner, state, &queries).await;
+        let outcomes = read_bounded(inner, state, &queries, deadline(state)).await;
         inner.record_health(state, &outcomes);
         state.store(&queries, outcomes, started_ms);
     }
@@ -750,15 +770,27 @@ async fn refresh_loop(inner: Arc<Inner>, state: Arc<SourceState>, shutdown: Canc
             continue;
         }
         let started_ms = inner.now_ms();
-        let outcomes = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            outcomes = read_bounded(&inner, &state, &queries) => outcomes,
-        };
-        inner.record_health(&state, &outcomes);
+        // In chunks, each stored as soon as it is read, so a refresh holds the outcomes of
+        // one chunk at a time; every chunk shares the refresh's one budget.
+        let deadline = deadline(&state);
+        let mut up = false;
+        for chunk in queries.chunks(REFRESH_CHUNK) {
+            let outcomes = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                outcomes = read_bounded(&inner, &state, chunk, deadline) => outcomes,
+            };
+            up |= answered(&outcomes);
+            state.store(chunk, outcomes, started_ms);
+        }
+        inner.set_health(&state, up);
         state.oldest_reading_ms.store(started_ms, Ordering::Relaxed);
-        state.store(&queries, outcomes, started_ms);
     }
 }
+
+/// Measurements one refresh hands the source at once. Large enough that a source's shared
+/// work (one pg_stat_activity read per batch) is done once for nearly every deployment, small
+/// enough that 100,000 live measurements never hold 100,000 outcomes at once (56 bytes each).
+const REFRESH_CHUNK: usize = 10_000;
 
 /// Checks a source with no live measurement. Up when the backend answered, even with a
 /// rejection; down when it could not be reached, refused the credentials, timed out or the
@@ -778,13 +810,18 @@ async fn probe(inner: &Inner, state: &SourceState) {
 fn take_due(inner: &Inner, state: &SourceState, now_ms: u64) -> Vec<Query> {
     let expiry_ms = inner.limits.idle_expiry.as_millis() as u64;
     let mut measurements = state.measurements.write().expect("lock poisoned");
-    let before = measurements.len();
-    measurements
-        .retain(|_, m| now_ms.saturating_sub(m.last_asked_ms.load(Ordering::Relaxed)) <= expiry_ms);
-    let expired = before - measurements.len();
-    if expired > 0 {
-        inner.live.fetch_sub(expired, Ordering::Relaxed);
-        debug!(source = %state.name, expired, "idle measurements dropped");
+    let mut expired: Vec<Query> = Vec::new();
+    measurements.retain(|query, m| {
+        let live = now_ms.saturating_sub(m.last_asked_ms.load(Ordering::Relaxed)) <= expiry_ms;
+        if !live {
+            expired.push(query.clone());
+        }
+        live
+    });
+    if !expired.is_empty() {
+        state.source.live(&[], &expired);
+        inner.live.fetch_sub(expired.len(), Ordering::Relaxed);
+        debug!(source = %state.name, expired = expired.len(), "idle measurements dropped");
     }
     let mut due: Vec<Query> = measurements
         .iter()
@@ -835,6 +872,8 @@ mod tests {
         /// Set: the source is event-driven, and this is where the engine takes its changes.
         feed: Mutex<Option<Arc<ChangeFeed>>>,
         watches: bool,
+        /// What the engine told the source of its live measurements: `+key` or `-key`.
+        live: Mutex<Vec<String>>,
     }
 
     impl FakeSource {
@@ -885,6 +924,13 @@ mod tests {
                 };
                 vec![outcome; queries.len()]
             })
+        }
+
+        fn live(&self, added: &[Query], removed: &[Query]) {
+            let key = |q: &Query| q.downcast::<FakeQuery>().unwrap().0.clone();
+            let mut live = self.live.lock().unwrap();
+            live.extend(added.iter().map(|q| format!("+{}", key(q))));
+            live.extend(removed.iter().map(|q| format!("-{}", key(q))));
         }
 
         fn watch(&self, changes: Arc<ChangeFeed>) -> Option<BoxFuture<'_, ()>> {
@@ -1068,6 +1114,12 @@ mod tests {
         engine.measure("fake", &query("dropped")).await.unwrap();
         assert!(fake.batches.load(Ordering::SeqCst) > batches);
         assert_eq!(engine.live_measurements(), 2);
+        // The source heard of each change, in order (an event-driven one watches exactly the
+        // live measurements).
+        assert_eq!(
+            *fake.live.lock().unwrap(),
+            ["+kept", "+dropped", "-dropped", "+dropped"]
+        );
     }
 
     #[tokio::test(start_paused = true)]

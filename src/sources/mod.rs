@@ -153,6 +153,14 @@ pub trait Source: Send + Sync + 'static {
     fn event_driven(&self) -> bool {
         false
     }
+
+    /// The engine's live measurements of this source changed: `added` became live (before
+    /// their first read), `removed` expired. Called under the engine's lock on its
+    /// measurements, so calls are in the order of the changes: keep it short and never call
+    /// the engine from it. A watching source follows the data of the live measurements only.
+    fn live(&self, added: &[Query], removed: &[Query]) {
+        let _ = (added, removed);
+    }
 }
 
 /// The measurements an event-driven source reported as changed and the engine has not re-read

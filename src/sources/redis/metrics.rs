@@ -164,7 +164,7 @@ fn stream(md: &Metadata<'_>, _: &()) -> Result<RedisQuery> {
             ));
         }
         return Ok(RedisQuery::Latency {
-            queue: WaitingQueue::Stream { stream, group },
+            queue: Box::new(WaitingQueue::Stream { stream, group }),
         });
     }
     // Without a group only the length can be read; with one, the backlog is the default.
@@ -184,8 +184,8 @@ fn stream(md: &Metadata<'_>, _: &()) -> Result<RedisQuery> {
         ));
     }
     Ok(RedisQuery::Stream {
-        stream,
-        group,
+        stream: stream.into(),
+        group: group.map(String::into_boxed_str),
         mode,
     })
 }
@@ -221,10 +221,10 @@ fn bullmq(md: &Metadata<'_>, _: &()) -> Result<RedisQuery> {
         }),
         Measure::Latency if include_active => Err(include_active_with_latency()),
         Measure::Latency => Ok(RedisQuery::Latency {
-            queue: WaitingQueue::Bullmq {
+            queue: Box::new(WaitingQueue::Bullmq {
                 queue_key,
                 count_when_paused,
-            },
+            }),
         }),
     }
 }
@@ -268,7 +268,7 @@ fn celery(md: &Metadata<'_>, _: &()) -> Result<RedisQuery> {
     )?;
     Ok(RedisQuery::Celery {
         keys: celery_keys(prefix, queue, &separator, &steps).into(),
-        in_progress,
+        in_progress: in_progress.map(Box::new),
     })
 }
 
@@ -287,10 +287,10 @@ fn sidekiq(md: &Metadata<'_>, _: &()) -> Result<RedisQuery> {
         Measure::Backlog => RedisQuery::QueueList {
             library: QueueLibrary::Sidekiq,
             key,
-            in_progress,
+            in_progress: in_progress.map(Box::new),
         },
         Measure::Latency => RedisQuery::Latency {
-            queue: WaitingQueue::Sidekiq { key },
+            queue: Box::new(WaitingQueue::Sidekiq { key }),
         },
     })
 }
@@ -305,10 +305,10 @@ fn rq(md: &Metadata<'_>, _: &()) -> Result<RedisQuery> {
         Measure::Backlog => RedisQuery::QueueList {
             library: QueueLibrary::Rq,
             key,
-            in_progress,
+            in_progress: in_progress.map(Box::new),
         },
         Measure::Latency => RedisQuery::Latency {
-            queue: WaitingQueue::Rq { key },
+            queue: Box::new(WaitingQueue::Rq { key }),
         },
     })
 }

@@ -97,12 +97,6 @@ impl RedisSource {
             .map_or(0, |d| d.as_millis() as i64);
         let typed: Vec<Result<&RedisQuery>> =
             queries.iter().map(|q| typed(&self.name, q)).collect();
-        let watched: Vec<(&Query, &RedisQuery)> = queries
-            .iter()
-            .zip(&typed)
-            .filter_map(|(query, typed)| Some((query, *typed.as_ref().ok()?)))
-            .collect();
-        self.events.remember(&watched);
         let plans: Vec<Vec<RedisRead>> = typed
             .iter()
             .map(|query| {
@@ -220,6 +214,10 @@ impl Source for RedisSource {
 
     fn event_driven(&self) -> bool {
         self.events.event_driven()
+    }
+
+    fn live(&self, added: &[Query], removed: &[Query]) {
+        self.events.live(added, removed);
     }
 }
 

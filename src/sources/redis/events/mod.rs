@@ -15,11 +15,13 @@
 //! watched keys; keyspace notifications are off by default and turning them on costs every
 //! client of the server.
 //!
-//! A key index, fed by every batch the source reads, maps keys to the measurements that read
-//! them. When tracking cannot be had (Redis < 6 or a proxy without `HELLO 3`, an ACL without
+//! A key index ([`index`]) maps keys to the live measurements that read them; the engine
+//! tells the source when a measurement becomes live and when it expires. When tracking cannot be had (Redis < 6 or a proxy without `HELLO 3`, an ACL without
 //! `+client|tracking`) the source polls as before and says why: in `backlog-scaler check`,
 //! `backlog_scaler_source_event_driven` and the log. A lost event connection (a restart, a
 //! failover) is made again within about a second; meanwhile the refresh polls.
+
+mod index;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -47,6 +49,7 @@ use super::{
     reply::describe,
 };
 use crate::sources::{ChangeFeed, Finding, Query, RefreshSettings};
+use index::KeyIndex;
 
 /// A key that keeps changing is re-armed (and its measurements reported) at most once per this
 /// window; the first change after a quiet spell goes out at once. Each report costs one
@@ -64,6 +67,12 @@ const RECONNECT_MAX: Duration = Duration::from_secs(1);
 /// A server or ACL that refused tracking is asked again this often (an operator may grant the
 /// permission without restarting the scaler).
 const REFUSED_RETRY: Duration = Duration::from_secs(30);
+
+/// New keys are armed this long after their measurement became live, all of them in one
+/// pipeline: the measurement's first read goes out alone (a cold answer does not wait behind
+/// the arming), and a storm of new measurements is armed in a few round trips. A change within
+/// this window is seen by the next refresh.
+const ARM_DELAY: Duration = Duration::from_millis(5);
 
 /// Keys armed in one pipeline per node.
 const ARM_CHUNK: usize = 1_000;
@@ -104,20 +113,6 @@ pub struct Events {
     new_keys: Notify,
     mode: Mutex<Mode>,
     event_driven: AtomicBool,
-    /// Measurements not read by any batch for this long leave the index.
-    forget_after: Duration,
-}
-
-#[derive(Default)]
-struct KeyIndex {
-    /// Each watched key and the measurements that read it (most keys: one; a `Vec`, as a set
-    /// of one costs several times more).
-    readers: HashMap<String, Vec<Query>>,
-    /// Each indexed measurement and when a batch last read it (its keys are its reads' keys).
-    queries: HashMap<Query, Instant>,
-    /// Keys indexed since the watcher last took them.
-    fresh: Vec<String>,
-    last_pruned: Option<Instant>,
 }
 
 impl Events {
@@ -135,7 +130,6 @@ impl Events {
             new_keys: Notify::new(),
             mode: Mutex::new(Mode::Starting),
             event_driven: AtomicBool::new(false),
-            forget_after: refresh_interval * 3 + timeout,
         }
     }
 
@@ -160,104 +154,29 @@ impl Events {
         *current = mode;
     }
 
-    /// Indexes the keys of a batch of measurements the source is about to read.
-    pub fn remember(&self, queries: &[(&Query, &RedisQuery)]) {
-        let now = Instant::now();
-        let mut guard = self.index.lock().expect("lock poisoned");
-        let index = &mut *guard;
-        let mut added = false;
-        for (query, redis_query) in queries {
-            if let Some(seen) = index.queries.get_mut(*query) {
-                *seen = now;
-                continue;
+    /// The engine's live measurements changed: `added` became live, `removed` expired.
+    pub fn live(&self, added: &[Query], removed: &[Query]) {
+        let mut index = self.index();
+        let mut fresh = false;
+        for query in added {
+            if let Some(typed) = query.downcast::<RedisQuery>() {
+                fresh |= index.add(query, typed);
             }
-            for key in keys_of(redis_query) {
-                let readers = index.readers.entry(key.clone()).or_default();
-                if readers.is_empty() {
-                    index.fresh.push(key);
-                    added = true;
-                }
-                readers.push((*query).clone());
+        }
+        for query in removed {
+            if let Some(typed) = query.downcast::<RedisQuery>() {
+                index.remove(query, typed);
             }
-            index.queries.insert((*query).clone(), now);
         }
-        if index
-            .last_pruned
-            .is_none_or(|at| now.duration_since(at) >= self.forget_after)
-        {
-            index.prune(now, self.forget_after);
-        }
-        drop(guard);
-        if added {
+        drop(index);
+        if fresh {
             self.new_keys.notify_one();
         }
     }
 
-    /// Every watched key.
-    fn keys(&self) -> Vec<String> {
-        let mut index = self.index.lock().expect("lock poisoned");
-        index.fresh.clear();
-        index.readers.keys().cloned().collect()
+    fn index(&self) -> std::sync::MutexGuard<'_, KeyIndex> {
+        self.index.lock().expect("lock poisoned")
     }
-
-    /// Keys indexed since the last call.
-    fn fresh_keys(&self) -> Vec<String> {
-        std::mem::take(&mut self.index.lock().expect("lock poisoned").fresh)
-    }
-
-    /// The measurements that read any of `keys` (every indexed one for `None`).
-    fn readers(&self, keys: Option<&HashSet<String>>) -> Vec<Query> {
-        let index = self.index.lock().expect("lock poisoned");
-        match keys {
-            None => index.queries.keys().cloned().collect(),
-            Some(keys) => {
-                let mut found: HashSet<&Query> = HashSet::new();
-                for key in keys {
-                    found.extend(index.readers.get(key).into_iter().flatten());
-                }
-                found.into_iter().cloned().collect()
-            }
-        }
-    }
-}
-
-impl KeyIndex {
-    /// Drops measurements no batch has read for `forget_after` (the engine let them expire).
-    fn prune(&mut self, now: Instant, forget_after: Duration) {
-        self.last_pruned = Some(now);
-        let gone: Vec<Query> = self
-            .queries
-            .iter()
-            .filter(|(_, seen)| now.duration_since(**seen) > forget_after)
-            .map(|(query, _)| query.clone())
-            .collect();
-        for query in gone {
-            self.queries.remove(&query);
-            let Some(redis_query) = query.downcast::<RedisQuery>() else {
-                continue;
-            };
-            for key in keys_of(redis_query) {
-                if let Some(readers) = self.readers.get_mut(&key) {
-                    readers.retain(|reader| *reader != query);
-                    if readers.is_empty() {
-                        self.readers.remove(&key);
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// The keys a measurement reads, each once.
-fn keys_of(query: &RedisQuery) -> Vec<String> {
-    let mut keys: Vec<String> = query
-        .reads(0)
-        .iter()
-        .map(|read| read.key().to_string())
-        .collect();
-    keys.sort();
-    keys.dedup();
-    keys
 }
 
 /// The event connections of one session, and which of them serves each hash slot.
@@ -326,29 +245,51 @@ pub(super) async fn check(source: &Connections, events: &Events) -> Finding {
 /// One life of the event connections: connect, enable tracking, arm every key, then follow
 /// invalidations until something breaks.
 async fn session(source: &Connections, events: &Events, feed: &ChangeFeed) -> Ended {
-    let (tx, mut pushes) = mpsc::unbounded_channel::<PushInfo>();
+    let (tx, pushes) = mpsc::unbounded_channel::<PushInfo>();
     let connected = match connect_all(source, events, tx).await {
         Ok(connected) => connected,
         Err(ended) => return ended,
     };
-    let mut armed: HashSet<String> = HashSet::new();
-    if let Err(ended) = arm(&connected, events.keys(), &mut armed).await {
+    let ended = follow(source, events, feed, connected, pushes).await;
+    events.index().stop();
+    ended
+}
+
+/// Arms every key, then follows invalidations until something breaks.
+async fn follow(
+    source: &Connections,
+    events: &Events,
+    feed: &ChangeFeed,
+    connected: Connected,
+    mut pushes: mpsc::UnboundedReceiver<PushInfo>,
+) -> Ended {
+    let keys = events.index().start();
+    if let Err(ended) = arm(&connected, events, keys).await {
         return ended;
     }
     let nodes = connected.nodes.len();
     events.set_mode(&source.name, Mode::EventDriven { nodes });
     // Whatever changed while no connection watched is read once now.
-    feed.mark(events.readers(None), 0);
+    feed.mark(events.index().all_readers(), 0);
     let mut pending = Pending::default();
     let mut master_check = tokio::time::interval(events.refresh_interval);
+    let mut arm_at: Option<Instant> = None;
     loop {
         let step = tokio::select! {
             push = pushes.recv() => match push {
-                Some(push) => pending.record(&push, &mut armed),
+                Some(push) => pending.record(&push, events),
                 None => Err(Ended::Lost("closed".into())),
             },
-            _ = sleep_until(pending.due()) => pending.flush(events, &connected, &mut armed, feed).await,
-            _ = events.new_keys.notified() => arm(&connected, events.fresh_keys(), &mut armed).await,
+            _ = sleep_until(pending.due()) => pending.flush(events, &connected, feed).await,
+            _ = events.new_keys.notified() => {
+                arm_at.get_or_insert_with(|| Instant::now() + ARM_DELAY);
+                Ok(())
+            }
+            _ = sleep_until(arm_at) => {
+                arm_at = None;
+                let fresh = events.index().take_fresh();
+                arm(&connected, events, fresh).await
+            }
             _ = master_check.tick() => match master_moved(source, &connected.nodes).await {
                 Some(reason) => Err(Ended::Lost(reason)),
                 None => Ok(()),
@@ -373,19 +314,17 @@ struct Pending {
 
 impl Pending {
     /// Takes in one push: an invalidation disarms its keys and marks them changed.
-    fn record(&mut self, push: &PushInfo, armed: &mut HashSet<String>) -> Result<(), Ended> {
+    fn record(&mut self, push: &PushInfo, events: &Events) -> Result<(), Ended> {
         match push.kind {
             PushKind::Invalidate => match invalidated_keys(&push.data) {
                 Some(keys) => {
                     self.events += keys.len() as u64;
-                    for key in keys {
-                        armed.remove(&key);
-                        self.keys.insert(key);
-                    }
+                    events.index().set_armed(keys.iter().map(String::as_str), false);
+                    self.keys.extend(keys);
                 }
                 None => {
                     self.events += 1;
-                    armed.clear();
+                    events.index().disarm_all();
                     self.all = true;
                 }
             },
@@ -409,18 +348,21 @@ impl Pending {
         &mut self,
         events: &Events,
         connected: &Connected,
-        armed: &mut HashSet<String>,
         feed: &ChangeFeed,
     ) -> Result<(), Ended> {
         self.last_flush = Some(Instant::now());
         let keys: Vec<String> = if self.all {
-            events.keys()
+            events.index().unarmed()
         } else {
             self.keys.iter().cloned().collect()
         };
         // Armed before the engine re-reads, so a change after the re-read is seen.
-        arm(connected, keys, armed).await?;
-        let readers = events.readers((!self.all).then_some(&self.keys));
+        arm(connected, events, keys).await?;
+        let readers = if self.all {
+            events.index().all_readers()
+        } else {
+            events.index().readers(&self.keys)
+        };
         feed.mark(readers, std::mem::take(&mut self.events));
         self.keys.clear();
         self.all = false;
@@ -462,16 +404,9 @@ fn invalidated_keys(data: &[Value]) -> Option<Vec<String>> {
 }
 
 /// Reads each key once on its node's event connection, so the node reports its next change.
-async fn arm(
-    connected: &Connected,
-    keys: Vec<String>,
-    armed: &mut HashSet<String>,
-) -> Result<(), Ended> {
+async fn arm(connected: &Connected, events: &Events, keys: Vec<String>) -> Result<(), Ended> {
     let mut per_node: Vec<Vec<String>> = vec![Vec::new(); connected.nodes.len()];
     for key in keys {
-        if armed.contains(&key) {
-            continue;
-        }
         if let Some(node) = connected.owners.get(&Slot::for_key(key.as_bytes())) {
             per_node[*node].push(key);
         }
@@ -488,6 +423,7 @@ async fn arm(
                 .query_async(&mut connection)
                 .await
                 .map_err(|e| Ended::Lost(format!("{}: {}", node.address, describe(&e))))?;
+            let mut armed: Vec<&str> = Vec::with_capacity(chunk.len());
             for (key, reply) in chunk.iter().zip(replies) {
                 match reply {
                     Value::ServerError(error) if matches!(error.code(), "MOVED" | "ASK") => {
@@ -495,11 +431,10 @@ async fn arm(
                     }
                     // A key the ACL hides: its measurements are polled.
                     Value::ServerError(_) => {}
-                    _ => {
-                        armed.insert(key.clone());
-                    }
+                    _ => armed.push(key),
                 }
             }
+            events.index().set_armed(armed, true);
         }
     }
     Ok(())
@@ -748,63 +683,6 @@ mod tests {
                 ("127.0.0.1".into(), 7001, (5461, 10922)),
             ]
         );
-    }
-
-    fn events() -> Events {
-        let node = NodeSettings {
-            username: None,
-            password: None,
-            ca: None,
-            tls: false,
-        };
-        Events::new(
-            node,
-            RefreshSettings {
-                refresh_interval: Duration::from_secs(1),
-                max_staleness: Duration::from_secs(5),
-                timeout: Duration::from_secs(1),
-            },
-        )
-    }
-
-    fn list(keys: &[&str]) -> (Query, RedisQuery) {
-        let query = RedisQuery::List {
-            keys: keys
-                .iter()
-                .map(|k| k.to_string())
-                .collect::<Vec<_>>()
-                .into(),
-        };
-        (Query::new(query.clone()), query)
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn the_index_maps_keys_to_their_readers_and_forgets_expired_ones() {
-        let events = events();
-        let (ab, ab_typed) = list(&["a", "b"]);
-        let (b, b_typed) = list(&["b"]);
-        events.remember(&[(&ab, &ab_typed), (&b, &b_typed)]);
-        let mut fresh = events.fresh_keys();
-        fresh.sort();
-        assert_eq!(fresh, ["a", "b"], "each new key once, to be armed");
-        let changed = |keys: &[&str]| {
-            let keys: HashSet<String> = keys.iter().map(|k| k.to_string()).collect();
-            let mut readers = events.readers(Some(&keys));
-            readers.sort_by_key(|q| format!("{q:?}"));
-            readers
-        };
-        assert_eq!(changed(&["a"]), vec![ab.clone()]);
-        assert_eq!(changed(&["b"]).len(), 2);
-        assert!(changed(&["c"]).is_empty());
-        // `b` keeps being read; `ab` is not (the engine let it expire). Forgotten after
-        // 3 refreshes + the timeout (4 s), at the next prune (they are that far apart too).
-        for _ in 0..10 {
-            tokio::time::advance(Duration::from_secs(1)).await;
-            events.remember(&[(&b, &b_typed)]);
-        }
-        assert!(changed(&["a"]).is_empty(), "forgotten");
-        assert_eq!(changed(&["b"]), vec![b.clone()]);
-        assert!(events.fresh_keys().is_empty(), "no new key");
     }
 
     #[test]
