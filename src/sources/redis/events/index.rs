@@ -286,10 +286,16 @@ mod tests {
             sorted(index.readers(&keys))
         };
         assert_eq!(readers(&index, &["a"]), sorted(vec![ab.clone()]));
-        assert_eq!(readers(&index, &["a", "b"]), sorted(vec![ab.clone(), b.clone()]));
+        assert_eq!(
+            readers(&index, &["a", "b"]),
+            sorted(vec![ab.clone(), b.clone()])
+        );
         assert!(readers(&index, &["c"]).is_empty());
         index.remove(&ab, &ab_typed);
-        assert!(readers(&index, &["a"]).is_empty(), "forgotten when it expired");
+        assert!(
+            readers(&index, &["a"]).is_empty(),
+            "forgotten when it expired"
+        );
         assert_eq!(readers(&index, &["b"]), sorted(vec![b.clone()]));
         assert_eq!(index.len(), 1);
     }
@@ -314,7 +320,11 @@ mod tests {
         index.add(&a2, &a2_typed);
         assert_eq!(index.take_fresh(), ["c"]);
         index.stop();
-        assert_eq!(index.unarmed().len(), 3, "nothing is armed without a session");
+        assert_eq!(
+            index.unarmed().len(),
+            3,
+            "nothing is armed without a session"
+        );
     }
 
     #[test]

@@ -319,7 +319,9 @@ impl Pending {
             PushKind::Invalidate => match invalidated_keys(&push.data) {
                 Some(keys) => {
                     self.events += keys.len() as u64;
-                    events.index().set_armed(keys.iter().map(String::as_str), false);
+                    events
+                        .index()
+                        .set_armed(keys.iter().map(String::as_str), false);
                     self.keys.extend(keys);
                 }
                 None => {
