@@ -190,17 +190,11 @@ dagster_backlog = "SELECT count(*) FROM runs WHERE status IN ('QUEUED','NOT_STAR
 fn find_binary(name: &str) -> Result<PathBuf, String> {
     let mut candidates: Vec<PathBuf> = Vec::new();
     if let Ok(entries) = std::fs::read_dir("/usr/lib/postgresql") {
-        let mut versions: Vec<(u32, PathBuf)> = entries
-            .flatten()
-            .map(|e| e.path())
-            .filter_map(|p| Some((p.file_name()?.to_str()?.parse().ok()?, p)))
-            .collect();
-        versions.sort();
+        let folders = entries.flatten().map(|e| e.path()).collect();
         candidates.extend(
-            versions
+            newest_first(folders)
                 .into_iter()
-                .rev()
-                .map(|(_, p)| p.join("bin").join(name)),
+                .map(|p| p.join("bin").join(name)),
         );
     }
     if let Some(path) = std::env::var_os("PATH") {
@@ -210,6 +204,21 @@ fn find_binary(name: &str) -> Result<PathBuf, String> {
         .into_iter()
         .find(|path| path.is_file())
         .ok_or_else(|| format!("`{name}` is not installed; {INSTALL_HINT}"))
+}
+
+/// PostgreSQL's version folders (`…/16`, `…/9.6`), the newest first, compared as dotted
+/// numbers (as text "9.6" sorts after "16"); anything else is left out.
+fn newest_first(folders: Vec<PathBuf>) -> Vec<PathBuf> {
+    let version = |path: &PathBuf| -> Option<Vec<u32>> {
+        let name = path.file_name()?.to_str()?;
+        name.split('.').map(|part| part.parse().ok()).collect()
+    };
+    let mut versions: Vec<(Vec<u32>, PathBuf)> = folders
+        .into_iter()
+        .filter_map(|path| Some((version(&path)?, path)))
+        .collect();
+    versions.sort();
+    versions.into_iter().rev().map(|(_, path)| path).collect()
 }
 
 /// PostgreSQL refuses to run as root: then its processes run as the `postgres` user.
@@ -372,4 +381,21 @@ async fn start_postgres(
     let postgres = started.spawn("postgres", command, libc::SIGINT, log)?;
     postgres.wait_for_port(port).await?;
     Ok((port, postgres.pid()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn postgres_versions_are_compared_as_dotted_numbers() {
+        let folders = ["9.6", "16", "13", "README", "15.2"]
+            .map(|v| PathBuf::from("/usr/lib/postgresql").join(v))
+            .to_vec();
+        let names: Vec<String> = newest_first(folders)
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["16", "15.2", "13", "9.6"]);
+    }
 }
