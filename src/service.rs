@@ -245,7 +245,7 @@ impl ExternalScaler for ScalerService {
         let spec = self.parse(request.get_ref())?;
         Ok(Response::new(GetMetricSpecResponse {
             metric_specs: vec![MetricSpec {
-                metric_name: spec.metric_name.to_string(),
+                metric_name: String::from(&*spec.metric_name),
                 target_size: spec.target_size(),
                 target_size_float: spec.target,
             }],
@@ -270,7 +270,7 @@ impl ExternalScaler for ScalerService {
         let value = self.measure(&spec).await?;
         Ok(Response::new(GetMetricsResponse {
             metric_values: vec![MetricValue {
-                metric_name: spec.metric_name.to_string(),
+                metric_name: String::from(&*spec.metric_name),
                 // For KEDA < 2.17, which reads only the integer: round up, so a fractional
                 // backlog never reads as less work than there is.
                 metric_value: value.ceil() as i64,
