@@ -790,7 +790,8 @@ async fn refresh_loop(inner: Arc<Inner>, state: Arc<SourceState>, shutdown: Canc
 /// Measurements one refresh hands the source at once. Large enough that a source's shared
 /// work (one pg_stat_activity read per batch) is done once for nearly every deployment, small
 /// enough that 100,000 live measurements never hold 100,000 outcomes at once (56 bytes each).
-const REFRESH_CHUNK: usize = 10_000;
+/// (Four in unit tests, so a handful of measurements make several chunks.)
+const REFRESH_CHUNK: usize = if cfg!(test) { 4 } else { 10_000 };
 
 /// Checks a source with no live measurement. Up when the backend answered, even with a
 /// rejection; down when it could not be reached, refused the credentials, timed out or the
@@ -1051,6 +1052,50 @@ mod tests {
         assert!(answers.iter().all(|a| *a == Ok(7.0)), "{answers:?}");
         assert_eq!(fake.batches.load(Ordering::SeqCst), 1);
         assert_eq!(engine.live_measurements(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refresh_reads_in_chunks_that_share_one_budget() {
+        let fake = Arc::new(FakeSource::default());
+        fake.set_value(2.0);
+        let engine = engine_with(fake.clone(), settings(), limits());
+        let shutdown = CancellationToken::new();
+        engine.start(shutdown.clone());
+        let queries: Vec<Query> = (0..10).map(|i| query(&format!("q{i}"))).collect();
+        for q in &queries {
+            assert_eq!(engine.measure("fake", q).await, Ok(2.0));
+        }
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let (batches, read) = (
+            fake.batches.load(Ordering::SeqCst),
+            fake.queries_read.load(Ordering::SeqCst),
+        );
+        // Ten refreshes.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(
+            fake.batches.load(Ordering::SeqCst) - batches,
+            30,
+            "10 in chunks of 4"
+        );
+        assert_eq!(fake.queries_read.load(Ordering::SeqCst) - read, 100);
+
+        // A source that hangs costs a refresh one budget (1.5 s), not one per chunk: every
+        // measurement learns of the timeout at the same moment.
+        fake.set_delay(Duration::from_secs(60));
+        let timed_out = |answer: &Result<f64>| matches!(answer, Err(e) if e.to_string().contains("no answer within"));
+        loop {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let mut answers = Vec::new();
+            for q in &queries {
+                answers.push(engine.measure("fake", q).await);
+            }
+            let failed = answers.iter().filter(|a| timed_out(a)).count();
+            if failed > 0 {
+                assert_eq!(failed, queries.len(), "{answers:?}");
+                break;
+            }
+        }
+        shutdown.cancel();
     }
 
     #[tokio::test(start_paused = true)]

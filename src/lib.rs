@@ -21,8 +21,9 @@
 //!   remembers each distinct map's spec, so a warm request does not parse again.
 //! - [`engine`]: the measurement cache. One backend read per distinct measurement per refresh,
 //!   shared by every request and every ScaledObject that asks for it; cold reads batched per
-//!   source; re-reads right after an event-driven source reports a change (coalesced);
-//!   freshness and size bounds; panics in reads contained.
+//!   source; re-reads right after an event-driven source reports a change (coalesced), and
+//!   each source told which measurements are live; freshness and size bounds; panics in reads
+//!   contained.
 //! - [`config`]: the TOML config file, validated before any port is bound. It reads the keys
 //!   every source shares and hands the rest of each `[sources.NAME]` table to its backend.
 //! - [`sources`]: the [`sources::Backend`] and [`sources::Source`] traits, the opaque
