@@ -182,8 +182,54 @@ impl Events {
 /// The event connections of one session, and which of them serves each hash slot.
 struct Connected {
     nodes: Vec<Node>,
-    owners: HashMap<Slot, usize>,
+    owners: Owners,
 }
+
+/// Which node serves a key.
+enum Owners {
+    /// One node serves every slot (a standalone or Sentinel master, a Cluster of one master):
+    /// no table. A table of all 16,384 slots is half a MiB, and one made again for every
+    /// session (after each Redis restart) stays in the heap for good.
+    One,
+    /// A Cluster's masters, by index in `nodes`, per slot.
+    BySlot(HashMap<Slot, u16>),
+}
+
+impl Owners {
+    fn of(nodes: &[Node]) -> Owners {
+        if let [node] = nodes
+            && node.slots == [ALL_SLOTS]
+        {
+            return Owners::One;
+        }
+        let mut owners = HashMap::with_capacity(usize::from(SLOTS));
+        for (index, node) in nodes.iter().enumerate() {
+            let index = u16::try_from(index).unwrap_or(u16::MAX);
+            for (from, to) in &node.slots {
+                owners.extend(
+                    (*from..=*to)
+                        .filter_map(Slot::new)
+                        .map(|slot| (slot, index)),
+                );
+            }
+        }
+        Owners::BySlot(owners)
+    }
+
+    /// The index in `nodes` of the node that serves `key`, if any does.
+    fn node(&self, key: &str) -> Option<usize> {
+        match self {
+            Owners::One => Some(0),
+            Owners::BySlot(owners) => owners
+                .get(&Slot::for_key(key.as_bytes()))
+                .map(|index| usize::from(*index)),
+        }
+    }
+}
+
+/// Every hash slot of a Cluster, which a standalone server or a Sentinel master serves alone.
+const ALL_SLOTS: (u16, u16) = (0, SLOTS - 1);
+const SLOTS: u16 = 16_384;
 
 /// One node's event connection and the hash slots it serves.
 struct Node {
@@ -409,8 +455,8 @@ fn invalidated_keys(data: &[Value]) -> Option<Vec<String>> {
 async fn arm(connected: &Connected, events: &Events, keys: Vec<String>) -> Result<(), Ended> {
     let mut per_node: Vec<Vec<String>> = vec![Vec::new(); connected.nodes.len()];
     for key in keys {
-        if let Some(node) = connected.owners.get(&Slot::for_key(key.as_bytes())) {
-            per_node[*node].push(key);
+        if let Some(node) = connected.owners.node(&key) {
+            per_node[node].push(key);
         }
     }
     for (node, keys) in connected.nodes.iter().zip(per_node) {
@@ -442,21 +488,6 @@ async fn arm(connected: &Connected, events: &Events, keys: Vec<String>) -> Resul
     Ok(())
 }
 
-/// The node that serves each hash slot, by index in `nodes`.
-fn slot_owners(nodes: &[Node]) -> HashMap<Slot, usize> {
-    let mut owners = HashMap::new();
-    for (index, node) in nodes.iter().enumerate() {
-        for (from, to) in &node.slots {
-            owners.extend(
-                (*from..=*to)
-                    .filter_map(Slot::new)
-                    .map(|slot| (slot, index)),
-            );
-        }
-    }
-    owners
-}
-
 /// An event connection with tracking on at every node of the source.
 async fn connect_all(
     source: &Connections,
@@ -474,7 +505,7 @@ async fn connect_all(
         });
     }
     Ok(Connected {
-        owners: slot_owners(&nodes),
+        owners: Owners::of(&nodes),
         nodes,
     })
 }
@@ -488,7 +519,6 @@ struct Target {
 
 /// Every node to watch: the server, the master the Sentinels name, or every Cluster master.
 async fn nodes(source: &Connections, node: &NodeSettings) -> Result<Vec<Target>, Ended> {
-    const ALL_SLOTS: (u16, u16) = (0, 16383);
     match &source.nodes {
         Nodes::Standalone { client, .. } => {
             let info = client.get_connection_info().clone();
