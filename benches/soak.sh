@@ -10,7 +10,8 @@
 # Usage: benches/soak.sh [DURATION=600] [REPORT=10]
 # Environment: SOAK_RATE (GetMetrics/s, 500), SOAK_SCALED_OBJECTS (live at once, 1000),
 # SOAK_CHURN (new ScaledObjects/s, 10), SOAK_DOWN (s, 5), SOAK_WARMUP (s, 120),
-# SOAK_IDLE_EXPIRY (30s), SOAK_MAX_LIVE (50000, the default)
+# SOAK_IDLE_EXPIRY (30s), SOAK_MAX_LIVE (50000, the default), SCALER_BIN (another build of the
+# scaler, for before/after; default: this tree's release build)
 set -euo pipefail
 DURATION=${1:-600}
 REPORT=${2:-10}
@@ -43,7 +44,7 @@ max_live = $MAX_LIVE
 type = "redis"
 url = "redis://127.0.0.1:$redis_port/0"
 TOML
-target/release/backlog-scaler serve --config "$work/scaler.toml" 2>"$work/scaler.log" &
+"${SCALER_BIN:-${CARGO_TARGET_DIR:-target}/release/backlog-scaler}" serve --config "$work/scaler.toml" 2>"$work/scaler.log" &
 scaler_pid=$!; pids+=("$scaler_pid"); wait_port "$grpc_port"; wait_port "$http_port"
 echo "== scaler pid $scaler_pid (idle_expiry $IDLE_EXPIRY, max_live $MAX_LIVE), redis-server on 127.0.0.1:$redis_port"
 
