@@ -316,7 +316,8 @@ async fn follow(
     let nodes = connected.nodes.len();
     events.set_mode(&source.name, Mode::EventDriven { nodes });
     // Whatever changed while no connection watched is read once now.
-    feed.mark(events.index().all_readers(), 0);
+    let readers = events.index().all_readers();
+    feed.mark(readers, 0);
     let mut pending = Pending::default();
     let mut master_check = tokio::time::interval(events.refresh_interval);
     let mut arm_at: Option<Instant> = None;
