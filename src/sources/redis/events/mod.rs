@@ -16,8 +16,9 @@
 //! client of the server.
 //!
 //! A key index ([`index`]) maps keys to the live measurements that read them; the engine
-//! tells the source when a measurement becomes live and when it expires. When tracking cannot be had (Redis < 6 or a proxy without `HELLO 3`, an ACL without
-//! `+client|tracking`) the source polls as before and says why: in `backlog-scaler check`,
+//! tells the source when a measurement becomes live and when it expires. When tracking cannot
+//! be had (Redis < 6 or a proxy without `HELLO 3`, an ACL without `+client|tracking`) the
+//! source polls as before and says why: in `backlog-scaler check`,
 //! `backlog_scaler_source_event_driven` and the log. A lost event connection (a restart, a
 //! failover) is made again within about a second; meanwhile the refresh polls.
 
