@@ -495,28 +495,19 @@ async fn tls_to_the_console_with_a_verified_certificate() {
 
     // `check` says the console connection is encrypted and what is verified.
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("scaler.toml");
     let url = format!(
         "postgres://{}:{}@localhost:{}/pgbouncer?sslmode=verify-ca",
         STATS_USER.0, STATS_USER.1, bouncer.port
     );
-    std::fs::write(
-        &path,
-        format!(
-            "{}tls_ca_file = \"{}\"\n",
-            config(&[(SOURCE, url)]),
-            certs.path().join("backlog-scaler-ca.pem").display()
-        ),
-    )
-    .unwrap();
-    let output = std::process::Command::new(common::SCALER_BINARY)
-        .args(["check", "--config"])
-        .arg(&path)
-        .env_remove("BACKLOG_SCALER_CONFIG")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}{output:?}");
+    let text = format!(
+        "{}tls_ca_file = \"{}\"\n",
+        config(&[(SOURCE, url)]),
+        certs.path().join("backlog-scaler-ca.pem").display()
+    );
+    let path = common::cli_run::write(dir.path(), "scaler.toml", &text);
+    let check = common::cli_run::run(&["check", "--config", path.to_str().unwrap()]).await;
+    let stdout = &check.stdout;
+    assert_eq!(check.code, Some(0), "{check:#?}");
     assert!(
         stdout.contains("encrypted; the server certificate is verified against tls_ca_file, its host name is not"),
         "{stdout}"

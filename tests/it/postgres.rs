@@ -587,16 +587,10 @@ async fn libpq_sslmodes_verify_what_they_say_and_sessions_are_encrypted() {
         })
         .map(|section| format!("[sources.{section}"))
         .collect();
-    let path = config_dir.path().join("scaler.toml");
-    std::fs::write(&path, kept).unwrap();
-    let output = std::process::Command::new(common::SCALER_BINARY)
-        .args(["check", "--config"])
-        .arg(&path)
-        .env_remove("BACKLOG_SCALER_CONFIG")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}{output:?}");
+    let path = common::cli_run::write(config_dir.path(), "scaler.toml", &kept);
+    let check = common::cli_run::run(&["check", "--config", path.to_str().unwrap()]).await;
+    let stdout = &check.stdout;
+    assert_eq!(check.code, Some(0), "{check:#?}");
     assert!(
         stdout.contains("verified against tls_ca_file and must name the URL's host"),
         "{stdout}"
