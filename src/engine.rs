@@ -854,8 +854,8 @@ mod tests {
 
     impl QueryKind for FakeQuery {
         const TAG: &'static str = "Fake";
-        fn subject(&self) -> String {
-            self.0.clone()
+        fn subject(&self) -> std::borrow::Cow<'_, str> {
+            self.0.as_str().into()
         }
     }
 

@@ -175,9 +175,11 @@ pub struct MetricDef<Q, C: ?Sized = ()> {
     pub parse: fn(&Metadata<'_>, &C) -> Result<Q>,
 }
 
-/// A metric's parsed query and the keys it accepts (for the unknown-key check).
+/// A metric's parsed query, its name as the table spells it, and the keys it accepts (for
+/// the unknown-key check).
 pub struct Parsed<Q> {
     pub query: Q,
+    pub metric: &'static str,
     pub keys: &'static [&'static str],
 }
 
@@ -209,6 +211,7 @@ pub fn parse_metric<Q, C: ?Sized>(
     })?;
     Ok(Parsed {
         query: (def.parse)(md, context)?,
+        metric: def.name,
         keys: def.keys,
     })
 }

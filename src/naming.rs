@@ -8,6 +8,8 @@
 //! length and the other parts of the trigger are folded away — so every name ends with an
 //! 8-hex-digit hash of the full measurement identity, which keeps different triggers apart.
 
+use std::fmt::Write;
+
 /// The longest DNS-1123 label.
 pub const MAX_NAME_LEN: usize = 63;
 
@@ -20,38 +22,42 @@ const HASH_SUFFIX_LEN: usize = 9;
 /// (the first key, the queue name), and `identity` a canonical rendering of everything that
 /// makes the measurement distinct (source and typed query), used only for the hash.
 pub fn metric_name(metric: &str, subject: &str, identity: &str) -> String {
-    let readable = sanitize(&format!("{metric}-{subject}"));
+    metric_name_hashed(metric, subject, identity_hash(identity))
+}
+
+/// The hash a metric name ends with, of a measurement's identity (see [`metric_name`]).
+pub fn identity_hash(identity: &str) -> u32 {
+    fnv1a32(identity.as_bytes())
+}
+
+/// [`metric_name`] with the identity already hashed. A parsed trigger keeps only the hash, and
+/// an answer that carries the name builds it again: one allocation of the final size, the
+/// readable part sanitized and cut in one pass.
+pub fn metric_name_hashed(metric: &str, subject: &str, hash: u32) -> String {
     let budget = MAX_NAME_LEN - HASH_SUFFIX_LEN;
-    let mut name: String = readable.chars().take(budget).collect();
-    // Cutting may leave a trailing `-`; the hash suffix adds its own separator.
+    let mut name = String::with_capacity(MAX_NAME_LEN);
+    // Lower-case; every run of other characters becomes one `-`, none at the start.
+    for c in metric.chars().chain(['-']).chain(subject.chars()) {
+        if name.len() == budget {
+            break;
+        }
+        let c = c.to_ascii_lowercase();
+        if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            name.push(c);
+        } else if !name.is_empty() && !name.ends_with('-') {
+            name.push('-');
+        }
+    }
+    // No `-` at the end: the hash suffix adds its own separator.
     while name.ends_with('-') {
         name.pop();
     }
     if name.is_empty() {
         name.push('m');
     }
-    let mut name = format!("{name}-{:08x}", fnv1a32(identity.as_bytes()));
-    // A parsed trigger keeps its name as long as it lives: no spare capacity (formatting
-    // leaves up to twice the length).
-    name.shrink_to_fit();
+    // Into a `String` with room for it: cannot fail.
+    let _ = write!(name, "-{hash:08x}");
     name
-}
-
-/// Lower-cases, maps every run of other characters to one `-`, trims `-` at both ends.
-fn sanitize(raw: &str) -> String {
-    let mut out = String::with_capacity(raw.len());
-    for c in raw.chars() {
-        let c = c.to_ascii_lowercase();
-        if c.is_ascii_lowercase() || c.is_ascii_digit() {
-            out.push(c);
-        } else if !out.ends_with('-') && !out.is_empty() {
-            out.push('-');
-        }
-    }
-    while out.ends_with('-') {
-        out.pop();
-    }
-    out
 }
 
 /// FNV-1a, 32 bits. Chosen because it is stable across Rust versions and platforms (unlike
@@ -138,6 +144,57 @@ mod tests {
                 assert!(
                     is_dns1123_label(&name),
                     "{metric:?} {subject:?} -> {name:?}"
+                );
+            }
+        }
+    }
+
+    /// The rule as first written (sanitize the whole, then cut): the one-pass builder must
+    /// give every name it gave, or running ScaledObjects would see their metrics renamed.
+    fn two_step_reference(metric: &str, subject: &str, identity: &str) -> String {
+        let mut readable = String::new();
+        for c in format!("{metric}-{subject}").chars() {
+            let c = c.to_ascii_lowercase();
+            if c.is_ascii_lowercase() || c.is_ascii_digit() {
+                readable.push(c);
+            } else if !readable.ends_with('-') && !readable.is_empty() {
+                readable.push('-');
+            }
+        }
+        let readable = readable.trim_end_matches('-');
+        let mut name: String = readable
+            .chars()
+            .take(MAX_NAME_LEN - HASH_SUFFIX_LEN)
+            .collect();
+        while name.ends_with('-') {
+            name.pop();
+        }
+        if name.is_empty() {
+            name.push('m');
+        }
+        format!("{name}-{:08x}", fnv1a32(identity.as_bytes()))
+    }
+
+    #[test]
+    fn the_one_pass_builder_gives_the_names_of_the_first_rule() {
+        let subjects = [
+            "",
+            "-",
+            "jobs",
+            "ÄÖÜ unicode ключ",
+            "{bull}:queue:wait",
+            &"x".repeat(60),
+            &"a-".repeat(40),
+            &format!("{}-:-tail", "y".repeat(42)),
+            &format!("{}::", "z".repeat(43)),
+            &format!("{}__b", "z".repeat(42)),
+        ];
+        for subject in subjects {
+            for metric in ["redis-list", "pg-activity", "", "--", "Sidekiq"] {
+                assert_eq!(
+                    metric_name(metric, subject, subject),
+                    two_step_reference(metric, subject, subject),
+                    "{metric:?} {subject:?}"
                 );
             }
         }

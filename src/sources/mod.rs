@@ -18,6 +18,7 @@
 
 use std::{
     any::Any,
+    borrow::Cow,
     collections::HashSet,
     fmt,
     hash::{Hash, Hasher},
@@ -237,8 +238,9 @@ pub trait QueryKind: Any + Send + Sync + fmt::Debug + Eq + Hash + Serialize {
     /// every metric of the backend, so it never changes.
     const TAG: &'static str;
 
-    /// The most telling part of the query, for the readable half of the metric name.
-    fn subject(&self) -> String;
+    /// The most telling part of the query, for the readable half of the metric name (built
+    /// again for each answer that carries the name, so borrowed where it can be).
+    fn subject(&self) -> Cow<'_, str>;
 }
 
 /// One measurement of a source, opaque to everything but the source that made it. Cloning is
@@ -256,7 +258,12 @@ impl Query {
         self.0.as_any().downcast_ref()
     }
 
-    pub fn subject(&self) -> String {
+    /// The same query, not only an equal one: a clone of it.
+    pub fn same(&self, other: &Query) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
+    pub fn subject(&self) -> Cow<'_, str> {
         self.0.subject()
     }
 
@@ -292,7 +299,7 @@ trait DynQuery: Send + Sync + fmt::Debug {
     fn as_any(&self) -> &dyn Any;
     fn dyn_eq(&self, other: &dyn Any) -> bool;
     fn dyn_hash(&self, state: &mut dyn Hasher);
-    fn subject(&self) -> String;
+    fn subject(&self) -> Cow<'_, str>;
     fn identity(&self, source: &str) -> String;
 }
 
@@ -309,7 +316,7 @@ impl<T: QueryKind> DynQuery for T {
         self.hash(&mut state);
     }
 
-    fn subject(&self) -> String {
+    fn subject(&self) -> Cow<'_, str> {
         QueryKind::subject(self)
     }
 
@@ -344,6 +351,7 @@ pub fn parse_query<Q: QueryKind, C: ?Sized>(
     let parsed = parse_metric(table, metric, md, context)?;
     Ok(Parsed {
         query: Query::new(parsed.query),
+        metric: parsed.metric,
         keys: parsed.keys,
     })
 }
@@ -369,8 +377,8 @@ mod tests {
     }
     impl QueryKind for A {
         const TAG: &'static str = "A";
-        fn subject(&self) -> String {
-            self.keys.join(",")
+        fn subject(&self) -> Cow<'_, str> {
+            self.keys.join(",").into()
         }
     }
 
@@ -380,8 +388,8 @@ mod tests {
     }
     impl QueryKind for B {
         const TAG: &'static str = "B";
-        fn subject(&self) -> String {
-            String::new()
+        fn subject(&self) -> Cow<'_, str> {
+            Cow::Borrowed("")
         }
     }
 

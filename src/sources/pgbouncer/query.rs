@@ -1,6 +1,8 @@
 //! PgBouncer measurements as typed queries: which measure of which pools.
 //! [`super::metrics`] parses them from trigger metadata.
 
+use std::borrow::Cow;
+
 use serde::Serialize;
 
 use crate::sources::QueryKind;
@@ -87,11 +89,11 @@ impl PoolFilter {
 impl QueryKind for PgBouncerQuery {
     const TAG: &'static str = "PgBouncer";
 
-    fn subject(&self) -> String {
+    fn subject(&self) -> Cow<'_, str> {
         let measure = self.measure.name();
         match &self.filter.database {
-            Some(database) => format!("{measure}-{database}"),
-            None => measure.to_string(),
+            Some(database) => format!("{measure}-{database}").into(),
+            None => measure.into(),
         }
     }
 }

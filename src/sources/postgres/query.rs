@@ -1,6 +1,8 @@
 //! PostgreSQL measurements as typed queries: what each metric reads and which sessions,
 //! statements or runs it counts. [`super::metrics`] parses them from trigger metadata.
 
+use std::borrow::Cow;
+
 use serde::Serialize;
 
 use crate::sources::QueryKind;
@@ -120,7 +122,7 @@ pub struct DagsterRuns {
 impl QueryKind for PgQuery {
     const TAG: &'static str = "Postgres";
 
-    fn subject(&self) -> String {
+    fn subject(&self) -> Cow<'_, str> {
         match self {
             PgQuery::Activity { measure, filter } => {
                 let measure = measure_name(ACTIVITY_MEASURES, measure);
@@ -129,15 +131,15 @@ impl QueryKind for PgQuery {
                     .as_ref()
                     .or(filter.database.as_ref())
                 {
-                    Some(scope) => format!("{measure}-{scope}"),
-                    None => measure.to_string(),
+                    Some(scope) => format!("{measure}-{scope}").into(),
+                    None => measure.into(),
                 }
             }
             PgQuery::Statements { measure, .. } => {
-                measure_name(STATEMENTS_MEASURES, measure).to_string()
+                measure_name(STATEMENTS_MEASURES, measure).into()
             }
-            PgQuery::DagsterRuns(runs) => runs.statuses.join("-"),
-            PgQuery::Named { query } => query.clone(),
+            PgQuery::DagsterRuns(runs) => runs.statuses.join("-").into(),
+            PgQuery::Named { query } => query.as_str().into(),
         }
     }
 }

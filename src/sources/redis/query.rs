@@ -10,6 +10,8 @@
 //! pipeline of the same refresh, and [`RedisQuery::combine`] gets both. Every read is
 //! read-only: no queue library's own scripts are run (some of them write).
 
+use std::borrow::Cow;
+
 use redis::Value;
 use serde::Serialize;
 use tracing::debug;
@@ -156,15 +158,15 @@ pub enum QueueLibrary {
 impl QueryKind for RedisQuery {
     const TAG: &'static str = "Redis";
 
-    fn subject(&self) -> String {
+    fn subject(&self) -> Cow<'_, str> {
         match self {
             RedisQuery::List { keys }
             | RedisQuery::Zset { keys, .. }
-            | RedisQuery::Celery { keys, .. } => keys.first().unwrap_or_default().to_string(),
-            RedisQuery::Stream { stream, .. } => stream.to_string(),
-            RedisQuery::Bullmq { queue_key, .. } => queue_key.clone(),
-            RedisQuery::QueueList { key, .. } => key.clone(),
-            RedisQuery::Latency { queue } => queue.subject(),
+            | RedisQuery::Celery { keys, .. } => keys.first().unwrap_or_default().into(),
+            RedisQuery::Stream { stream, .. } => (**stream).into(),
+            RedisQuery::Bullmq { queue_key, .. } => queue_key.as_str().into(),
+            RedisQuery::QueueList { key, .. } => key.as_str().into(),
+            RedisQuery::Latency { queue } => queue.subject().into(),
         }
     }
 }
