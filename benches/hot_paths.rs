@@ -103,13 +103,14 @@ fn hot_paths(c: &mut Criterion) {
         })
     });
     let spec = parse_trigger(&metadata, "default", &catalog).unwrap();
+    let source = catalog.source_name(spec.source);
     runtime
-        .block_on(engine.measure(&spec.source, &spec.query))
+        .block_on(engine.measure(source, &spec.query))
         .unwrap();
     c.bench_function("engine.measure (warm)", |b| {
         b.iter(|| {
             runtime
-                .block_on(engine.measure(black_box(&spec.source), black_box(&spec.query)))
+                .block_on(engine.measure(black_box(source), black_box(&spec.query)))
                 .unwrap()
         })
     });
@@ -119,7 +120,7 @@ fn hot_paths(c: &mut Criterion) {
             namespace: "default".into(),
             scaler_metadata: metadata.clone(),
         }),
-        metric_name: spec.metric_name.to_string(),
+        metric_name: spec.metric_name(),
     }
     .encode_to_vec();
     c.bench_function("decode GetMetricsRequest (6 metadata entries)", |b| {
@@ -138,7 +139,7 @@ fn hot_paths(c: &mut Criterion) {
         b.iter(|| {
             GetMetricsResponse {
                 metric_values: vec![MetricValue {
-                    metric_name: spec.metric_name.to_string(),
+                    metric_name: spec.metric_name(),
                     metric_value: 1,
                     metric_value_float: black_box(1.0),
                 }],
@@ -152,7 +153,10 @@ fn hot_paths(c: &mut Criterion) {
             b.iter(|| {
                 runtime.block_on(async {
                     let spec = parse_trigger(black_box(&metadata), "default", &catalog).unwrap();
-                    engine.measure(&spec.source, &spec.query).await.unwrap()
+                    engine
+                        .measure(catalog.source_name(spec.source), &spec.query)
+                        .await
+                        .unwrap()
                 })
             })
         },

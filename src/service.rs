@@ -125,7 +125,7 @@ impl ScalerService {
 
     /// Parses the trigger, or finds it parsed; a panic in a parser (a bug) answers INTERNAL,
     /// never a dropped call.
-    fn parse(&self, scaled_object: &ScaledObjectRef) -> Result<Arc<TriggerSpec>, Status> {
+    fn parse(&self, scaled_object: &ScaledObjectRef) -> Result<TriggerSpec, Status> {
         let parsed = std::panic::catch_unwind(AssertUnwindSafe(|| {
             self.triggers.parse_entries(
                 scaled_object.scaler_metadata.entries(),
@@ -150,7 +150,8 @@ impl ScalerService {
     }
 
     async fn measure(&self, spec: &TriggerSpec) -> Result<f64, Status> {
-        let value = self.engine.measure(&spec.source, &spec.query).await?;
+        let source = self.catalog.source_name(spec.source);
+        let value = self.engine.measure(source, &spec.query).await?;
         if !value.is_finite() || value < 0.0 {
             return Err(Error::Internal(format!("measured an impossible value {value}")).into());
         }
@@ -202,8 +203,9 @@ impl ExternalScaler for ScalerService {
     ) -> Result<Response<Self::StreamIsActiveStream>, Status> {
         let spec = self.parse(request.get_ref())?;
         // Subscribed before the first look, so no store in between is missed.
-        let mut stored = self.engine.readings_stored(&spec.source)?;
-        let at_the_latest = self.engine.max_staleness(&spec.source)?;
+        let source = self.catalog.source_name(spec.source);
+        let mut stored = self.engine.readings_stored(source)?;
+        let at_the_latest = self.engine.max_staleness(source)?;
         let place = self.streams.take()?;
         // Capacity 1: a slow reader gets the latest state, not a backlog of old ones.
         let (sender, receiver) = mpsc::channel(1);
@@ -245,7 +247,7 @@ impl ExternalScaler for ScalerService {
         let spec = self.parse(request.get_ref())?;
         Ok(Response::new(GetMetricSpecResponse {
             metric_specs: vec![MetricSpec {
-                metric_name: String::from(&*spec.metric_name),
+                metric_name: spec.metric_name(),
                 target_size: spec.target_size(),
                 target_size_float: spec.target,
             }],
@@ -261,16 +263,17 @@ impl ExternalScaler for ScalerService {
             Status::invalid_argument("scaledObjectRef is required in GetMetricsRequest")
         })?;
         let spec = self.parse(scaled_object)?;
-        if !names_this_metric(&request.metric_name, &spec.metric_name) {
+        let metric_name = spec.metric_name();
+        if !names_this_metric(&request.metric_name, &metric_name) {
             return Err(Status::invalid_argument(format!(
                 "metricName `{}` is not this trigger's metric; GetMetricSpec names it `{}`",
-                request.metric_name, spec.metric_name
+                request.metric_name, metric_name
             )));
         }
         let value = self.measure(&spec).await?;
         Ok(Response::new(GetMetricsResponse {
             metric_values: vec![MetricValue {
-                metric_name: String::from(&*spec.metric_name),
+                metric_name,
                 // For KEDA < 2.17, which reads only the integer: round up, so a fractional
                 // backlog never reads as less work than there is.
                 metric_value: value.ceil() as i64,

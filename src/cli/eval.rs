@@ -367,7 +367,8 @@ pub(super) async fn evaluate_trigger(
     let waiting = from_env_keys(&metadata)
         .ok()
         .and_then(|metadata| waiting_only(&metadata, namespace, context.catalog));
-    measure(label, trigger, &spec, waiting.as_ref(), context.engine).await
+    let sources = (context.catalog, context.engine);
+    measure(label, trigger, &spec, waiting.as_ref(), sources).await
 }
 
 /// The value of a parsed trigger (and its parts, given `waiting`: see [`measure_in_parts`]),
@@ -377,12 +378,12 @@ async fn measure(
     trigger: &Trigger,
     spec: &TriggerSpec,
     waiting: Option<&TriggerSpec>,
-    engine: &Engine,
+    sources: (&Catalog, &Engine),
 ) -> TriggerReport {
     let mut report = TriggerReport {
         label,
         trigger_type: trigger.trigger_type.clone(),
-        metric_name: Some(spec.metric_name.to_string()),
+        metric_name: Some(spec.metric_name()),
         value: None,
         target: Some(spec.target),
         activation_target: Some(spec.activation_target),
@@ -391,7 +392,7 @@ async fn measure(
         code: None,
         error: None,
     };
-    let (measured, parts) = measure_in_parts(engine, spec, waiting).await;
+    let (measured, parts) = measure_in_parts(sources, spec, waiting).await;
     match measured {
         Ok(value) => {
             report.value = Some(value);
@@ -410,13 +411,14 @@ async fn measure(
 /// The trigger's value and, given the same trigger without `includeActive` (`waiting`), its
 /// two parts: both measured at once, so both come from the same reads where they can.
 async fn measure_in_parts(
-    engine: &Engine,
+    (catalog, engine): (&Catalog, &Engine),
     spec: &TriggerSpec,
     waiting: Option<&TriggerSpec>,
 ) -> (crate::Result<f64>, Option<ValueParts>) {
-    let (measured, waiting) = futures::join!(engine.measure(&spec.source, &spec.query), async {
+    let source = |spec: &TriggerSpec| catalog.source_name(spec.source);
+    let (measured, waiting) = futures::join!(engine.measure(source(spec), &spec.query), async {
         match waiting {
-            Some(waiting) => engine.measure(&waiting.source, &waiting.query).await.ok(),
+            Some(waiting) => engine.measure(source(waiting), &waiting.query).await.ok(),
             None => None,
         }
     });

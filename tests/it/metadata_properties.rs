@@ -480,11 +480,14 @@ fn check(catalog: &Catalog, (map, namespace): &Case, seen: &Outcomes) -> Result<
             );
             prop_assert!(spec.target_size() >= 1);
             prop_assert!(
-                naming::is_dns1123_label(&spec.metric_name),
+                naming::is_dns1123_label(&spec.metric_name()),
                 "metric name {:?}",
-                spec.metric_name
+                spec.metric_name()
             );
-            prop_assert_eq!(Some(&*spec.source), map.get("source").map(|s| s.trim()));
+            prop_assert_eq!(
+                Some(catalog.source_name(spec.source)),
+                map.get("source").map(|s| s.trim())
+            );
             let again = parse_trigger(map, namespace, catalog);
             prop_assert_eq!(again.as_ref(), Ok(&spec), "parsing is deterministic");
         }
