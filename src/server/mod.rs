@@ -10,6 +10,7 @@
 //! the engine's in the engine's (refreshers, cold reads), and `run` returns only once both
 //! are empty, or, should something hang, at the end of the grace with a warning.
 
+mod allocator;
 mod health;
 mod http;
 mod listener;
@@ -118,6 +119,7 @@ pub async fn serve(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    allocator::fix_mmap_threshold();
     let (shared, refreshers) = Shared::start(&config).await;
     let grace = config.server.shutdown_grace;
     let served_and_joined = async {
