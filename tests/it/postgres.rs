@@ -512,6 +512,8 @@ async fn libpq_sslmodes_verify_what_they_say_and_sessions_are_encrypted() {
         ("verify-full-by-address", "127.0.0.1", Some(&ca_file)),
         ("verify-ca-other-ca", "127.0.0.1", Some(&other_ca_file)),
         ("verify-ca-web-pki", "127.0.0.1", None),
+        // libpq's keyword=value form, with the same sslmode rules.
+        ("verify-full-keywords", "localhost", Some(&ca_file)),
     ];
     let mut config = String::new();
     for (name, host, ca) in cases {
@@ -519,14 +521,19 @@ async fn libpq_sslmodes_verify_what_they_say_and_sessions_are_encrypted() {
         let mode = name
             .trim_end_matches("-by-address")
             .trim_end_matches("-other-ca")
-            .trim_end_matches("-web-pki");
+            .trim_end_matches("-web-pki")
+            .trim_end_matches("-keywords");
         postgres
             .execute("postgres", &format!("CREATE DATABASE {database}"))
             .await;
+        let port = postgres.port;
+        let url = if name.ends_with("-keywords") {
+            format!("host={host} port={port} user=postgres dbname={database} sslmode={mode}")
+        } else {
+            format!("postgres://postgres@{host}:{port}/{database}?sslmode={mode}")
+        };
         config.push_str(&format!(
-            "[sources.{name}]\ntype = \"postgres\"\n\
-             url = \"postgres://postgres@{host}:{port}/{database}?sslmode={mode}\"\n",
-            port = postgres.port
+            "[sources.{name}]\ntype = \"postgres\"\nurl = \"{url}\"\n"
         ));
         if let Some(ca) = ca {
             config.push_str(&format!("tls_ca_file = \"{}\"\n", ca.display()));
@@ -538,7 +545,13 @@ async fn libpq_sslmodes_verify_what_they_say_and_sessions_are_encrypted() {
         ("measure", "total"),
         ("applicationName", "nobody"),
     ];
-    for source in ["verify-full", "verify-ca", "require", "disable"] {
+    for source in [
+        "verify-full",
+        "verify-ca",
+        "require",
+        "disable",
+        "verify-full-keywords",
+    ] {
         let value = trigger_value(&scaler, source, &pairs).await;
         assert_eq!(value.unwrap(), 0.0, "{source} connects");
     }
@@ -568,6 +581,7 @@ async fn libpq_sslmodes_verify_what_they_say_and_sessions_are_encrypted() {
         ("verify_ca", true),
         ("require", true),
         ("disable", false),
+        ("verify_full_keywords", true),
     ] {
         assert_eq!(
             encrypted.get(database),
@@ -605,7 +619,7 @@ async fn libpq_sslmodes_verify_what_they_say_and_sessions_are_encrypted() {
 }
 
 #[test]
-fn an_unsupported_sslmode_or_url_parameter_is_named_at_start() {
+fn an_unsupported_sslmode_or_parameter_is_named_at_start_in_either_form() {
     for (url, named) in [
         (
             "postgres://p@127.0.0.1:1/db?sslmode=verify",
@@ -613,6 +627,10 @@ fn an_unsupported_sslmode_or_url_parameter_is_named_at_start() {
         ),
         (
             "postgres://p:hunter2@127.0.0.1:1/db?sslrootcert=/ca.pem",
+            "`sslrootcert`",
+        ),
+        (
+            "host=127.0.0.1 port=1 password=hunter2 sslrootcert=/ca.pem",
             "`sslrootcert`",
         ),
     ] {

@@ -43,8 +43,9 @@ pub fn parse(section: &Section) -> Result<PgBouncerSettings, ConfigError> {
     let (connection, asked) = connection_config(
         section,
         secret,
-        "a valid connection URL for PgBouncer's admin console \
-         (postgres://user:password@host:port/pgbouncer)",
+        "a connection string for PgBouncer's admin console: a URL \
+         (postgres://user:password@host:port/pgbouncer) or libpq's keyword=value pairs \
+         (host=... port=6432 user=... dbname=pgbouncer)",
     )?;
     let tls = tls_settings(section, asked, raw.tls_ca_file.as_deref())?;
     Ok(PgBouncerSettings { connection, tls })

@@ -69,7 +69,8 @@ pub fn parse(section: &Section) -> Result<PostgresSettings, ConfigError> {
     let (connection, asked) = connection_config(
         section,
         secret,
-        "a valid PostgreSQL connection URL (postgres://user@host:port/db)",
+        "a PostgreSQL connection string: a URL (postgres://user@host:port/db) or libpq's \
+         keyword=value pairs (host=... user=... dbname=...)",
     )?;
     let pool_size = raw.pool_size.unwrap_or(DEFAULT_POOL_SIZE);
     if pool_size == 0 {
@@ -223,5 +224,19 @@ mod tests {
             "{error}"
         );
         assert!(!error.contains("hunter2"), "{error}");
+    }
+
+    #[test]
+    fn the_keyword_form_is_a_connection_string_too() {
+        let settings =
+            parse_toml(r#"url = "host=db user=scaler password=pw dbname=app sslmode=verify-full""#)
+                .unwrap();
+        assert_eq!(settings.tls.mode, TlsMode::VerifyFull);
+        assert_eq!(settings.connection.get_dbname(), Some("app"));
+        let error = parse_toml(r#"url = "db.internal:5432/app""#).err().unwrap();
+        assert!(
+            error.starts_with("`sources.pg.url`") && error.contains("keyword=value"),
+            "{error}"
+        );
     }
 }

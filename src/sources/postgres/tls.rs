@@ -1,9 +1,9 @@
 //! `sslmode` as libpq users write it, for PostgreSQL and PgBouncer sources: which modes and
-//! URL parameters are accepted, what each means here, and the rustls client config that
-//! does it.
+//! connection parameters are accepted (in a `postgres://` URL or in libpq's keyword=value
+//! form), what each means here, and the rustls client config that does it.
 //!
 //! The driver knows `disable`, `prefer` and `require` only, and refuses anything else with a
-//! message that cannot name what it refused; so the URL's parameters are checked here first,
+//! message that cannot name what it refused; so the parameters are checked here first,
 //! each refusal naming the parameter or value and what is accepted, and `verify-ca` /
 //! `verify-full` are handed to the driver as `require` with the verification they ask for
 //! done by rustls.
@@ -68,50 +68,133 @@ const PARAMETERS: &[&str] = &[
     "load_balance_hosts",
 ];
 
-/// Checks a `postgres://` URL's parameters and its `sslmode`; returns the URL the driver can
-/// parse (`verify-ca`/`verify-full` as `require`, `allow` as `disable`) and the mode asked
-/// for (`None` when no TLS was asked for). Errors name the parameter or the value, never
-/// other parts of the URL (which hold the password).
+/// Checks a connection string's parameters and its `sslmode`, in either of libpq's forms (a
+/// `postgres://` URL, or `keyword=value` pairs); returns the string the driver can parse
+/// (`verify-ca`/`verify-full` as `require`, `allow` as `disable`) and the mode asked for
+/// (`None` when no TLS was asked for). Errors name the parameter or the value, never other
+/// parts of the string (which hold the password). A string that is neither form is returned
+/// as it is, for the driver to refuse.
 pub fn libpq_url(url: &str) -> Result<(String, Option<TlsMode>), String> {
     let url_form = url.starts_with("postgres://") || url.starts_with("postgresql://");
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) if url_form => (base, query),
-        _ => return Ok((url.to_string(), None)),
+    if !url_form {
+        return match keyword_pairs(url) {
+            Some(pairs) if !pairs.is_empty() => keyword_form(&pairs),
+            _ => Ok((url.to_string(), None)),
+        };
+    }
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_string(), None));
     };
     let mut mode = None;
     let mut pairs = Vec::new();
     for pair in query.split('&').filter(|pair| !pair.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        if !PARAMETERS.contains(&key) {
-            return Err(unsupported_parameter(key));
-        }
+        check_parameter(key, "URL parameter")?;
         if key != "sslmode" {
             pairs.push(pair.to_string());
             continue;
         }
-        let (driver_value, asked) = match value {
-            "disable" | "allow" => ("disable", None),
-            "prefer" => ("prefer", None),
-            "require" | "verify-full" => ("require", Some(TlsMode::VerifyFull)),
-            "verify-ca" => ("require", Some(TlsMode::VerifyCa)),
-            other => {
-                let shown: String = other.chars().take(20).collect();
-                return Err(format!(
-                    "sslmode `{shown}` is not supported; use {SSLMODES}"
-                ));
-            }
-        };
-        mode = asked;
+        let driver_value;
+        (driver_value, mode) = sslmode(value)?;
         pairs.push(format!("sslmode={driver_value}"));
     }
     Ok((format!("{base}?{}", pairs.join("&")), mode))
 }
 
-fn unsupported_parameter(key: &str) -> String {
-    let named = if key.len() <= 40 && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-        format!("URL parameter `{key}`")
+/// The `keyword=value` form, checked as the URL's parameters are, and written again with
+/// every value quoted.
+fn keyword_form(pairs: &[(&str, String)]) -> Result<(String, Option<TlsMode>), String> {
+    let mut mode = None;
+    let mut out = Vec::with_capacity(pairs.len());
+    for (key, value) in pairs {
+        check_parameter(key, "parameter")?;
+        let value = if *key == "sslmode" {
+            let driver_value;
+            (driver_value, mode) = sslmode(value)?;
+            driver_value
+        } else {
+            value
+        };
+        let quoted = value.replace('\\', "\\\\").replace('\'', "\\'");
+        out.push(format!("{key}='{quoted}'"));
+    }
+    Ok((out.join(" "), mode))
+}
+
+/// libpq's `keyword = value` pairs (whitespace between pairs and around `=`; a value in
+/// single quotes may hold spaces; a backslash takes the next character as it is). `None`
+/// when the text is not of that form.
+fn keyword_pairs(text: &str) -> Option<Vec<(&str, String)>> {
+    let mut pairs = Vec::new();
+    let mut rest = text.trim_start();
+    while !rest.is_empty() {
+        let key_end = rest.find(|c: char| c == '=' || c.is_whitespace())?;
+        let key = &rest[..key_end];
+        rest = rest[key_end..].trim_start().strip_prefix('=')?.trim_start();
+        if key.is_empty() {
+            return None;
+        }
+        let mut value = String::new();
+        let mut chars = rest.char_indices();
+        let quoted = rest.starts_with('\'');
+        if quoted {
+            chars.next();
+        }
+        let mut end = rest.len();
+        let mut closed = !quoted;
+        while let Some((at, c)) = chars.next() {
+            match c {
+                '\\' => value.push(chars.next()?.1),
+                '\'' if quoted => {
+                    (end, closed) = (at + 1, true);
+                    break;
+                }
+                c if !quoted && c.is_whitespace() => {
+                    end = at;
+                    break;
+                }
+                c => value.push(c),
+            }
+        }
+        if !closed {
+            return None;
+        }
+        pairs.push((key, value));
+        rest = rest[end..].trim_start();
+    }
+    Some(pairs)
+}
+
+/// Refuses a parameter the driver does not know, naming it (`kind`: how the form calls it).
+fn check_parameter(key: &str, kind: &str) -> Result<(), String> {
+    if PARAMETERS.contains(&key) {
+        Ok(())
     } else {
-        "a URL parameter".to_string()
+        Err(unsupported_parameter(key, kind))
+    }
+}
+
+/// The driver's `sslmode` for a libpq one, and the TLS mode it asks for.
+fn sslmode(value: &str) -> Result<(&'static str, Option<TlsMode>), String> {
+    Ok(match value {
+        "disable" | "allow" => ("disable", None),
+        "prefer" => ("prefer", None),
+        "require" | "verify-full" => ("require", Some(TlsMode::VerifyFull)),
+        "verify-ca" => ("require", Some(TlsMode::VerifyCa)),
+        other => {
+            let shown: String = other.chars().take(20).collect();
+            return Err(format!(
+                "sslmode `{shown}` is not supported; use {SSLMODES}"
+            ));
+        }
+    })
+}
+
+fn unsupported_parameter(key: &str, kind: &str) -> String {
+    let named = if key.len() <= 40 && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        format!("{kind} `{key}`")
+    } else {
+        format!("a {kind}")
     };
     let hint = match key {
         "sslrootcert" => "; give the CA file as the source's `tls_ca_file`",
@@ -274,6 +357,67 @@ mod tests {
             "{error}"
         );
         assert!(!error.contains("hunter2"), "{error}");
+    }
+
+    #[test]
+    fn the_keyword_form_follows_the_same_sslmode_and_parameter_rules() {
+        let (driver, mode) =
+            libpq_url("host=db.internal port=5432 user=scaler dbname=app sslmode=verify-full")
+                .unwrap();
+        assert_eq!(mode, Some(TlsMode::VerifyFull));
+        let config: tokio_postgres::Config = driver.parse().unwrap();
+        assert_eq!(
+            config.get_ssl_mode(),
+            tokio_postgres::config::SslMode::Require
+        );
+        assert_eq!(config.get_user(), Some("scaler"));
+        assert_eq!(config.get_dbname(), Some("app"));
+        assert_eq!(config.get_ports(), [5432]);
+        let (_, mode) = libpq_url("host=db sslmode = verify-ca").unwrap();
+        assert_eq!(mode, Some(TlsMode::VerifyCa));
+        assert_eq!(libpq_url("host=db user=scaler").unwrap().1, None);
+
+        let error = libpq_url("host=db password=hunter2 sslmode=verify-maybe").unwrap_err();
+        assert!(error.contains("`verify-maybe`"), "{error}");
+        let error = libpq_url("host=db password=hunter2 sslrootcert=/ca.pem").unwrap_err();
+        assert!(
+            error.contains("parameter `sslrootcert`") && error.contains("tls_ca_file"),
+            "{error}"
+        );
+        assert!(
+            !error.contains("URL") && !error.contains("hunter2"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn keyword_values_keep_their_quotes_spaces_and_escapes() {
+        let text = r"host=db user=scaler password='it''s a \'secret\' \\ x' dbname = app";
+        assert_eq!(keyword_pairs(text), None, "'' is not an escape in libpq");
+        let text = r"host=db user=scaler password='it\'s a \\ secret' dbname = app";
+        let pairs = keyword_pairs(text).unwrap();
+        assert_eq!(
+            pairs,
+            [
+                ("host", "db".to_string()),
+                ("user", "scaler".to_string()),
+                ("password", r"it's a \ secret".to_string()),
+                ("dbname", "app".to_string()),
+            ]
+        );
+        // Written again for the driver, the password reaches it unchanged.
+        let (driver, _) = libpq_url(text).unwrap();
+        let config: tokio_postgres::Config = driver.parse().unwrap();
+        assert_eq!(config.get_password(), Some(&br"it's a \ secret"[..]));
+        assert_eq!(config.get_dbname(), Some("app"));
+        // Not the keyword form: left for the driver to refuse.
+        for text in ["db.internal", "host=db user", "host='db", "=db", ""] {
+            assert_eq!(
+                libpq_url(text).unwrap(),
+                (text.to_string(), None),
+                "{text:?}"
+            );
+        }
     }
 
     #[test]
