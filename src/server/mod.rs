@@ -1,5 +1,5 @@
-//! The process's server: gRPC listener, health, reflection, the http port, TLS, and the one
-//! shutdown path.
+//! The process's server: gRPC listener, health, reflection, the http port, TLS, glibc's
+//! malloc setting, and the one shutdown path.
 //!
 //! [`run`] takes a validated config, a bound gRPC listener and a shutdown future, so tests run
 //! the whole server in-process on `127.0.0.1:0` ([`serve`] also takes the other listeners).
