@@ -343,7 +343,7 @@ impl<T: Serialize> Serialize for Tagged<'_, T> {
 /// [`Source::parse`] of a backend whose metrics are `table`: the metric's keys parsed into the
 /// backend's query, made opaque.
 pub fn parse_query<Q: QueryKind, C: ?Sized>(
-    table: &[MetricDef<Q, C>],
+    table: &'static [MetricDef<Q, C>],
     metric: &str,
     md: &Metadata<'_>,
     context: &C,

@@ -14,7 +14,7 @@
 //!
 //! The fingerprint is already a keyed hash, so the tables use its first half as their own
 //! hash instead of hashing it once more. A table's slot holds the fingerprint and the parsed
-//! trigger itself (72 bytes), so a remembered trigger costs no allocation of its own: with
+//! trigger itself (64 bytes), so a remembered trigger costs no allocation of its own: with
 //! 100,000 triggers, separate allocations for each spec and metric name would cost more
 //! than the table (malloc's headers, rounding and the holes the parses leave between them).
 //!
