@@ -41,8 +41,10 @@ use super::{Catalog, TriggerSpec, parse_trigger};
 use crate::Result;
 
 /// A trigger's 128-bit keyed hash, as two words: 8-byte aligned (a `u128` would align the
-/// slot to 16 bytes).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// slot to 16 bytes). The tables hash it with [`Fingerprint::table_hash`]; `Hash` is only
+/// for the tests' sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(test, derive(Hash))]
 struct Fingerprint(u64, u64);
 
 impl Fingerprint {
