@@ -215,7 +215,7 @@ fn bullmq(md: &Metadata<'_>, _: &()) -> Result<RedisQuery> {
     let count_when_paused = md.flag("countWhenPaused", false)?;
     match measure(md)? {
         Measure::Backlog => Ok(RedisQuery::Bullmq {
-            queue_key,
+            queue_key: queue_key.into(),
             include_active,
             count_when_paused,
         }),
@@ -286,7 +286,7 @@ fn sidekiq(md: &Metadata<'_>, _: &()) -> Result<RedisQuery> {
     Ok(match measure(md)? {
         Measure::Backlog => RedisQuery::QueueList {
             library: QueueLibrary::Sidekiq,
-            key,
+            key: key.into(),
             in_progress: in_progress.map(Box::new),
         },
         Measure::Latency => RedisQuery::Latency {
@@ -304,7 +304,7 @@ fn rq(md: &Metadata<'_>, _: &()) -> Result<RedisQuery> {
     Ok(match measure(md)? {
         Measure::Backlog => RedisQuery::QueueList {
             library: QueueLibrary::Rq,
-            key,
+            key: key.into(),
             in_progress: in_progress.map(Box::new),
         },
         Measure::Latency => RedisQuery::Latency {

@@ -37,6 +37,7 @@ pub mod config;
 mod connections;
 pub mod events;
 pub mod in_progress;
+pub mod key;
 pub mod latency;
 pub mod libraries;
 pub mod metrics;
