@@ -28,6 +28,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(false)
         .build_server(true)
         .out_dir(&wire_dir)
+        .codec_path("crate::proto::wire::Codec")
         .extern_path(
             ".externalscaler.ScaledObjectRef",
             "crate::proto::wire::ScaledObjectRef",

@@ -28,6 +28,49 @@ mod generated {
 
 pub use generated::{GetMetricsRequest, external_scaler_server};
 
+/// The service's codec: prost's, with buffers sized for the scaler's messages.
+///
+/// tonic gives every RPC an 8 KiB buffer to decode its request into and another to encode
+/// its answer into. The scaler's requests are a few hundred bytes and its answers fewer than
+/// a hundred: with [`BUFFER_BYTES`] buffers, which malloc serves from its per-thread cache, a
+/// warm GetMetrics costs about 1,000 fewer instructions of the scaler's 71,000 (BENCHMARKS.md,
+/// Performance III). A bigger message still decodes: the buffer grows in steps of that size.
+#[derive(Debug, Clone)]
+pub struct Codec<T, U>(std::marker::PhantomData<(T, U)>);
+
+/// The buffer each RPC decodes its request into and encodes its answer into.
+pub const BUFFER_BYTES: usize = 512;
+
+impl<T, U> Default for Codec<T, U> {
+    fn default() -> Self {
+        Codec(std::marker::PhantomData)
+    }
+}
+
+impl<T, U> tonic::codec::Codec for Codec<T, U>
+where
+    T: Message + Send + 'static,
+    U: Message + Default + Send + 'static,
+{
+    type Encode = T;
+    type Decode = U;
+    type Encoder = <tonic_prost::ProstCodec<T, U> as tonic::codec::Codec>::Encoder;
+    type Decoder = <tonic_prost::ProstCodec<T, U> as tonic::codec::Codec>::Decoder;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        tonic_prost::ProstCodec::<T, U>::raw_encoder(buffer_settings())
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        tonic_prost::ProstCodec::<T, U>::raw_decoder(buffer_settings())
+    }
+}
+
+fn buffer_settings() -> tonic::codec::BufferSettings {
+    // tonic's own yield threshold (32 KiB): only streams of many messages reach it.
+    tonic::codec::BufferSettings::new(BUFFER_BYTES, 32 * 1024)
+}
+
 /// `externalscaler.ScaledObjectRef`, with `scalerMetadata` kept as [`EncodedMetadata`].
 #[derive(Clone, PartialEq, Default, Debug)]
 pub struct ScaledObjectRef {
