@@ -8,8 +8,6 @@
 //! length and the other parts of the trigger are folded away — so every name ends with an
 //! 8-hex-digit hash of the full measurement identity, which keeps different triggers apart.
 
-use std::fmt::Write;
-
 /// The longest DNS-1123 label.
 pub const MAX_NAME_LEN: usize = 63;
 
@@ -36,14 +34,16 @@ pub fn identity_hash(identity: &str) -> u32 {
 pub fn metric_name_hashed(metric: &str, subject: &str, hash: u32) -> String {
     let budget = MAX_NAME_LEN - HASH_SUFFIX_LEN;
     let mut name = String::with_capacity(MAX_NAME_LEN);
-    // Lower-case; every run of other characters becomes one `-`, none at the start.
-    for c in metric.chars().chain(['-']).chain(subject.chars()) {
+    // Lower-case; every run of other characters becomes one `-`, none at the start. Read as
+    // bytes: each byte of a non-ASCII character is one of those others, so the run it
+    // belongs to is the same.
+    for byte in metric.bytes().chain([b'-']).chain(subject.bytes()) {
         if name.len() == budget {
             break;
         }
-        let c = c.to_ascii_lowercase();
-        if c.is_ascii_lowercase() || c.is_ascii_digit() {
-            name.push(c);
+        let byte = byte.to_ascii_lowercase();
+        if byte.is_ascii_lowercase() || byte.is_ascii_digit() {
+            name.push(char::from(byte));
         } else if !name.is_empty() && !name.ends_with('-') {
             name.push('-');
         }
@@ -55,10 +55,15 @@ pub fn metric_name_hashed(metric: &str, subject: &str, hash: u32) -> String {
     if name.is_empty() {
         name.push('m');
     }
-    // Into a `String` with room for it: cannot fail.
-    let _ = write!(name, "-{hash:08x}");
+    // `-{hash:08x}`, without the formatting machinery (this runs for every answer).
+    name.push('-');
+    for shift in (0..8).rev() {
+        name.push(char::from(HEX_DIGITS[(hash >> (shift * 4)) as usize & 0xf]));
+    }
     name
 }
+
+const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
 
 /// FNV-1a, 32 bits. Chosen because it is stable across Rust versions and platforms (unlike
 /// `DefaultHasher`), so a name never changes when the scaler is rebuilt.
