@@ -182,9 +182,7 @@ impl ExternalScaler for ScalerService {
         &self,
         request: Request<ScaledObjectRef>,
     ) -> Result<Response<IsActiveResponse>, Status> {
-        // The request (its headers, the metadata's text) is freed before a cold read is
-        // waited for, see `get_metrics`.
-        let spec = self.parse(&request.into_inner())?;
+        let spec = self.parse(request.get_ref())?;
         let value = self.measure(&spec).await?;
         Ok(Response::new(IsActiveResponse {
             result: spec.is_active(value),
@@ -260,7 +258,7 @@ impl ExternalScaler for ScalerService {
         &self,
         request: Request<GetMetricsRequest>,
     ) -> Result<Response<GetMetricsResponse>, Status> {
-        let request = request.into_inner();
+        let request = request.get_ref();
         let scaled_object = request.scaled_object_ref.as_ref().ok_or_else(|| {
             Status::invalid_argument("scaledObjectRef is required in GetMetricsRequest")
         })?;
@@ -272,10 +270,6 @@ impl ExternalScaler for ScalerService {
                 request.metric_name, metric_name
             )));
         }
-        // Freed before a cold read is waited for (its headers went with `into_inner`): in a
-        // restart storm a thousand requests and more wait at once, and the memory they hold
-        // then is the scaler's peak.
-        drop(request);
         let value = self.measure(&spec).await?;
         Ok(Response::new(GetMetricsResponse {
             metric_values: vec![MetricValue {
