@@ -28,39 +28,84 @@ pub fn identity_hash(identity: &str) -> u32 {
     fnv1a32(identity.as_bytes())
 }
 
-/// [`metric_name`] with the identity already hashed. A parsed trigger keeps only the hash, and
-/// an answer that carries the name builds it again: one allocation of the final size, the
-/// readable part sanitized and cut in one pass.
+/// [`metric_name`] with the identity already hashed.
 pub fn metric_name_hashed(metric: &str, subject: &str, hash: u32) -> String {
-    let budget = MAX_NAME_LEN - HASH_SUFFIX_LEN;
-    let mut name = String::with_capacity(MAX_NAME_LEN);
-    // Lower-case; every run of other characters becomes one `-`, none at the start. Read as
-    // bytes: each byte of a non-ASCII character is one of those others, so the run it
-    // belongs to is the same.
-    for byte in metric.bytes().chain([b'-']).chain(subject.bytes()) {
-        if name.len() == budget {
-            break;
+    Name::hashed(metric, subject, hash).as_str().to_owned()
+}
+
+/// A metric name built in place: at most [`MAX_NAME_LEN`] ASCII bytes, without an allocation.
+/// A parsed trigger keeps only its identity's hash, and an answer that carries the name builds
+/// it again ([`Name::hashed`]): the readable part sanitized and cut in one pass.
+#[derive(Clone, Copy)]
+pub struct Name {
+    bytes: [u8; MAX_NAME_LEN],
+    len: usize,
+}
+
+impl Name {
+    /// The name of [`metric_name`], with the identity already hashed.
+    pub fn hashed(metric: &str, subject: &str, hash: u32) -> Name {
+        let budget = MAX_NAME_LEN - HASH_SUFFIX_LEN;
+        let mut name = Name {
+            bytes: [0; MAX_NAME_LEN],
+            len: 0,
+        };
+        // Lower-case; every run of other characters becomes one `-`, none at the start. Read
+        // as bytes: each byte of a non-ASCII character is one of those others, so the run it
+        // belongs to is the same.
+        'parts: for part in [metric.as_bytes(), b"-", subject.as_bytes()] {
+            for &byte in part {
+                if name.len == budget {
+                    break 'parts;
+                }
+                let byte = byte.to_ascii_lowercase();
+                if byte.is_ascii_lowercase() || byte.is_ascii_digit() {
+                    name.push(byte);
+                } else if name.len > 0 && name.last() != b'-' {
+                    name.push(b'-');
+                }
+            }
         }
-        let byte = byte.to_ascii_lowercase();
-        if byte.is_ascii_lowercase() || byte.is_ascii_digit() {
-            name.push(char::from(byte));
-        } else if !name.is_empty() && !name.ends_with('-') {
-            name.push('-');
+        // No `-` at the end: the hash suffix adds its own separator.
+        while name.len > 0 && name.last() == b'-' {
+            name.len -= 1;
         }
+        if name.len == 0 {
+            name.push(b'm');
+        }
+        // `-{hash:08x}`, without the formatting machinery (this runs for every answer).
+        name.push(b'-');
+        for shift in (0..8).rev() {
+            name.push(HEX_DIGITS[(hash >> (shift * 4)) as usize & 0xf]);
+        }
+        name
     }
-    // No `-` at the end: the hash suffix adds its own separator.
-    while name.ends_with('-') {
-        name.pop();
+
+    /// The name's bytes: ASCII.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
     }
-    if name.is_empty() {
-        name.push('m');
+
+    pub fn as_str(&self) -> &str {
+        // Only ASCII letters, digits and `-` are ever pushed.
+        std::str::from_utf8(self.as_bytes()).expect("a metric name is ASCII")
     }
-    // `-{hash:08x}`, without the formatting machinery (this runs for every answer).
-    name.push('-');
-    for shift in (0..8).rev() {
-        name.push(char::from(HEX_DIGITS[(hash >> (shift * 4)) as usize & 0xf]));
+
+    /// Within [`MAX_NAME_LEN`]: the readable part stops at its budget, the suffix fits after.
+    fn push(&mut self, byte: u8) {
+        self.bytes[self.len] = byte;
+        self.len += 1;
     }
-    name
+
+    fn last(&self) -> u8 {
+        self.bytes[self.len - 1]
+    }
+}
+
+impl std::fmt::Debug for Name {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Name").field(&self.as_str()).finish()
+    }
 }
 
 const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
@@ -129,6 +174,23 @@ mod tests {
             metric_name("redis-list", "jobs", "x"),
             format!("redis-list-jobs-{:08x}", fnv1a32(b"x"))
         );
+    }
+
+    #[test]
+    fn the_name_built_in_place_is_the_name() {
+        let long = "x".repeat(100);
+        for (metric, subject) in [
+            ("redis-list", "jobs"),
+            ("redis-list", ""),
+            ("", "---"),
+            ("redis-list", long.as_str()),
+            ("pg-activity", "ÄÖÜ unicode ключ"),
+        ] {
+            let name = Name::hashed(metric, subject, identity_hash(subject));
+            assert_eq!(name.as_str(), two_step_reference(metric, subject, subject));
+            assert!(is_dns1123_label(name.as_str()), "{name:?}");
+            assert_eq!(name.as_bytes(), name.as_str().as_bytes());
+        }
     }
 
     #[test]

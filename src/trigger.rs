@@ -71,7 +71,12 @@ impl TriggerSpec {
 
     /// The DNS-1123 metric name GetMetricSpec returns ([`naming::metric_name`]).
     pub fn metric_name(&self) -> String {
-        naming::metric_name_hashed(self.metric.as_str(), &self.query.subject(), self.name_hash)
+        self.name().as_str().to_owned()
+    }
+
+    /// [`TriggerSpec::metric_name`], built in place.
+    pub fn name(&self) -> naming::Name {
+        naming::Name::hashed(self.metric.as_str(), &self.query.subject(), self.name_hash)
     }
 }
 
