@@ -19,9 +19,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         .compile_fds(descriptors.clone())?;
 
-    // The server the scaler runs: the same service, but requests carry `ScaledObjectRef` as
-    // `proto::wire` decodes it (the metadata map kept as text, not a `HashMap` per request).
-    // Every other message is the one generated above.
+    // The server the scaler runs: the same service, but its two request messages and the
+    // GetMetrics answer are `proto::wire`'s, decoded and encoded by hand (no `HashMap` per
+    // request, no `Vec` per answer). Every other message is the one generated above.
     let wire_dir = out_dir.join("wire");
     std::fs::create_dir_all(&wire_dir)?;
     let mut wire = tonic_prost_build::configure()
@@ -32,12 +32,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .extern_path(
             ".externalscaler.ScaledObjectRef",
             "crate::proto::wire::ScaledObjectRef",
+        )
+        .extern_path(
+            ".externalscaler.GetMetricsRequest",
+            "crate::proto::wire::GetMetricsRequest",
+        )
+        .extern_path(
+            ".externalscaler.GetMetricsResponse",
+            "crate::proto::wire::GetMetricsResponse",
         );
     for message in [
         "IsActiveResponse",
         "GetMetricSpecResponse",
         "MetricSpec",
-        "GetMetricsResponse",
         "MetricValue",
     ] {
         wire = wire.extern_path(

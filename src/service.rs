@@ -19,8 +19,11 @@ use crate::{
     Error,
     engine::Engine,
     proto::{
-        GetMetricSpecResponse, GetMetricsResponse, IsActiveResponse, MetricSpec, MetricValue,
-        wire::{GetMetricsRequest, ScaledObjectRef, external_scaler_server::ExternalScaler},
+        GetMetricSpecResponse, IsActiveResponse, MetricSpec,
+        wire::{
+            GetMetricsRequest, GetMetricsResponse, ScaledObjectRef,
+            external_scaler_server::ExternalScaler,
+        },
     },
     trigger::{Catalog, TriggerCache, TriggerSpec},
 };
@@ -128,8 +131,8 @@ impl ScalerService {
     fn parse(&self, scaled_object: &ScaledObjectRef) -> Result<TriggerSpec, Status> {
         let parsed = std::panic::catch_unwind(AssertUnwindSafe(|| {
             self.triggers.parse_entries(
-                scaled_object.scaler_metadata.entries(),
-                &scaled_object.namespace,
+                scaled_object.entries(),
+                scaled_object.namespace(),
                 &self.catalog,
             )
         }))
@@ -140,8 +143,8 @@ impl ScalerService {
         });
         parsed.map_err(|error| {
             debug!(
-                namespace = %scaled_object.namespace,
-                name = %scaled_object.name,
+                namespace = %scaled_object.namespace(),
+                name = %scaled_object.name(),
                 %error,
                 "rejected trigger metadata"
             );
@@ -259,26 +262,25 @@ impl ExternalScaler for ScalerService {
         request: Request<GetMetricsRequest>,
     ) -> Result<Response<GetMetricsResponse>, Status> {
         let request = request.get_ref();
-        let scaled_object = request.scaled_object_ref.as_ref().ok_or_else(|| {
+        let scaled_object = request.scaled_object_ref().ok_or_else(|| {
             Status::invalid_argument("scaledObjectRef is required in GetMetricsRequest")
         })?;
         let spec = self.parse(scaled_object)?;
-        let metric_name = spec.metric_name();
-        if !names_this_metric(&request.metric_name, &metric_name) {
+        let name = spec.name();
+        if !names_this_metric(request.metric_name(), name.as_str()) {
             return Err(Status::invalid_argument(format!(
                 "metricName `{}` is not this trigger's metric; GetMetricSpec names it `{}`",
-                request.metric_name, metric_name
+                request.metric_name(),
+                name.as_str()
             )));
         }
         let value = self.measure(&spec).await?;
         Ok(Response::new(GetMetricsResponse {
-            metric_values: vec![MetricValue {
-                metric_name,
-                // For KEDA < 2.17, which reads only the integer: round up, so a fractional
-                // backlog never reads as less work than there is.
-                metric_value: value.ceil() as i64,
-                metric_value_float: value,
-            }],
+            metric_name: name.as_str().to_owned(),
+            // For KEDA < 2.17, which reads only the integer: round up, so a fractional backlog
+            // never reads as less work than there is.
+            metric_value: value.ceil() as i64,
+            metric_value_float: value,
         }))
     }
 

@@ -1,16 +1,20 @@
-//! The server's side of the wire: `ScaledObjectRef` decoded without a map per request.
+//! The server's side of the wire: the scaler's two request messages, decoded by hand, and
+//! its GetMetrics answer, encoded by hand.
 //!
-//! KEDA sends the same `scalerMetadata` on every poll; the trigger cache needs only to read
-//! its entries to find the parsed trigger. The generated `ScaledObjectRef` decodes the map
-//! into a `HashMap<String, String>` (two `String`s per entry and a table, every request);
-//! this one keeps the entries' text in one `String`, in the order they came, and the trigger
-//! cache builds a map only when it has to parse. Decoding follows protobuf's rules for a
-//! `map<string, string>` field exactly: invalid UTF-8 is a decode error, a missing key or
-//! value is empty, unknown fields are skipped and a later entry for the same key wins
-//! ([`ScaledObjectRef::scaler_metadata`] yields every entry; its consumers keep the last).
+//! KEDA sends the same `ScaledObjectRef` on every poll; the trigger cache needs only to read
+//! its entries to find the parsed trigger. prost's generated types would decode a request into
+//! a `String` per field and a `HashMap<String, String>` (two more per entry); these keep every
+//! string of the request in one `String`, allocated once at the message's size, and where each
+//! string is, with room for a usual trigger's entries inline. Decoding follows protobuf's
+//! rules as prost's generated code applies them: invalid UTF-8 is a decode error, a missing key
+//! or value is empty, unknown fields are skipped, a string field given twice keeps the last, a
+//! message field given twice is merged, and of a map key given twice the last entry counts
+//! ([`ScaledObjectRef::entries`] yields every entry; its consumers keep the last). The tests
+//! hold it to the generated types on arbitrary bytes. The GetMetrics answer holds its one
+//! `MetricValue` without the generated type's `Vec`, and is encoded to the same bytes.
 //!
-//! The service generated against this type is [`external_scaler_server`]; clients use
-//! [`crate::proto`]'s generated types, with which this type is wire-compatible both ways.
+//! The service generated against these types is [`external_scaler_server`]; clients use
+//! [`crate::proto`]'s generated types.
 
 // Written by hand, unlike the rest of `proto`: linted as the rest of the crate.
 #![warn(clippy::all)]
@@ -20,21 +24,29 @@ use prost::{
     bytes::{Buf, BufMut},
     encoding::{self, DecodeContext, WireType},
 };
+use smallvec::SmallVec;
+use tonic::{
+    Status,
+    codec::{BufferSettings, DecodeBuf, EncodeBuf},
+};
+
+use super::{GetMetricSpecResponse, IsActiveResponse};
 
 mod generated {
     #![allow(clippy::all, missing_docs)]
     include!(concat!(env!("OUT_DIR"), "/wire/externalscaler.rs"));
 }
 
-pub use generated::{GetMetricsRequest, external_scaler_server};
+pub use generated::external_scaler_server;
 
-/// The service's codec: prost's, with buffers sized for the scaler's messages.
+/// The service's codec: answers encoded by [`Encode`], requests decoded by [`Decode`], each
+/// with a buffer sized for the scaler's messages.
 ///
 /// tonic gives every RPC an 8 KiB buffer to decode its request into and another to encode
 /// its answer into. The scaler's requests are a few hundred bytes and its answers fewer than
 /// a hundred: with [`BUFFER_BYTES`] buffers, which malloc serves from its per-thread cache, a
-/// warm GetMetrics costs about 1,000 fewer instructions of the scaler's 71,000 (BENCHMARKS.md,
-/// Performance III). A bigger message still decodes: the buffer grows in steps of that size.
+/// warm GetMetrics costs about 1,000 fewer instructions (BENCHMARKS.md, Performance III). A
+/// bigger message still decodes: the buffer grows in steps of that size.
 #[derive(Debug, Clone)]
 pub struct Codec<T, U>(std::marker::PhantomData<(T, U)>);
 
@@ -49,149 +61,345 @@ impl<T, U> Default for Codec<T, U> {
 
 impl<T, U> tonic::codec::Codec for Codec<T, U>
 where
-    T: Message + Send + 'static,
-    U: Message + Default + Send + 'static,
+    T: Encode + Send + 'static,
+    U: Decode + Send + 'static,
 {
     type Encode = T;
     type Decode = U;
-    type Encoder = <tonic_prost::ProstCodec<T, U> as tonic::codec::Codec>::Encoder;
-    type Decoder = <tonic_prost::ProstCodec<T, U> as tonic::codec::Codec>::Decoder;
+    type Encoder = Encoder<T>;
+    type Decoder = Decoder<U>;
 
     fn encoder(&mut self) -> Self::Encoder {
-        tonic_prost::ProstCodec::<T, U>::raw_encoder(buffer_settings())
+        Encoder(std::marker::PhantomData)
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        tonic_prost::ProstCodec::<T, U>::raw_decoder(buffer_settings())
+        Decoder(std::marker::PhantomData)
     }
 }
 
-fn buffer_settings() -> tonic::codec::BufferSettings {
+fn buffer_settings() -> BufferSettings {
     // tonic's own yield threshold (32 KiB): only streams of many messages reach it.
-    tonic::codec::BufferSettings::new(BUFFER_BYTES, 32 * 1024)
+    BufferSettings::new(BUFFER_BYTES, 32 * 1024)
 }
 
-/// `externalscaler.ScaledObjectRef`, with `scalerMetadata` kept as [`EncodedMetadata`].
+/// A request message decoded from its bytes by hand.
+pub trait Decode: Sized {
+    /// The message these bytes (one whole message) encode.
+    fn decode(bytes: &[u8]) -> Result<Self, DecodeError>;
+}
+
+/// Decodes one request per gRPC message with [`Decode`].
+#[derive(Debug)]
+pub struct Decoder<U>(std::marker::PhantomData<U>);
+
+impl<U: Decode> tonic::codec::Decoder for Decoder<U> {
+    type Item = U;
+    type Error = Status;
+
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
+        let len = buf.remaining();
+        let decoded = if buf.chunk().len() == len {
+            let decoded = U::decode(buf.chunk());
+            buf.advance(len);
+            decoded
+        } else {
+            // A message over several chunks (tonic gives one; kept correct anyway).
+            U::decode(&buf.copy_to_bytes(len))
+        };
+        // As tonic's prost codec answers a message it cannot decode.
+        decoded
+            .map(Some)
+            .map_err(|error| Status::internal(error.to_string()))
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        buffer_settings()
+    }
+}
+
+/// An answer message, encoded by prost or by hand.
+pub trait Encode {
+    /// Writes the message's fields (no length before them) to `buf`.
+    fn encode(&self, buf: &mut impl BufMut);
+}
+
+impl Encode for IsActiveResponse {
+    fn encode(&self, buf: &mut impl BufMut) {
+        self.encode_raw(buf);
+    }
+}
+
+impl Encode for GetMetricSpecResponse {
+    fn encode(&self, buf: &mut impl BufMut) {
+        self.encode_raw(buf);
+    }
+}
+
+/// Encodes one answer per gRPC message with [`Encode`].
+#[derive(Debug)]
+pub struct Encoder<T>(std::marker::PhantomData<T>);
+
+impl<T: Encode> tonic::codec::Encoder for Encoder<T> {
+    type Item = T;
+    type Error = Status;
+
+    fn encode(&mut self, item: T, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        // The buffer grows as it is written to, as for prost's encoder.
+        item.encode(buf);
+        Ok(())
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        buffer_settings()
+    }
+}
+
+/// `externalscaler.GetMetricsResponse` as the scaler answers: exactly one `MetricValue`,
+/// without the `Vec` the generated type holds it in. Encoded as prost encodes the generated
+/// type, byte for byte (tests).
 #[derive(Clone, PartialEq, Default, Debug)]
-pub struct ScaledObjectRef {
-    pub name: String,
-    pub namespace: String,
-    pub scaler_metadata: EncodedMetadata,
+pub struct GetMetricsResponse {
+    pub metric_name: String,
+    pub metric_value: i64,
+    pub metric_value_float: f64,
 }
 
-/// The entries of a `map<string, string>`, as they came: every key and value in one string.
-#[derive(Clone, PartialEq, Default, Debug)]
-pub struct EncodedMetadata {
-    text: String,
-    /// Per entry, where its key and its value are in `text`.
-    spans: Vec<Span>,
+impl GetMetricsResponse {
+    /// The `MetricValue`'s fields, as proto3 encodes them: none that holds its default.
+    fn value_len(&self) -> usize {
+        let mut len = 0;
+        if !self.metric_name.is_empty() {
+            len += encoding::string::encoded_len(1, &self.metric_name);
+        }
+        if self.metric_value != 0 {
+            len += encoding::int64::encoded_len(2, &self.metric_value);
+        }
+        if self.metric_value_float != 0.0 {
+            len += encoding::double::encoded_len(3, &self.metric_value_float);
+        }
+        len
+    }
 }
 
-/// Room made for the entries' text at the first entry, at most (a trigger's metadata is a
-/// few hundred bytes; a bigger map grows as a `String` does).
-const RESERVE_AT_MOST: usize = 4096;
-/// Room made for entries at the first one: more than most triggers have.
-const ENTRIES_RESERVED: usize = 8;
+impl Encode for GetMetricsResponse {
+    fn encode(&self, buf: &mut impl BufMut) {
+        encoding::encode_key(1, WireType::LengthDelimited, buf);
+        encoding::encode_varint(self.value_len() as u64, buf);
+        if !self.metric_name.is_empty() {
+            encoding::string::encode(1, &self.metric_name, buf);
+        }
+        if self.metric_value != 0 {
+            encoding::int64::encode(2, &self.metric_value, buf);
+        }
+        if self.metric_value_float != 0.0 {
+            encoding::double::encode(3, &self.metric_value_float, buf);
+        }
+    }
+}
 
-type Range = (usize, usize);
+/// Where a string is in the request's text: `start..end`. A request is at most tonic's
+/// decoding limit (4 MiB unless set higher); a bigger one than `u32` counts is refused.
+type Range = (u32, u32);
 
+/// One map entry: where its key and its value are.
 #[derive(Clone, Copy, PartialEq, Default, Debug)]
 struct Span {
     key: Range,
     value: Range,
 }
 
-impl EncodedMetadata {
-    /// The entries in the order they came; a key may repeat (the last one counts).
+/// Entries kept without an allocation of their own: more than most triggers have.
+const ENTRIES_INLINE: usize = 8;
+
+/// `externalscaler.ScaledObjectRef`.
+#[derive(Clone, PartialEq, Default, Debug)]
+pub struct ScaledObjectRef {
+    /// The request's strings: the whole message when it is UTF-8 (as a request whose strings
+    /// and lengths are ASCII is), each string where it is in it; otherwise each string copied
+    /// after the one before.
+    text: String,
+    /// Whether `text` is the whole message.
+    in_place: bool,
+    name: Range,
+    namespace: Range,
+    entries: SmallVec<[Span; ENTRIES_INLINE]>,
+}
+
+impl ScaledObjectRef {
+    pub fn name(&self) -> &str {
+        self.str(self.name)
+    }
+
+    pub fn namespace(&self) -> &str {
+        self.str(self.namespace)
+    }
+
+    /// `scalerMetadata`'s entries in the order they came; a key may repeat (the last one
+    /// counts).
     pub fn entries(&self) -> impl Iterator<Item = (&str, &str)> + Clone {
-        let text = self.text.as_str();
-        self.spans.iter().map(move |span| {
-            (
-                &text[span.key.0..span.key.1],
-                &text[span.value.0..span.value.1],
-            )
-        })
+        self.entries
+            .iter()
+            .map(|span| (self.str(span.key), self.str(span.value)))
     }
 
     /// Entries as they came, repeated keys counted each time.
-    pub fn len(&self) -> usize {
-        self.spans.len()
+    pub fn entry_count(&self) -> usize {
+        self.entries.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.spans.is_empty()
+    fn str(&self, (start, end): Range) -> &str {
+        &self.text[start as usize..end as usize]
     }
 
-    pub fn push(&mut self, key: &str, value: &str) {
-        let key = append(&mut self.text, key);
-        let value = append(&mut self.text, value);
-        self.spans.push(Span { key, value });
-    }
-
-    /// One map entry (a nested message: key = 1, value = 2, in any order, each at most once
-    /// in effect), as prost decodes it.
-    fn merge_entry(
-        &mut self,
-        wire_type: WireType,
-        buf: &mut impl Buf,
-        ctx: DecodeContext,
-    ) -> Result<(), DecodeError> {
-        encoding::check_wire_type(WireType::LengthDelimited, wire_type)?;
-        if self.spans.capacity() == 0 {
-            // The entries' text is at most what is left of the request: room for it at once
-            // instead of one allocation per doubling.
-            self.text.reserve(buf.remaining().min(RESERVE_AT_MOST));
-            self.spans.reserve(ENTRIES_RESERVED);
+    /// Ready to take the strings of `message`: one check of the whole message for UTF-8 and
+    /// one copy, instead of one of each per string.
+    fn for_message(message: &[u8]) -> Result<Self, DecodeError> {
+        if u32::try_from(message.len()).is_err() {
+            return Err(decode_error("message too large"));
         }
-        let text = &mut self.text;
-        let mut span = Span::default();
-        encoding::merge_loop(&mut span, buf, ctx, |span, buf, ctx| {
-            let (tag, wire_type) = encoding::decode_key(buf)?;
+        let (text, in_place) = match std::str::from_utf8(message) {
+            Ok(text) => (text.to_owned(), true),
+            // The strings are never more than the message.
+            Err(_) => (String::with_capacity(message.len()), false),
+        };
+        Ok(ScaledObjectRef {
+            text,
+            in_place,
+            ..ScaledObjectRef::default()
+        })
+    }
+
+    /// Merges the fields encoded in `bytes`, a part of `message`, into this message.
+    fn merge(&mut self, message: &[u8], mut bytes: &[u8]) -> Result<(), DecodeError> {
+        while !bytes.is_empty() {
+            let (tag, wire_type) = encoding::decode_key(&mut bytes)?;
             match tag {
-                1 => span.key = merge_str(text, wire_type, buf)?,
-                2 => span.value = merge_str(text, wire_type, buf)?,
-                _ => encoding::skip_field(wire_type, tag, buf, ctx)?,
+                1 => self.name = self.push_str(message, wire_type, &mut bytes)?,
+                2 => self.namespace = self.push_str(message, wire_type, &mut bytes)?,
+                3 => self.merge_entry(message, wire_type, &mut bytes)?,
+                _ => skip(wire_type, tag, &mut bytes)?,
             }
-            Ok(())
-        })?;
-        self.spans.push(span);
+        }
         Ok(())
     }
+
+    /// One map entry: a nested message with key = 1 and value = 2, in any order, the last of
+    /// each counting.
+    fn merge_entry(
+        &mut self,
+        message: &[u8],
+        wire_type: WireType,
+        bytes: &mut &[u8],
+    ) -> Result<(), DecodeError> {
+        let mut entry = delimited(wire_type, bytes)?;
+        let mut span = Span::default();
+        while !entry.is_empty() {
+            let (tag, wire_type) = encoding::decode_key(&mut entry)?;
+            match tag {
+                1 => span.key = self.push_str(message, wire_type, &mut entry)?,
+                2 => span.value = self.push_str(message, wire_type, &mut entry)?,
+                _ => skip(wire_type, tag, &mut entry)?,
+            }
+        }
+        self.entries.push(span);
+        Ok(())
+    }
+
+    /// A string field of `message`: where it is in the text.
+    fn push_str(
+        &mut self,
+        message: &[u8],
+        wire_type: WireType,
+        bytes: &mut &[u8],
+    ) -> Result<Range, DecodeError> {
+        let field = delimited(wire_type, bytes)?;
+        // Within `u32`, as the message is (checked in `for_message`).
+        if self.in_place {
+            // Part of a UTF-8 text is UTF-8 exactly when it starts and ends on a character
+            // boundary.
+            let start = field.as_ptr() as usize - message.as_ptr() as usize;
+            let end = start + field.len();
+            if !(self.text.is_char_boundary(start) && self.text.is_char_boundary(end)) {
+                return Err(not_utf8());
+            }
+            return Ok((start as u32, end as u32));
+        }
+        let field = std::str::from_utf8(field).map_err(|_| not_utf8())?;
+        let start = self.text.len() as u32;
+        self.text.push_str(field);
+        Ok((start, self.text.len() as u32))
+    }
 }
 
-fn append(text: &mut String, value: &str) -> Range {
-    let start = text.len();
-    text.push_str(value);
-    (start, text.len())
+impl Decode for ScaledObjectRef {
+    fn decode(message: &[u8]) -> Result<Self, DecodeError> {
+        let mut object = ScaledObjectRef::for_message(message)?;
+        object.merge(message, message)?;
+        Ok(object)
+    }
 }
 
-/// A length-delimited UTF-8 field, appended to `text`; where it is.
-fn merge_str(
-    text: &mut String,
-    wire_type: WireType,
-    buf: &mut impl Buf,
-) -> Result<Range, DecodeError> {
+/// `externalscaler.GetMetricsRequest`.
+#[derive(Clone, PartialEq, Default, Debug)]
+pub struct GetMetricsRequest {
+    /// `scaledObjectRef`, empty when the request has none; its text holds `metricName` too.
+    object: ScaledObjectRef,
+    has_object: bool,
+    metric_name: Range,
+}
+
+impl GetMetricsRequest {
+    pub fn scaled_object_ref(&self) -> Option<&ScaledObjectRef> {
+        self.has_object.then_some(&self.object)
+    }
+
+    pub fn metric_name(&self) -> &str {
+        self.object.str(self.metric_name)
+    }
+}
+
+impl Decode for GetMetricsRequest {
+    fn decode(message: &[u8]) -> Result<Self, DecodeError> {
+        let mut request = GetMetricsRequest {
+            object: ScaledObjectRef::for_message(message)?,
+            ..GetMetricsRequest::default()
+        };
+        let (object, mut bytes) = (&mut request.object, message);
+        while !bytes.is_empty() {
+            let (tag, wire_type) = encoding::decode_key(&mut bytes)?;
+            match tag {
+                1 => {
+                    object.merge(message, delimited(wire_type, &mut bytes)?)?;
+                    request.has_object = true;
+                }
+                2 => request.metric_name = object.push_str(message, wire_type, &mut bytes)?,
+                _ => skip(wire_type, tag, &mut bytes)?,
+            }
+        }
+        Ok(request)
+    }
+}
+
+/// A length-delimited field's bytes.
+fn delimited<'a>(wire_type: WireType, bytes: &mut &'a [u8]) -> Result<&'a [u8], DecodeError> {
     encoding::check_wire_type(WireType::LengthDelimited, wire_type)?;
-    let len = encoding::decode_varint(buf)?;
-    if len > buf.remaining() as u64 {
+    let len = encoding::decode_varint(bytes)?;
+    if len > bytes.len() as u64 {
         return Err(decode_error("buffer underflow"));
     }
-    let len = len as usize;
-    let not_utf8 = |_| decode_error("invalid string value: data is not UTF-8 encoded");
-    let range = if buf.chunk().len() >= len {
-        let range = append(
-            text,
-            std::str::from_utf8(&buf.chunk()[..len]).map_err(not_utf8)?,
-        );
-        buf.advance(len);
-        range
-    } else {
-        // A field split over the buffer's chunks: rare, copied once more.
-        let mut bytes = vec![0; len];
-        buf.copy_to_slice(&mut bytes);
-        append(text, std::str::from_utf8(&bytes).map_err(not_utf8)?)
-    };
-    Ok(range)
+    let (field, rest) = bytes.split_at(len as usize);
+    *bytes = rest;
+    Ok(field)
+}
+
+/// An unknown field, skipped as prost skips it (groups included, within its depth limit).
+fn skip(wire_type: WireType, tag: u32, bytes: &mut &[u8]) -> Result<(), DecodeError> {
+    encoding::skip_field(wire_type, tag, bytes, DecodeContext::default())
+}
+
+fn not_utf8() -> DecodeError {
+    decode_error("invalid string value: data is not UTF-8 encoded")
 }
 
 /// prost offers a hand-written decoder no other way to make its error than this constructor,
@@ -201,74 +409,11 @@ fn decode_error(description: &'static str) -> DecodeError {
     DecodeError::new(description)
 }
 
-/// A string field (tag, length, bytes); nothing for an empty one, as proto3 encodes it.
-fn encode_str(tag: u32, value: &str, buf: &mut impl BufMut) {
-    if !value.is_empty() {
-        encoding::encode_key(tag, WireType::LengthDelimited, buf);
-        encoding::encode_varint(value.len() as u64, buf);
-        buf.put_slice(value.as_bytes());
-    }
-}
-
-fn str_len(tag: u32, value: &str) -> usize {
-    if value.is_empty() {
-        0
-    } else {
-        encoding::key_len(tag) + encoding::encoded_len_varint(value.len() as u64) + value.len()
-    }
-}
-
-fn entry_len(key: &str, value: &str) -> usize {
-    str_len(1, key) + str_len(2, value)
-}
-
-impl Message for ScaledObjectRef {
-    fn encode_raw(&self, buf: &mut impl BufMut) {
-        encode_str(1, &self.name, buf);
-        encode_str(2, &self.namespace, buf);
-        for (key, value) in self.scaler_metadata.entries() {
-            encoding::encode_key(3, WireType::LengthDelimited, buf);
-            encoding::encode_varint(entry_len(key, value) as u64, buf);
-            encode_str(1, key, buf);
-            encode_str(2, value, buf);
-        }
-    }
-
-    fn merge_field(
-        &mut self,
-        tag: u32,
-        wire_type: WireType,
-        buf: &mut impl Buf,
-        ctx: DecodeContext,
-    ) -> Result<(), DecodeError> {
-        match tag {
-            1 => encoding::string::merge(wire_type, &mut self.name, buf, ctx),
-            2 => encoding::string::merge(wire_type, &mut self.namespace, buf, ctx),
-            3 => self.scaler_metadata.merge_entry(wire_type, buf, ctx),
-            _ => encoding::skip_field(wire_type, tag, buf, ctx),
-        }
-    }
-
-    fn encoded_len(&self) -> usize {
-        let entries: usize = self
-            .scaler_metadata
-            .entries()
-            .map(|(key, value)| {
-                let len = entry_len(key, value);
-                encoding::key_len(3) + encoding::encoded_len_varint(len as u64) + len
-            })
-            .sum();
-        str_len(1, &self.name) + str_len(2, &self.namespace) + entries
-    }
-
-    fn clear(&mut self) {
-        *self = ScaledObjectRef::default();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
+
+    use proptest::prelude::*;
 
     use super::*;
     use crate::proto;
@@ -284,15 +429,34 @@ mod tests {
         }
     }
 
-    fn as_map(metadata: &EncodedMetadata) -> HashMap<String, String> {
-        metadata
-            .entries()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+    /// What a generated decoder makes of the same bytes: the last entry of a key counts.
+    fn as_generated(object: &ScaledObjectRef) -> proto::ScaledObjectRef {
+        proto::ScaledObjectRef {
+            name: object.name().into(),
+            namespace: object.namespace().into(),
+            scaler_metadata: object
+                .entries()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<HashMap<_, _>>(),
+        }
+    }
+
+    fn request_as_generated(request: &GetMetricsRequest) -> proto::GetMetricsRequest {
+        proto::GetMetricsRequest {
+            scaled_object_ref: request.scaled_object_ref().map(as_generated),
+            metric_name: request.metric_name().into(),
+        }
+    }
+
+    fn field(tag: u8, bytes: &[u8]) -> Vec<u8> {
+        assert!(bytes.len() < 128, "one-byte lengths only");
+        let mut out = vec![tag << 3 | 2, bytes.len() as u8];
+        out.extend_from_slice(bytes);
+        out
     }
 
     #[test]
-    fn decodes_what_the_generated_type_encodes_and_back() {
+    fn decodes_what_the_generated_type_encodes() {
         let pairs = [
             ("source", "redis-main"),
             ("keys", "a,b"),
@@ -300,30 +464,53 @@ mod tests {
             ("empty", ""),
         ];
         let sent = generated(&pairs);
-        let wire = ScaledObjectRef::decode(&sent.encode_to_vec()[..]).unwrap();
-        assert_eq!(
-            (wire.name.as_str(), wire.namespace.as_str()),
-            ("worker", "team-a")
-        );
-        assert_eq!(as_map(&wire.scaler_metadata), sent.scaler_metadata);
-        assert_eq!(wire.scaler_metadata.len(), 4);
-        let back = proto::ScaledObjectRef::decode(&wire.encode_to_vec()[..]).unwrap();
-        assert_eq!(back, sent);
-        assert_eq!(wire.encoded_len(), sent.encoded_len());
+        let wire = ScaledObjectRef::decode(&sent.encode_to_vec()).unwrap();
+        assert_eq!((wire.name(), wire.namespace()), ("worker", "team-a"));
+        assert_eq!(as_generated(&wire), sent);
+        assert_eq!(wire.entry_count(), 4);
+    }
+
+    #[test]
+    fn more_entries_than_are_kept_inline_all_come_through() {
+        let pairs: Vec<(String, String)> = (0..3 * ENTRIES_INLINE)
+            .map(|i| (format!("key-{i}"), format!("value-{i}")))
+            .collect();
+        let sent = proto::ScaledObjectRef {
+            scaler_metadata: pairs.into_iter().collect(),
+            ..generated(&[])
+        };
+        let wire = ScaledObjectRef::decode(&sent.encode_to_vec()).unwrap();
+        assert_eq!(wire.entry_count(), 3 * ENTRIES_INLINE);
+        assert_eq!(as_generated(&wire), sent);
     }
 
     #[test]
     fn a_repeated_key_keeps_every_entry_in_order_and_the_generated_map_keeps_the_last() {
-        let mut wire = ScaledObjectRef::default();
-        wire.scaler_metadata.push("target", "1");
-        wire.scaler_metadata.push("target", "2");
-        let bytes = wire.encode_to_vec();
+        let bytes = [
+            field(3, &[field(1, b"target"), field(2, b"1")].concat()),
+            field(3, &[field(1, b"target"), field(2, b"2")].concat()),
+        ]
+        .concat();
         let generated = proto::ScaledObjectRef::decode(&bytes[..]).unwrap();
         assert_eq!(generated.scaler_metadata["target"], "2");
-        let decoded = ScaledObjectRef::decode(&bytes[..]).unwrap();
-        let entries: Vec<_> = decoded.scaler_metadata.entries().collect();
+        let decoded = ScaledObjectRef::decode(&bytes).unwrap();
+        let entries: Vec<_> = decoded.entries().collect();
         assert_eq!(entries, [("target", "1"), ("target", "2")]);
-        assert_eq!(as_map(&decoded.scaler_metadata), generated.scaler_metadata);
+        assert_eq!(as_generated(&decoded), generated);
+    }
+
+    #[test]
+    fn a_field_given_twice_is_what_the_generated_type_makes_of_it() {
+        // The name twice (the last counts) and the object twice (merged), with the metric
+        // name between them.
+        let first = [field(1, b"old"), field(3, &field(1, b"a"))].concat();
+        let second = [field(1, b"new"), field(3, &field(1, b"b"))].concat();
+        let bytes = [field(1, &first), field(2, b"m"), field(1, &second)].concat();
+        let generated = proto::GetMetricsRequest::decode(&bytes[..]).unwrap();
+        let decoded = GetMetricsRequest::decode(&bytes).unwrap();
+        assert_eq!(request_as_generated(&decoded), generated);
+        assert_eq!(decoded.scaled_object_ref().unwrap().name(), "new");
+        assert_eq!(decoded.scaled_object_ref().unwrap().entry_count(), 2);
     }
 
     #[test]
@@ -331,35 +518,195 @@ mod tests {
         // An entry whose value is not UTF-8: field 3 { field 2: [0xff] }.
         let bad_utf8 = [0x1a, 0x03, 0x12, 0x01, 0xff];
         assert!(proto::ScaledObjectRef::decode(&bad_utf8[..]).is_err());
-        assert!(ScaledObjectRef::decode(&bad_utf8[..]).is_err());
+        assert!(ScaledObjectRef::decode(&bad_utf8).is_err());
         // An entry that claims more bytes than there are.
         let short = [0x1a, 0x05, 0x0a, 0x01, b'k'];
         assert!(proto::ScaledObjectRef::decode(&short[..]).is_err());
-        assert!(ScaledObjectRef::decode(&short[..]).is_err());
+        assert!(ScaledObjectRef::decode(&short).is_err());
         // A key whose length runs past its entry.
         let overrun = [0x1a, 0x02, 0x0a, 0x05, b'k', b'e', b'y', b'!', b'!'];
         assert!(proto::ScaledObjectRef::decode(&overrun[..]).is_err());
-        assert!(ScaledObjectRef::decode(&overrun[..]).is_err());
+        assert!(ScaledObjectRef::decode(&overrun).is_err());
         // Unknown fields, inside an entry and outside, are skipped by both.
         let unknown = [0x1a, 0x05, 0x0a, 0x01, b'k', 0x18, 0x07, 0x20, 0x01];
         let generated = proto::ScaledObjectRef::decode(&unknown[..]).unwrap();
-        let wire = ScaledObjectRef::decode(&unknown[..]).unwrap();
-        assert_eq!(as_map(&wire.scaler_metadata), generated.scaler_metadata);
+        let wire = ScaledObjectRef::decode(&unknown).unwrap();
+        assert_eq!(as_generated(&wire), generated);
         assert_eq!(generated.scaler_metadata[&"k".to_string()], "");
     }
 
     #[test]
-    fn a_get_metrics_request_carries_it() {
+    fn strings_in_a_utf8_message_and_in_one_that_is_not_come_through_alike() {
+        // Non-ASCII strings: the whole message is still UTF-8, and each string is read where
+        // it is.
+        let non_ascii = generated(&[("ключ", "値"), ("k", "é")]);
+        let bytes = non_ascii.encode_to_vec();
+        assert!(std::str::from_utf8(&bytes).is_ok());
+        let wire = ScaledObjectRef::decode(&bytes).unwrap();
+        assert!(wire.in_place);
+        assert_eq!(as_generated(&wire), non_ascii);
+        // A string of 128 bytes or more has a length of two bytes, the first not UTF-8: each
+        // string is copied instead.
+        let long = "v".repeat(200);
+        let long = generated(&[("ключ", &long), ("k", "é")]);
+        let bytes = long.encode_to_vec();
+        assert!(std::str::from_utf8(&bytes).is_err());
+        let wire = ScaledObjectRef::decode(&bytes).unwrap();
+        assert!(!wire.in_place);
+        assert_eq!(as_generated(&wire), long);
+    }
+
+    #[test]
+    fn a_string_that_splits_a_character_of_a_utf8_message_is_refused() {
+        // name = [0xc3], then an unknown fixed64 field whose key begins 0xa9: the message
+        // holds `é` (0xc3 0xa9) across the two fields, so it is UTF-8 as a whole, but the name
+        // alone is not.
+        let mut bytes = vec![0x0a, 0x01, 0xc3, 0xa9, 0x01];
+        bytes.extend_from_slice(b"12345678");
+        assert!(std::str::from_utf8(&bytes).is_ok());
+        assert!(proto::ScaledObjectRef::decode(&bytes[..]).is_err());
+        assert!(ScaledObjectRef::decode(&bytes).is_err());
+        // The unknown field alone (a string that ends there is fine).
+        let fine = [&[0x0a, 0x01, b'n', 0xa9, 0x01][..], b"12345678"].concat();
+        let wire = ScaledObjectRef::decode(&fine).unwrap();
+        assert_eq!(
+            as_generated(&wire),
+            proto::ScaledObjectRef::decode(&fine[..]).unwrap()
+        );
+    }
+
+    #[test]
+    fn a_get_metrics_request_carries_it_or_says_it_has_none() {
         let sent = proto::GetMetricsRequest {
             scaled_object_ref: Some(generated(&[("metric", "redis-list")])),
             metric_name: "redis-list-x-0a1b2c3d".into(),
         };
-        let wire = GetMetricsRequest::decode(&sent.encode_to_vec()[..]).unwrap();
-        assert_eq!(wire.metric_name, sent.metric_name);
-        let so = wire.scaled_object_ref.unwrap();
+        let wire = GetMetricsRequest::decode(&sent.encode_to_vec()).unwrap();
+        assert_eq!(wire.metric_name(), sent.metric_name);
+        let object = wire.scaled_object_ref().unwrap();
         assert_eq!(
-            so.scaler_metadata.entries().collect::<Vec<_>>(),
+            object.entries().collect::<Vec<_>>(),
             [("metric", "redis-list")]
         );
+        assert_eq!(request_as_generated(&wire), sent);
+
+        let without = proto::GetMetricsRequest {
+            scaled_object_ref: None,
+            metric_name: "m".into(),
+        };
+        let wire = GetMetricsRequest::decode(&without.encode_to_vec()).unwrap();
+        assert!(wire.scaled_object_ref().is_none());
+        assert_eq!(wire.metric_name(), "m");
+        // An empty object is still an object.
+        let empty = [0x0a, 0x00];
+        assert!(
+            GetMetricsRequest::decode(&empty)
+                .unwrap()
+                .scaled_object_ref()
+                .is_some()
+        );
+    }
+
+    fn encoded(answer: &impl Encode) -> Vec<u8> {
+        let mut buf = Vec::new();
+        answer.encode(&mut buf);
+        buf
+    }
+
+    #[test]
+    fn the_get_metrics_answer_is_the_generated_types_bytes() {
+        let values = [
+            ("redis-list-jobs-0a1b2c3d", 4, 3.5),
+            ("m-00000000", 0, 0.0),
+            ("", 1, 1.0),
+            ("negative", -7, -7.0),
+            ("zero-float", 0, -0.0),
+            ("huge", i64::MAX, f64::MAX),
+        ];
+        for (name, value, float) in values {
+            let answer = GetMetricsResponse {
+                metric_name: name.into(),
+                metric_value: value,
+                metric_value_float: float,
+            };
+            let generated = proto::GetMetricsResponse {
+                metric_values: vec![proto::MetricValue {
+                    metric_name: name.into(),
+                    metric_value: value,
+                    metric_value_float: float,
+                }],
+            };
+            assert_eq!(encoded(&answer), generated.encode_to_vec(), "{name}");
+        }
+    }
+
+    #[test]
+    fn the_other_answers_are_encoded_by_prost() {
+        let active = IsActiveResponse { result: true };
+        assert_eq!(encoded(&active), active.encode_to_vec());
+        let spec = GetMetricSpecResponse {
+            metric_specs: vec![proto::MetricSpec {
+                metric_name: "m-0a1b2c3d".into(),
+                target_size: 5,
+                target_size_float: 5.0,
+            }],
+        };
+        assert_eq!(encoded(&spec), spec.encode_to_vec());
+    }
+
+    /// A valid request, then bytes changed, cut short or added: every input either decodes
+    /// to what the generated type decodes or fails where it fails.
+    fn mangled_request() -> impl Strategy<Value = Vec<u8>> {
+        let pairs = proptest::collection::vec(("[a-z]{0,6}", "[a-z0-9,]{0,8}"), 0..12);
+        (pairs, "[a-z-]{0,12}", any::<bool>()).prop_flat_map(|(pairs, metric, has_object)| {
+            let sent = proto::GetMetricsRequest {
+                scaled_object_ref: has_object.then(|| proto::ScaledObjectRef {
+                    scaler_metadata: pairs.into_iter().collect(),
+                    ..generated(&[])
+                }),
+                metric_name: metric,
+            };
+            let bytes = sent.encode_to_vec();
+            let len = bytes.len().max(1);
+            let edits = proptest::collection::vec((0..len, any::<u8>()), 0..4);
+            (
+                Just(bytes),
+                edits,
+                0..=len,
+                proptest::collection::vec(any::<u8>(), 0..4),
+            )
+                .prop_map(|(mut bytes, edits, cut, tail)| {
+                    for (at, byte) in edits {
+                        if at < bytes.len() {
+                            bytes[at] = byte;
+                        }
+                    }
+                    bytes.truncate(cut);
+                    bytes.extend(tail);
+                    bytes
+                })
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn any_bytes_decode_as_the_generated_types_decode_them(bytes in mangled_request()) {
+            let generated = proto::GetMetricsRequest::decode(&bytes[..]);
+            let wire = GetMetricsRequest::decode(&bytes);
+            match (&generated, &wire) {
+                (Ok(generated), Ok(wire)) => prop_assert_eq!(&request_as_generated(wire), generated),
+                (Err(_), Err(_)) => {}
+                _ => prop_assert!(false, "generated {:?}, wire {:?}", generated, wire),
+            }
+            let generated = proto::ScaledObjectRef::decode(&bytes[..]);
+            let wire = ScaledObjectRef::decode(&bytes);
+            match (&generated, &wire) {
+                (Ok(generated), Ok(wire)) => prop_assert_eq!(&as_generated(wire), generated),
+                (Err(_), Err(_)) => {}
+                _ => prop_assert!(false, "generated {:?}, wire {:?}", generated, wire),
+            }
+        }
     }
 }
