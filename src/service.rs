@@ -267,16 +267,17 @@ impl ExternalScaler for ScalerService {
         })?;
         let spec = self.parse(scaled_object)?;
         let name = spec.name();
-        if !names_this_metric(request.metric_name(), name.as_str()) {
+        let metric_name = name.as_str();
+        if !names_this_metric(request.metric_name(), metric_name) {
             return Err(Status::invalid_argument(format!(
                 "metricName `{}` is not this trigger's metric; GetMetricSpec names it `{}`",
                 request.metric_name(),
-                name.as_str()
+                metric_name
             )));
         }
         let value = self.measure(&spec).await?;
         Ok(Response::new(GetMetricsResponse {
-            metric_name: name.as_str().to_owned(),
+            metric_name: metric_name.to_owned(),
             // For KEDA < 2.17, which reads only the integer: round up, so a fractional backlog
             // never reads as less work than there is.
             metric_value: value.ceil() as i64,

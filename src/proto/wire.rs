@@ -273,7 +273,7 @@ impl ScaledObjectRef {
     /// Merges the fields encoded in `bytes`, a part of `message`, into this message.
     fn merge(&mut self, message: &[u8], mut bytes: &[u8]) -> Result<(), DecodeError> {
         while !bytes.is_empty() {
-            let (tag, wire_type) = encoding::decode_key(&mut bytes)?;
+            let (tag, wire_type) = key(&mut bytes)?;
             match tag {
                 1 => self.name = self.push_str(message, wire_type, &mut bytes)?,
                 2 => self.namespace = self.push_str(message, wire_type, &mut bytes)?,
@@ -295,7 +295,7 @@ impl ScaledObjectRef {
         let mut entry = delimited(wire_type, bytes)?;
         let mut span = Span::default();
         while !entry.is_empty() {
-            let (tag, wire_type) = encoding::decode_key(&mut entry)?;
+            let (tag, wire_type) = key(&mut entry)?;
             match tag {
                 1 => span.key = self.push_str(message, wire_type, &mut entry)?,
                 2 => span.value = self.push_str(message, wire_type, &mut entry)?,
@@ -367,7 +367,7 @@ impl Decode for GetMetricsRequest {
         };
         let (object, mut bytes) = (&mut request.object, message);
         while !bytes.is_empty() {
-            let (tag, wire_type) = encoding::decode_key(&mut bytes)?;
+            let (tag, wire_type) = key(&mut bytes)?;
             match tag {
                 1 => {
                     object.merge(message, delimited(wire_type, &mut bytes)?)?;
@@ -381,10 +381,38 @@ impl Decode for GetMetricsRequest {
     }
 }
 
+/// A field's key: its tag and wire type. A key of one byte (tags 1 to 15, all of these
+/// messages' fields) is read here; any other, and any error, as prost reads it.
+#[inline]
+fn key(bytes: &mut &[u8]) -> Result<(u32, WireType), DecodeError> {
+    if let Some((&byte, rest)) = bytes.split_first()
+        && (8..0x80).contains(&byte)
+        && let Ok(wire_type) = WireType::try_from(u64::from(byte & 0x07))
+    {
+        *bytes = rest;
+        return Ok((u32::from(byte >> 3), wire_type));
+    }
+    encoding::decode_key(bytes)
+}
+
+/// A varint: one byte (a length below 128, as every string of a usual request has) read
+/// here, any other as prost reads it.
+#[inline]
+fn varint(bytes: &mut &[u8]) -> Result<u64, DecodeError> {
+    if let Some((&byte, rest)) = bytes.split_first()
+        && byte < 0x80
+    {
+        *bytes = rest;
+        return Ok(u64::from(byte));
+    }
+    encoding::decode_varint(bytes)
+}
+
 /// A length-delimited field's bytes.
+#[inline]
 fn delimited<'a>(wire_type: WireType, bytes: &mut &'a [u8]) -> Result<&'a [u8], DecodeError> {
     encoding::check_wire_type(WireType::LengthDelimited, wire_type)?;
-    let len = encoding::decode_varint(bytes)?;
+    let len = varint(bytes)?;
     if len > bytes.len() as u64 {
         return Err(decode_error("buffer underflow"));
     }

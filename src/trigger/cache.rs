@@ -274,6 +274,7 @@ impl Feed {
         }
     }
 
+    #[inline]
     fn part(&mut self, bytes: &[u8]) {
         let (mut prefix, mut at, mut len) = ([0u8; 10], 0, bytes.len());
         while len >= 0x80 {
@@ -285,6 +286,7 @@ impl Feed {
         self.push(bytes);
     }
 
+    #[inline]
     fn push(&mut self, bytes: &[u8]) {
         if self.len + bytes.len() > FEED_BYTES {
             self.hasher.write(&self.buf[..self.len]);
