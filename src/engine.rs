@@ -96,7 +96,6 @@ pub struct SourceEntry {
     pub source: Arc<dyn Source>,
 }
 
-/// Cloning an `Engine` is shallow: an atomic reference count increment.
 /// The sources, sorted by name and found by binary search: a handful as a rule, so a request
 /// finds its source in a few comparisons instead of hashing the name.
 struct Sources(Vec<Arc<SourceState>>);
@@ -117,6 +116,7 @@ impl Sources {
     }
 }
 
+/// Cloning an `Engine` is shallow: an atomic reference count increment.
 #[derive(Clone)]
 pub struct Engine {
     inner: Arc<Inner>,
