@@ -274,8 +274,21 @@ impl Feed {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn part(&mut self, bytes: &[u8]) {
+        // As a rule a part is short and there is room: its one-byte length and its bytes go
+        // straight in.
+        let end = self.len + 1 + bytes.len();
+        if bytes.len() < 0x80 && end <= FEED_BYTES {
+            self.buf[self.len] = bytes.len() as u8;
+            self.buf[self.len + 1..end].copy_from_slice(bytes);
+            self.len = end;
+            return;
+        }
+        self.long_part(bytes);
+    }
+
+    fn long_part(&mut self, bytes: &[u8]) {
         let (mut prefix, mut at, mut len) = ([0u8; 10], 0, bytes.len());
         while len >= 0x80 {
             prefix[at] = (len & 0x7f) as u8 | 0x80;
