@@ -17,21 +17,7 @@ scaler_bin=${SCALER_BIN:-${CARGO_TARGET_DIR:-target}/release/backlog-scaler}
 machine_line
 start_redis
 redis-cli -p "$redis_port" RPUSH bench:queue:3 a b c >/dev/null
-# gRPC bodies: a 5-byte frame header + the protobuf (the same GetMetrics as perf2.sh goal 1).
-python3 - "$work" <<'PY'
-import struct, sys
-def field(n, b): return bytes([n << 3 | 2]) + varint(len(b)) + b
-def varint(v):
-    out = b""
-    while True:
-        if v < 0x80: return out + bytes([v])
-        out += bytes([v & 0x7f | 0x80]); v >>= 7
-meta = {"source": "redis-main", "metric": "redis-list", "keys": "bench:queue:3", "target": "10"}
-so = field(1, b"worker-0") + field(2, b"bench") + b"".join(
-    field(3, field(1, k.encode()) + field(2, v.encode())) for k, v in meta.items())
-for name, body in (("get-metrics.bin", field(1, so)), ("health.bin", b"")):
-    open(f"{sys.argv[1]}/{name}", "wb").write(b"\0" + struct.pack(">I", len(body)) + body)
-PY
+write_grpc_bodies "$work"
 h2() { # PORT PATH BODY N
   h2load -c 8 -m 16 -t 1 -n "$4" -d "$3" -H 'content-type: application/grpc' -H 'te: trailers' \
     "http://127.0.0.1:$1$2" > "$work/h2.txt"

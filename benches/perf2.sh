@@ -81,22 +81,7 @@ if want 1; then
     "$port1" "$redis_port" > "$work/h2.toml"
   "$scaler_bin" serve --config "$work/h2.toml" >/dev/null 2>"$work/h2.log" &
   pid1=$!; pids+=($pid1); wait_port "$port1"
-  # gRPC bodies: a 5-byte frame header (not compressed, big-endian length) + the protobuf.
-  python3 - "$work" <<'PY'
-import struct, sys
-def field(n, b): return bytes([n << 3 | 2]) + varint(len(b)) + b
-def varint(v):
-    out = b""
-    while True:
-        if v < 0x80: return out + bytes([v])
-        out += bytes([v & 0x7f | 0x80]); v >>= 7
-meta = {"source": "redis-main", "metric": "redis-list", "keys": "bench:queue:3", "target": "10"}
-so = field(1, b"worker-0") + field(2, b"bench") + b"".join(
-    field(3, field(1, k.encode()) + field(2, v.encode())) for k, v in meta.items())
-request = field(1, so)
-for name, body in (("get-metrics.bin", request), ("health.bin", b"")):
-    open(f"{sys.argv[1]}/{name}", "wb").write(b"\0" + struct.pack(">I", len(body)) + body)
-PY
+  write_grpc_bodies "$work"
   # The body must be a GetMetrics the scaler answers OK (h2load checks only the HTTP status).
   curl -sv --http2-prior-knowledge -H 'content-type: application/grpc' -H 'te: trailers' \
     --data-binary @"$work/get-metrics.bin" "http://127.0.0.1:$port1/externalscaler.ExternalScaler/GetMetrics" \

@@ -89,3 +89,24 @@ start_postgres() {
 }
 as_pg() { if [ "$(id -u)" = 0 ]; then setpriv --reuid=postgres --regid=postgres --init-groups -- "$@"; else "$@"; fi; }
 psql_pg() { psql -h 127.0.0.1 -p "$pg_port" -U postgres -d postgres -qAtX -c "$1"; }
+
+# The request bodies of perf2.sh's goal 1 and of instructions.sh, written to DIR:
+# `get-metrics.bin`, a warm GetMetrics of one `redis-list` trigger on `bench:queue:3` with 4
+# metadata entries, and `health.bin`, an empty Health/Check. Each is one gRPC message: a
+# 5-byte frame header (not compressed, big-endian length) + the protobuf.
+write_grpc_bodies() {
+  python3 - "$1" <<'PY'
+import struct, sys
+def field(n, b): return bytes([n << 3 | 2]) + varint(len(b)) + b
+def varint(v):
+    out = b""
+    while True:
+        if v < 0x80: return out + bytes([v])
+        out += bytes([v & 0x7f | 0x80]); v >>= 7
+meta = {"source": "redis-main", "metric": "redis-list", "keys": "bench:queue:3", "target": "10"}
+so = field(1, b"worker-0") + field(2, b"bench") + b"".join(
+    field(3, field(1, k.encode()) + field(2, v.encode())) for k, v in meta.items())
+for name, body in (("get-metrics.bin", field(1, so)), ("health.bin", b"")):
+    open(f"{sys.argv[1]}/{name}", "wb").write(b"\0" + struct.pack(">I", len(body)) + body)
+PY
+}
