@@ -37,7 +37,8 @@
 //!   config), [`metrics`] (the Prometheus registry and what is recorded in it), [`naming`]
 //!   (deterministic DNS-1123 metric names), [`error`] (the one error enum and its one mapping
 //!   to `tonic::Status`), [`proto`] (generated from `proto/externalscaler.proto`; its `wire`
-//!   module is the server's side, which decodes the requests by hand, without a map per request).
+//!   module is the server's side, which decodes the requests and encodes the GetMetrics answer by
+//!   hand, without a map per request).
 //!
 //! # Adding a backend
 //!
