@@ -8,8 +8,9 @@
 //! string is, with room for a usual trigger's entries inline. Decoding follows protobuf's
 //! rules as prost's generated code applies them: invalid UTF-8 is a decode error, a missing key
 //! or value is empty, unknown fields are skipped, a string field given twice keeps the last, a
-//! message field given twice is merged, and of a map key given twice the last entry counts
-//! ([`ScaledObjectRef::entries`] yields every entry; its consumers keep the last). The tests
+//! message field given twice is merged, of a map key given twice the last entry counts
+//! ([`ScaledObjectRef::entries`] yields every entry; its consumers keep the last), and a map
+//! entry is read as length-delimited whatever wire type its key says. The tests
 //! hold it to the generated types on arbitrary bytes. The GetMetrics answer holds its one
 //! `MetricValue` without the generated type's `Vec`, and is encoded to the same bytes.
 //!
@@ -277,7 +278,7 @@ impl ScaledObjectRef {
             match tag {
                 1 => self.name = self.push_str(message, wire_type, &mut bytes)?,
                 2 => self.namespace = self.push_str(message, wire_type, &mut bytes)?,
-                3 => self.merge_entry(message, wire_type, &mut bytes)?,
+                3 => self.merge_entry(message, &mut bytes)?,
                 _ => skip(wire_type, tag, &mut bytes)?,
             }
         }
@@ -285,14 +286,11 @@ impl ScaledObjectRef {
     }
 
     /// One map entry: a nested message with key = 1 and value = 2, in any order, the last of
-    /// each counting.
-    fn merge_entry(
-        &mut self,
-        message: &[u8],
-        wire_type: WireType,
-        bytes: &mut &[u8],
-    ) -> Result<(), DecodeError> {
-        let mut entry = delimited(wire_type, bytes)?;
+    /// each counting. Whatever wire type the field's key says, the entry is read as
+    /// length-delimited, as prost reads a map entry (a string or message field of another
+    /// wire type is an error, for both).
+    fn merge_entry(&mut self, message: &[u8], bytes: &mut &[u8]) -> Result<(), DecodeError> {
+        let mut entry = length_delimited(bytes)?;
         let mut span = Span::default();
         while !entry.is_empty() {
             let (tag, wire_type) = key(&mut entry)?;
@@ -412,6 +410,12 @@ fn varint(bytes: &mut &[u8]) -> Result<u64, DecodeError> {
 #[inline]
 fn delimited<'a>(wire_type: WireType, bytes: &mut &'a [u8]) -> Result<&'a [u8], DecodeError> {
     encoding::check_wire_type(WireType::LengthDelimited, wire_type)?;
+    length_delimited(bytes)
+}
+
+/// A length (a varint), then that many bytes: those bytes.
+#[inline]
+fn length_delimited<'a>(bytes: &mut &'a [u8]) -> Result<&'a [u8], DecodeError> {
     let len = varint(bytes)?;
     if len > bytes.len() as u64 {
         return Err(decode_error("buffer underflow"));
@@ -555,6 +559,17 @@ mod tests {
         let overrun = [0x1a, 0x02, 0x0a, 0x05, b'k', b'e', b'y', b'!', b'!'];
         assert!(proto::ScaledObjectRef::decode(&overrun[..]).is_err());
         assert!(ScaledObjectRef::decode(&overrun).is_err());
+        // A name with the wire type of a number is refused by both.
+        let name_as_varint = [0x08, 0x01];
+        assert!(proto::ScaledObjectRef::decode(&name_as_varint[..]).is_err());
+        assert!(ScaledObjectRef::decode(&name_as_varint).is_err());
+        // A map entry is read as length-delimited whatever its key's wire type says, by prost
+        // and so by this decoder: field 3 as a varint "0" is an empty entry.
+        let entry_as_varint = [0x18, 0x00];
+        let generated = proto::ScaledObjectRef::decode(&entry_as_varint[..]).unwrap();
+        let wire = ScaledObjectRef::decode(&entry_as_varint).unwrap();
+        assert_eq!(as_generated(&wire), generated);
+        assert_eq!(generated.scaler_metadata[""], "");
         // Unknown fields, inside an entry and outside, are skipped by both.
         let unknown = [0x1a, 0x05, 0x0a, 0x01, b'k', 0x18, 0x07, 0x20, 0x01];
         let generated = proto::ScaledObjectRef::decode(&unknown[..]).unwrap();
@@ -731,7 +746,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(2000))]
+        #![proptest_config(ProptestConfig::with_cases(10_000))]
 
         #[test]
         fn any_bytes_decode_as_the_generated_types_decode_them(bytes in mangled_request()) {
