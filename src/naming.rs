@@ -20,17 +20,14 @@ const HASH_SUFFIX_LEN: usize = 9;
 /// (the first key, the queue name), and `identity` a canonical rendering of everything that
 /// makes the measurement distinct (source and typed query), used only for the hash.
 pub fn metric_name(metric: &str, subject: &str, identity: &str) -> String {
-    metric_name_hashed(metric, subject, identity_hash(identity))
+    Name::hashed(metric, subject, identity_hash(identity))
+        .as_str()
+        .to_owned()
 }
 
 /// The hash a metric name ends with, of a measurement's identity (see [`metric_name`]).
 pub fn identity_hash(identity: &str) -> u32 {
     fnv1a32(identity.as_bytes())
-}
-
-/// [`metric_name`] with the identity already hashed.
-pub fn metric_name_hashed(metric: &str, subject: &str, hash: u32) -> String {
-    Name::hashed(metric, subject, hash).as_str().to_owned()
 }
 
 /// A metric name built in place: at most [`MAX_NAME_LEN`] ASCII bytes, without an allocation.
@@ -81,14 +78,9 @@ impl Name {
         name
     }
 
-    /// The name's bytes: ASCII.
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.bytes[..self.len]
-    }
-
     pub fn as_str(&self) -> &str {
         // Only ASCII letters, digits and `-` are ever pushed.
-        std::str::from_utf8(self.as_bytes()).expect("a metric name is ASCII")
+        std::str::from_utf8(&self.bytes[..self.len]).expect("a metric name is ASCII")
     }
 
     /// Within [`MAX_NAME_LEN`]: the readable part stops at its budget, the suffix fits after.
@@ -189,7 +181,6 @@ mod tests {
             let name = Name::hashed(metric, subject, identity_hash(subject));
             assert_eq!(name.as_str(), two_step_reference(metric, subject, subject));
             assert!(is_dns1123_label(name.as_str()), "{name:?}");
-            assert_eq!(name.as_bytes(), name.as_str().as_bytes());
         }
     }
 

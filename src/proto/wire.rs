@@ -244,11 +244,6 @@ impl ScaledObjectRef {
             .map(|span| (self.str(span.key), self.str(span.value)))
     }
 
-    /// Entries as they came, repeated keys counted each time.
-    pub fn entry_count(&self) -> usize {
-        self.entries.len()
-    }
-
     fn str(&self, (start, end): Range) -> &str {
         &self.text[start as usize..end as usize]
     }
@@ -499,7 +494,7 @@ mod tests {
         let wire = ScaledObjectRef::decode(&sent.encode_to_vec()).unwrap();
         assert_eq!((wire.name(), wire.namespace()), ("worker", "team-a"));
         assert_eq!(as_generated(&wire), sent);
-        assert_eq!(wire.entry_count(), 4);
+        assert_eq!(wire.entries().count(), 4);
     }
 
     #[test]
@@ -512,7 +507,7 @@ mod tests {
             ..generated(&[])
         };
         let wire = ScaledObjectRef::decode(&sent.encode_to_vec()).unwrap();
-        assert_eq!(wire.entry_count(), 3 * ENTRIES_INLINE);
+        assert_eq!(wire.entries().count(), 3 * ENTRIES_INLINE);
         assert_eq!(as_generated(&wire), sent);
     }
 
@@ -542,7 +537,7 @@ mod tests {
         let decoded = GetMetricsRequest::decode(&bytes).unwrap();
         assert_eq!(request_as_generated(&decoded), generated);
         assert_eq!(decoded.scaled_object_ref().unwrap().name(), "new");
-        assert_eq!(decoded.scaled_object_ref().unwrap().entry_count(), 2);
+        assert_eq!(decoded.scaled_object_ref().unwrap().entries().count(), 2);
     }
 
     #[test]
